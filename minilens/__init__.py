@@ -1,0 +1,1 @@
+"""minilens: a pure-NumPy forward pass with the logit lens."""
