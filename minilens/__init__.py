@@ -1,1 +1,24 @@
-"""minilens: a pure-NumPy forward pass with the logit lens."""
+"""minilens: a from-scratch, pure-NumPy forward pass for GPT-2 and Llama-family models.
+
+It loads Hugging Face safetensors checkpoints, records every layer's residual stream, and
+computes the logit lens and direct logit attribution on that record.
+
+    import minilens as ml
+    model = ml.load("weights/shakespeare-llama")
+    trace = model.run("To be, or not to")
+    trace["resid_pre", 3]          # [n_seq, d_model]
+"""
+
+from .config import ModelConfig, RopeConfig
+from .errors import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError,
+                     TokenizerMissingError, UnsupportedModelError)
+from .model import Model, forward, load
+from .trace import Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "load", "Model", "Trace", "ModelConfig", "RopeConfig", "forward",
+    "MinilensError", "CheckpointError", "CheckpointNotFoundError", "InputError",
+    "TokenizerMissingError", "UnsupportedModelError",
+]

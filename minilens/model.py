@@ -1,0 +1,280 @@
+"""The forward pass, one function per equation, and the Model that runs it.
+
+Every family runs through the same ``forward``. They differ only by data in ModelConfig
+(which norm, which activation, learned or rotary positions, parallel residual), and the
+loader has already renamed and transposed every weight to ``[d_in, d_out]``.
+
+Shapes: ``n_seq`` tokens, ``d_model`` wide. ``run_batch`` adds a leading batch axis to the same
+arrays; the functions below are written for one sequence and let that axis ride along (``...``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from . import ops
+from .config import ModelConfig
+from .errors import CheckpointError, InputError, TokenizerMissingError
+from .tokenizer import Tokenizer
+from .trace import Recorder, Trace
+from .weights import (LAYOUTS, Checkpoint, GlobalParams, LayerParams, LazyLayers, blas_ready,
+                      find_safetensors, resolve)
+
+
+# ------------------------------------------------------------------------------------------
+# The math
+# ------------------------------------------------------------------------------------------
+
+def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """x @ W + b.  [..., d_in] -> [..., d_out]"""
+    y = x @ W
+    if b is not None:
+        y += b
+    return y
+
+
+def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The family's norm, and its divisor s (recorded: attribution freezes it).  -> [n_seq, d_model], [n_seq, 1]"""
+    return ops.normalize(x, gamma, beta, cfg.norm, cfg.norm_eps)
+
+
+def causal_mask(n_seq: int) -> np.ndarray:
+    """True where query q may not attend to key k, because k comes after q.  -> [n_seq, n_seq] bool"""
+    return np.triu(np.ones((n_seq, n_seq), dtype=bool), k=1)
+
+
+def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
+              rec: Recorder, l: int) -> np.ndarray:
+    """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]"""
+    *lead, n_seq, _ = x.shape
+    q = linear(x, w.W_Q, w.b_Q).reshape(*lead, n_seq, cfg.n_heads, cfg.d_head)     # [n_seq, n_heads, d_head]
+    k = linear(x, w.W_K, w.b_K).reshape(*lead, n_seq, cfg.n_kv_heads, cfg.d_head)  # [n_seq, n_kv_heads, d_head]
+    v = linear(x, w.W_V, w.b_V).reshape(*lead, n_seq, cfg.n_kv_heads, cfg.d_head)  # [n_seq, n_kv_heads, d_head]
+    if rope is not None:
+        q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
+    rec("q", l, q), rec("k", l, k), rec("v", l, v)
+
+    # Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
+    group = cfg.n_heads // cfg.n_kv_heads
+    k, v = np.repeat(k, group, axis=-2), np.repeat(v, group, axis=-2)                 # [n_seq, n_heads, d_head]
+
+    q = np.swapaxes(q, -3, -2)                                                         # [n_heads, n_seq, d_head]
+    k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))  # [n_heads, d_head, n_seq]; a contiguous copy is ~2x faster than a view
+    v = np.swapaxes(v, -3, -2)                                                         # [n_heads, n_seq, d_head]
+    scores = (q @ k_T) * x.dtype.type(1.0 / math.sqrt(cfg.d_head))                     # [n_heads, n_seq, n_seq]
+    scores[..., causal_mask(n_seq)] = -np.inf   # exp(-inf) = 0 exactly: no magic -1e10
+    pattern = ops.softmax(scores)                                                      # [n_heads, n_seq(q), n_seq(k)]
+    rec("pattern", l, pattern)
+    z = np.swapaxes(pattern @ v, -3, -2)                                               # [n_seq, n_heads, d_head]
+    rec("z", l, z)
+    return linear(z.reshape(*lead, n_seq, cfg.n_heads * cfg.d_head), w.W_O, w.b_O)     # [n_seq, d_model]
+
+
+def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) -> np.ndarray:
+    """act(x W_in + b_in) W_out + b_out, or the gated form act(x W_gate) * (x W_in).  [n_seq, d_model] -> same"""
+    act = ops.ACTIVATIONS[cfg.act]
+    pre = linear(x, w.W_in, w.b_in)                                                    # [n_seq, d_mlp]
+    mlp_post = act(linear(x, w.W_gate, w.b_gate)) * pre if cfg.gated_mlp else act(pre)
+    rec("mlp_post", l, mlp_post)
+    return linear(mlp_post, w.W_out, w.b_out)                                          # [n_seq, d_model]
+
+
+def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
+          rec: Recorder, l: int) -> np.ndarray:
+    """One transformer block.  [n_seq, d_model] -> [n_seq, d_model]"""
+    rec("resid_pre", l, resid_pre)
+    normed, scale_ln1 = norm(resid_pre, w.ln1_w, w.ln1_b, cfg)
+    rec("scale_ln1", l, scale_ln1)
+    attn_out = attention(normed, w, cfg, rope, rec, l)
+    resid_mid = resid_pre + attn_out
+    # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
+    normed, scale_ln2 = norm(resid_pre if cfg.parallel_residual else resid_mid, w.ln2_w, w.ln2_b, cfg)
+    rec("scale_ln2", l, scale_ln2)
+    mlp_out = mlp(normed, w, cfg, rec, l)
+    resid_post = resid_mid + mlp_out
+    rec("attn_out", l, attn_out), rec("resid_mid", l, resid_mid)
+    rec("mlp_out", l, mlp_out), rec("resid_post", l, resid_post)
+    return resid_post
+
+
+def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Recorder) -> np.ndarray:
+    """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]"""
+    n_seq = ids.shape[-1]
+    embed = g.W_E[ids]                                                                 # [n_seq, d_model]
+    rec("embed", None, embed)
+    x = embed
+    if cfg.positional == "learned":
+        pos_embed = np.broadcast_to(g.W_pos[:n_seq], embed.shape)                      # [n_seq, d_model]
+        rec("pos_embed", None, pos_embed)
+        x = embed + pos_embed
+    rope = ops.rope_tables(cfg.rope, n_seq, x.dtype) if cfg.positional == "rope" else None
+    for l in range(cfg.n_layers):
+        x = block(x, layers[l], cfg, rope, rec, l)
+    rec("resid_final", None, x)
+    normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg)
+    rec("scale_final", None, scale_final), rec("normalized", None, normalized)
+    return linear(normalized, g.W_U, g.b_U)                                            # [n_seq, d_vocab]
+
+
+# ------------------------------------------------------------------------------------------
+# The model object: weights, tokenizer, input checks
+# ------------------------------------------------------------------------------------------
+
+class Model:
+    """A loaded checkpoint. ``run`` returns a Trace; the model itself holds no state between runs."""
+
+    def __init__(self, cfg: ModelConfig, params: GlobalParams, layers, dtype=np.float32,
+                 tokenizer: Tokenizer | None = None, folder: Path | None = None, files: tuple = ()):
+        self.cfg = cfg
+        self.params = params              # global weights: W_E, W_pos, lnf_w, lnf_b, W_U, b_U
+        self.layers = layers              # a Sequence of LayerParams, widened lazily
+        self.dtype = np.dtype(dtype)
+        self.tokenizer = tokenizer
+        self.folder = folder
+        self.files = files
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"Model({c.family}: {c.n_layers} layers, d_model={c.d_model}, heads={c.n_heads}/{c.n_kv_heads}, "
+                f"d_vocab={c.d_vocab}, dtype={self.dtype.name}, from {self.folder})")
+
+    # ---- tokens ---------------------------------------------------------------------------
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise TokenizerMissingError(
+                f"this model ({self.folder}) has no tokenizer.json, so it cannot read text. "
+                f"Pass token ids (a list or array of ints) instead, or put the tokenizer.json beside config.json."
+            )
+        return self.tokenizer
+
+    def to_tokens(self, text: str, prepend_bos: bool | None = None) -> np.ndarray:
+        """Text -> ids [n_seq] int64. Llama-style families prepend BOS; override with prepend_bos."""
+        return self._need_tokenizer().encode(text, prepend_bos)
+
+    def to_str_tokens(self, ids) -> list[str]:
+        if isinstance(ids, str):
+            ids = self.to_tokens(ids)
+        return self._need_tokenizer().str_tokens(self.check_ids(ids))
+
+    def decode(self, ids) -> str:
+        return self._need_tokenizer().decode(self.check_ids(ids))
+
+    def to_single_token(self, token: str | int) -> int:
+        """A token given as a string (which must be exactly one token) or an id, as a checked id."""
+        if isinstance(token, str):
+            return self._need_tokenizer().single_token(token)
+        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
+            raise InputError(f"a token must be a string or an int id, got {token!r} ({type(token).__name__}).")
+        if not 0 <= token < self.cfg.d_vocab:
+            raise InputError(f"token id {token} is out of range: this model's vocabulary is 0..{self.cfg.d_vocab - 1}.")
+        return int(token)
+
+    def check_ids(self, ids, allow_batch: bool = False) -> np.ndarray:
+        """Any array-like of token ids (list, numpy, or a torch tensor via __array__) -> checked int64 array.
+
+        [n_seq] or [1, n_seq] -> [n_seq]; with allow_batch, [batch, n_seq] stays 2-D.
+        """
+        if isinstance(ids, str):
+            return self.to_tokens(ids)
+        try:
+            arr = np.asarray(ids)
+        except ValueError:
+            raise InputError("token ids must be a rectangular array; a batch needs sequences of equal length "
+                             "(pad them, or run them one at a time).") from None
+        if arr.dtype == object:
+            raise InputError("token ids must be a rectangular array of ints; a batch needs sequences of equal "
+                             "length (pad them, or run them one at a time).")
+        if arr.ndim == 2 and arr.shape[0] == 1 and not allow_batch:
+            arr = arr[0]
+        if arr.ndim != (2 if allow_batch and arr.ndim == 2 else 1):
+            raise InputError(f"token ids must have shape [n_seq]{' or [batch, n_seq]' if allow_batch else ' or [1, n_seq]'},"
+                             f" got shape {list(arr.shape)}.")
+        if arr.size == 0 or arr.shape[-1] == 0:
+            raise InputError("the input is empty: give at least one token.")
+        if arr.dtype.kind not in "iu":
+            raise InputError(f"token ids must be integers, got dtype {arr.dtype}. Cast them, e.g. ids.astype(int).")
+        bad = (arr < 0) | (arr >= self.cfg.d_vocab)
+        if bad.any():
+            first = int(np.argwhere(bad)[0][-1])
+            raise InputError(f"token id {arr.reshape(-1)[np.flatnonzero(bad)[0]]} at position {first} is out of range:"
+                             f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}.")
+        if self.cfg.n_ctx is not None and arr.shape[-1] > self.cfg.n_ctx:
+            raise InputError(f"the input has {arr.shape[-1]} tokens, but this {self.cfg.family} model has learned "
+                             f"positions for only {self.cfg.n_ctx} (n_positions). Shorten the input.")
+        return arr.astype(np.int64)
+
+    # ---- running --------------------------------------------------------------------------
+    def run(self, ids, names: Iterable[str] | None = None) -> Trace:
+        """Run one sequence (text, a list of ints, or ids [n_seq] / [1, n_seq]) and record its stream.
+
+        ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are always kept.
+        """
+        ids = self.check_ids(ids)
+        rec = Recorder(names)
+        logits = forward(ids, self.params, self.layers, self.cfg, rec)
+        return Trace(self, ids, rec.store, logits)
+
+    def run_batch(self, ids, names: Iterable[str] | None = None) -> list[Trace]:
+        """Run several equal-length sequences at once ([batch, n_seq]); one Trace per sequence.
+
+        The matrix products see batch * n_seq rows at once, which helps short sequences; the numbers
+        equal running each sequence alone.
+        """
+        ids = self.check_ids(ids, allow_batch=True)
+        ids = ids[None] if ids.ndim == 1 else ids
+        rec = Recorder(names)
+        logits = forward(ids, self.params, self.layers, self.cfg, rec)
+        return [Trace(self, ids[b], {key: value[b] for key, value in rec.store.items()}, logits[b])
+                for b in range(len(ids))]
+
+    def __call__(self, ids) -> np.ndarray:
+        """The logits only.  -> [n_seq, d_vocab]"""
+        return self.run(ids, names=()).logits
+
+    def generate(self, ids, n_new: int = 20) -> np.ndarray:
+        """Greedy decoding, re-running the whole sequence each step (minilens keeps no KV cache)."""
+        ids = self.check_ids(ids)
+        for _ in range(n_new):
+            next_id = int(self(ids)[-1].argmax())
+            ids = np.append(ids, next_id)
+            if self.cfg.n_ctx is not None and len(ids) >= self.cfg.n_ctx:
+                break
+        return ids
+
+
+def load(path_or_name, dtype=np.float32, check_finite: bool = False) -> Model:
+    """Load a Hugging Face checkpoint folder (or a model name from the local HF cache).
+
+    ``dtype`` is the compute dtype: float32 by default, float64 as a reference mode. Stored
+    F16/BF16/F32 weights are widened exactly. Tensors are memory-mapped read-only and each
+    layer is widened on first use, so loading is quick and nothing is ever written to the folder.
+    ``check_finite=True`` reads every weight once and names any tensor holding NaN or inf.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise InputError(f"dtype must be float32 or float64, got {dtype}.")
+    folder = resolve(path_or_name)
+    cfg = ModelConfig.from_file(folder / "config.json")
+    files = find_safetensors(folder)
+    ckpt = Checkpoint(files, LAYOUTS[cfg.family])
+    ckpt.validate(cfg)
+    if check_finite:
+        check_weights_finite(ckpt)
+    params = blas_ready(ckpt.layout.globals(ckpt.getter(dtype), cfg))
+    layers = LazyLayers(ckpt, cfg, dtype)
+    tok_path = folder / "tokenizer.json"
+    tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
+    return Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
+
+
+def check_weights_finite(ckpt: Checkpoint) -> None:
+    """Read every tensor once (in float32) and name the first that holds NaN or inf."""
+    get = ckpt.getter(np.float32)
+    for name, info in ckpt.infos.items():
+        if not np.isfinite(get(name, info.shape)).all():
+            raise CheckpointError(f"tensor {name!r} in {info.file} holds NaN or inf values. "
+                                  f"The checkpoint is corrupt or diverged in training; use another one.")

@@ -1,0 +1,137 @@
+"""Pure functions, one per equation. Every function keeps its input's dtype."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import RopeConfig
+
+
+def layer_norm_scale(x: np.ndarray, eps: float) -> np.ndarray:
+    """s = sqrt(var(x) + eps), the LayerNorm divisor.  [..., d_model] -> [..., 1]"""
+    centred = x - x.mean(-1, keepdims=True)
+    return np.sqrt((centred * centred).mean(-1, keepdims=True) + eps)
+
+
+def rms_norm_scale(x: np.ndarray, eps: float) -> np.ndarray:
+    """s = sqrt(mean(x^2) + eps), the RMSNorm divisor.  [..., d_model] -> [..., 1]"""
+    return np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+
+
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, eps: float) -> np.ndarray:
+    """N(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta.  [..., d_model] -> [..., d_model]"""
+    return normalize(x, gamma, beta, "layernorm", eps)[0]
+
+
+def rms_norm(x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
+    """N(x) = gamma * x / sqrt(mean(x^2) + eps).  [..., d_model] -> [..., d_model]"""
+    return normalize(x, gamma, None, "rmsnorm", eps)[0]
+
+
+def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, kind: str,
+              eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Either norm, also returning its divisor s, which attribution freezes.  -> [..., d_model], [..., 1]"""
+    if kind == "layernorm":
+        x = x - x.mean(-1, keepdims=True)
+        s = np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+    else:
+        s = rms_norm_scale(x, eps)
+    y = x / s * gamma
+    return (y if beta is None else y + beta), s
+
+
+def gelu_new(x: np.ndarray) -> np.ndarray:
+    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    c = x.dtype.type(math.sqrt(2.0 / math.pi))
+    return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """The exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))."""
+    from math import erf  # numpy has no erf; vectorise the scalar one (used only by rare configs)
+    return (0.5 * x * (1.0 + np.vectorize(erf, otypes=[x.dtype])(x / math.sqrt(2.0)))).astype(x.dtype)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """SiLU (swish): x * sigmoid(x) = x / (1 + exp(-x))."""
+    return x / (1.0 + np.exp(-x))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+ACTIVATIONS = {"gelu_new": gelu_new, "gelu_tanh": gelu_new, "gelu_pytorch_tanh": gelu_new,
+               "gelu": gelu, "silu": silu, "swish": silu, "relu": relu}
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """exp(x - max) / sum(exp(x - max)); subtracting the max keeps exp from overflowing."""
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = x - x.max(axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis, keepdims=True))
+
+
+def rope_inv_freq(rope: RopeConfig, n_seq: int) -> np.ndarray:
+    """The rotary frequencies theta^(-2i/d), rescaled by the config's rope type.  -> [rotary_dim // 2] float64
+
+    Computed in float64 whatever the compute dtype: the tables are cast once, afterwards.
+    """
+    dim = rope.rotary_dim
+    theta = rope.theta
+    if rope.kind == "dynamic" and rope.max_position_embeddings and n_seq > rope.max_position_embeddings:
+        # Dynamic NTK: grow the base once the sequence is longer than the trained context.
+        ratio = rope.factor * n_seq / rope.max_position_embeddings - (rope.factor - 1)
+        theta = theta * ratio ** (dim / (dim - 2))
+    inv_freq = 1.0 / theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    if rope.kind == "linear":
+        inv_freq = inv_freq / rope.factor          # positions are stretched by the factor
+    elif rope.kind == "llama3":
+        inv_freq = llama3_inv_freq(inv_freq, rope)
+    return inv_freq
+
+
+def llama3_inv_freq(inv_freq: np.ndarray, rope: RopeConfig) -> np.ndarray:
+    """Llama 3.1's frequency-dependent scaling.
+
+    Wavelengths longer than original_len / low_freq_factor are divided by the factor; shorter than
+    original_len / high_freq_factor they are kept; the band in between (inclusive at both edges)
+    interpolates smoothly between the two.
+    """
+    original_len = rope.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    low_freq_wavelen = original_len / rope.low_freq_factor
+    high_freq_wavelen = original_len / rope.high_freq_factor
+    smooth = (original_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+    middle = (1 - smooth) * inv_freq / rope.factor + smooth * inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq)
+    in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(in_band, middle, scaled)
+
+
+def rope_tables(rope: RopeConfig, n_seq: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of position * frequency, in the half-split layout.  -> 2 x [n_seq, rotary_dim]"""
+    angles = np.outer(np.arange(n_seq, dtype=np.float64), rope_inv_freq(rope, n_seq))  # [n_seq, rotary_dim // 2]
+    angles = np.concatenate([angles, angles], axis=-1)                                 # [n_seq, rotary_dim]
+    return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each head's first rotary_dim dims by position.  [..., n_seq, n_heads, d_head] -> same
+
+    Hugging Face checkpoints use the half-split ("rotate_half") layout: dimension i pairs with
+    i + rotary_dim/2, not with its neighbour i+1 as in Meta's interleaved layout.
+    """
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    half = r // 2
+    rotated_half = np.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)  # rotate_half(x)
+    cos, sin = cos[:, None, :], sin[:, None, :]                                       # broadcast over heads
+    out = x_rot * cos + rotated_half * sin
+    return out if x_pass.shape[-1] == 0 else np.concatenate([out, x_pass], axis=-1)

@@ -1,0 +1,113 @@
+"""Read safetensors files: validated header, memory-mapped tensors, exact bfloat16 widening.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of JSON describing each
+tensor (dtype, shape, [begin, end) offsets into the data block), then the data block.
+(https://github.com/huggingface/safetensors#format)
+
+We parse the header ourselves rather than calling ``safetensors.numpy``, for two reasons:
+numpy has no bfloat16, so that loader cannot return Llama checkpoints; and a file from a
+stranger must be validated (sizes, offsets, dtypes) *before* any memory is allocated for it.
+Tensors are views into a read-only ``np.memmap``: nothing is read until a tensor is used,
+and nothing can be written back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 bits.
+DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str                 # safetensors dtype string, e.g. "BF16"
+    shape: tuple[int, ...]
+    begin: int                 # byte offsets inside the data block
+    end: int
+    file: Path
+
+
+def read_header(path: Path) -> dict[str, TensorInfo]:
+    """Parse and validate a safetensors header without reading any tensor data."""
+    size = path.stat().st_size
+    fix = "The file is damaged or was downloaded halfway; download it again."
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path}: only {size} bytes, too short to be a safetensors file. {fix}")
+        (n_header,) = struct.unpack("<Q", prefix)
+        if n_header > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"{path}: header claims {n_header} bytes but the file holds {size - 8} after the length. {fix}"
+            )
+        raw = fh.read(n_header)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e}). {fix}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object. {fix}")
+
+    data_bytes = size - 8 - n_header
+    infos: dict[str, TensorInfo] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        infos[name] = _validate_entry(path, name, entry, data_bytes, fix)
+    spans = sorted((i.begin, i.end, i.name) for i in infos.values() if i.end > i.begin)
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the data block. {fix}")
+    return infos
+
+
+def _validate_entry(path: Path, name: str, entry: object, data_bytes: int, fix: str) -> TensorInfo:
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{path}: header entry for tensor {name!r} lacks dtype, shape or data_offsets. {fix}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {dtype}, which minilens does not read "
+            f"(it reads {', '.join(DTYPES)}). Convert the checkpoint to float16, bfloat16 or float32 first."
+        )
+    if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)):
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r} or offsets {offsets!r}. {fix}")
+    begin, end = offsets
+    n_bytes = math.prod(shape) * DTYPES[dtype][1]
+    if not 0 <= begin <= end <= data_bytes or end - begin != n_bytes:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} claims bytes [{begin}, {end}) for shape {shape} {dtype} "
+            f"({n_bytes} bytes), but the data block holds {data_bytes} bytes. {fix}"
+        )
+    return TensorInfo(name, dtype, tuple(shape), begin, end, path)
+
+
+def open_tensor(info: TensorInfo, memmaps: dict[Path, np.memmap]) -> np.ndarray:
+    """A read-only view of one tensor's stored bits (bfloat16 stays as uint16 bits)."""
+    if info.file not in memmaps:
+        memmaps[info.file] = np.memmap(info.file, dtype=np.uint8, mode="r")
+    mm = memmaps[info.file]
+    (n_header,) = struct.unpack("<Q", mm[:8].tobytes())
+    start = 8 + n_header + info.begin
+    storage, _ = DTYPES[info.dtype]
+    return mm[start:8 + n_header + info.end].view(storage).reshape(info.shape)
+
+
+def widen(stored: np.ndarray, st_dtype: str, dtype: np.dtype) -> np.ndarray:
+    """Stored bits -> ``dtype`` values. bfloat16 is the top half of a float32, so widening is exact."""
+    if st_dtype == "BF16":
+        return (stored.astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
+    return stored.astype(dtype)

@@ -1,0 +1,124 @@
+"""Trace: the recorded residual stream of one forward pass.
+
+Keys follow TransformerLens's hook vocabulary, so that people who know it feel at home:
+
+======================  =====================================  ========================================
+key                     shape                                  meaning
+======================  =====================================  ========================================
+"embed"                 [n_seq, d_model]                       token embeddings W_E[ids]
+"pos_embed"             [n_seq, d_model]                       learned position embeddings (GPT-2 only)
+("resid_pre", l)        [n_seq, d_model]                       the stream entering block l
+("scale_ln1", l)        [n_seq, 1]                             the divisor of block l's first norm
+("attn_out", l)         [n_seq, d_model]                       what attention writes to the stream
+("resid_mid", l)        [n_seq, d_model]                       resid_pre + attn_out
+("scale_ln2", l)        [n_seq, 1]                             the divisor of block l's second norm
+("mlp_out", l)          [n_seq, d_model]                       what the MLP writes to the stream
+("resid_post", l)       [n_seq, d_model]                       resid_mid + mlp_out
+("q"|"k"|"v", l)        [n_seq, n_(kv_)heads, d_head]          per-head queries (after RoPE), keys, values
+("z", l)                [n_seq, n_heads, d_head]               each head's output before W_O
+("pattern", l)          [n_heads, n_seq, n_seq]                attention probabilities [head, query, key]
+("mlp_post", l)         [n_seq, d_mlp]                         the MLP's hidden activations (before W_out)
+"scale_final"           [n_seq, 1]                             the final norm's divisor on the last residual
+"resid_final"           [n_seq, d_model]                       the last residual stream (== resid_post, L-1)
+"normalized"            [n_seq, d_model]                       N(resid_final): the final normalized stream
+"logits"                [n_seq, d_vocab]                       (also trace.logits)
+======================  =====================================  ========================================
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable
+
+import numpy as np
+
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "resid_mid",
+              "scale_ln2", "mlp_post", "mlp_out", "resid_post")
+GLOBAL_KEYS = ("embed", "pos_embed", "resid_final", "scale_final", "normalized", "logits")
+ALL_KEYS = LAYER_KEYS + GLOBAL_KEYS
+
+
+class Recorder:
+    """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``."""
+
+    def __init__(self, names: Iterable[str] | None):
+        self.names = None if names is None else set(names)
+        self.store: dict[tuple[str, int | None], np.ndarray] = {}
+
+    def wants(self, name: str) -> bool:
+        return self.names is None or name in self.names
+
+    def __call__(self, name: str, layer: int | None, value: np.ndarray) -> None:
+        if self.wants(name):
+            self.store[(name, layer)] = value
+
+
+class Trace:
+    """Everything one forward pass recorded, plus the model that made it.
+
+    ``trace["resid_pre", l]`` accepts negative layers, as in Python. ``trace.model`` lets the lens
+    and the attribution work from the trace alone.
+    """
+
+    def __init__(self, model: "Model", ids: np.ndarray, store: dict, logits: np.ndarray):
+        self.model = model
+        self.ids = ids                              # [n_seq] int64
+        self._store = store
+        self.logits = logits                        # [n_seq, d_vocab]
+
+    @property
+    def n_seq(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_layers(self) -> int:
+        return self.model.cfg.n_layers
+
+    def keys(self) -> list:
+        return list(self._store)
+
+    def layer_index(self, layer: int) -> int:
+        """A layer index, negative allowed, checked against the model's depth."""
+        L = self.n_layers
+        if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not -L <= layer < L:
+            raise InputError(f"layer {layer!r} is out of range: this model has {L} layers, so use 0..{L - 1} "
+                             f"(or -{L}..-1 from the end).")
+        return int(layer) % L
+
+    def __contains__(self, key) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise InputError(f"trace keys are a name or (name, layer), got {key!r}.")
+            name, layer = key
+            if name not in LAYER_KEYS:
+                raise InputError(f"{name!r} is not a per-layer key; per-layer keys are {', '.join(LAYER_KEYS)}.")
+            stored = (name, self.layer_index(layer))
+        else:
+            name = key
+            if name == "logits":
+                return self.logits
+            if name in LAYER_KEYS:
+                raise InputError(f"{name!r} is recorded per layer: use trace[{name!r}, layer].")
+            if name not in GLOBAL_KEYS:
+                raise InputError(f"unknown trace key {name!r}; keys are {', '.join(ALL_KEYS)}.")
+            stored = (name, None)
+        if stored not in self._store:
+            raise KeyError(f"{key!r} was not recorded in this trace. Run model.run(ids) without names=..., "
+                           f"or include {name!r} in names.")
+        return self._store[stored]
+
+    def __repr__(self) -> str:
+        cfg = self.model.cfg
+        return (f"Trace({cfg.family}, n_seq={self.n_seq}, n_layers={cfg.n_layers}, "
+                f"{len(self._store)} arrays, dtype={self.logits.dtype})")

@@ -1,0 +1,313 @@
+"""Checkpoint -> math-named weights.
+
+This is the one place where checkpoint tensor names become math names (W_Q, W_K, W_V, W_O,
+W_in, W_gate, W_out, W_E, W_pos, W_U, the norm weights) and where every matrix is put in the
+``[d_in, d_out]`` layout, so that each linear layer in model.py reads ``x @ W + b``.
+
+Each family's *layout* is a pair of small functions that say, tensor by tensor, which
+checkpoint name becomes which math name and how it is reshaped. Running a layout against
+the safetensors headers alone (no data) validates the whole checkpoint at load time:
+every expected tensor present with the right shape, and no unexpected ones.
+Layers are then widened to the compute dtype lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import CheckpointError, CheckpointNotFoundError
+from .safetensors_io import TensorInfo, open_tensor, read_header, widen
+
+Getter = Callable[[str, tuple], np.ndarray]  # (checkpoint name without prefix, expected shape) -> array
+
+
+@dataclass
+class LayerParams:
+    """One block's weights. Matrices are [d_in, d_out]; absent biases are None."""
+
+    ln1_w: np.ndarray                 # [d_model]
+    ln1_b: np.ndarray | None          # [d_model]            LayerNorm only
+    W_Q: np.ndarray                   # [d_model, n_heads * d_head]
+    W_K: np.ndarray                   # [d_model, n_kv_heads * d_head]
+    W_V: np.ndarray                   # [d_model, n_kv_heads * d_head]
+    b_Q: np.ndarray | None            # [n_heads * d_head]
+    b_K: np.ndarray | None            # [n_kv_heads * d_head]
+    b_V: np.ndarray | None            # [n_kv_heads * d_head]
+    W_O: np.ndarray                   # [n_heads * d_head, d_model]
+    b_O: np.ndarray | None            # [d_model]
+    ln2_w: np.ndarray                 # [d_model]
+    ln2_b: np.ndarray | None          # [d_model]
+    W_in: np.ndarray                  # [d_model, d_mlp]
+    b_in: np.ndarray | None           # [d_mlp]
+    W_gate: np.ndarray | None         # [d_model, d_mlp]     gated MLPs only
+    b_gate: np.ndarray | None         # [d_mlp]
+    W_out: np.ndarray                 # [d_mlp, d_model]
+    b_out: np.ndarray | None          # [d_model]
+
+
+@dataclass
+class GlobalParams:
+    W_E: np.ndarray                   # [d_vocab, d_model]
+    W_pos: np.ndarray | None          # [n_ctx, d_model]     learned positions only
+    lnf_w: np.ndarray                 # [d_model]
+    lnf_b: np.ndarray | None          # [d_model]
+    W_U: np.ndarray                   # [d_model, d_vocab]
+    b_U: np.ndarray | None            # [d_vocab]
+
+
+# --------------------------------------------------------------------------------------------
+# Family layouts: checkpoint names -> math names, transposed to [d_in, d_out] exactly once.
+# --------------------------------------------------------------------------------------------
+
+def gpt2_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # GPT-2 uses Conv1D, whose weight is already stored [in, out]: no transpose.
+    d, m, p = cfg.d_model, cfg.d_mlp, f"h.{l}."
+    W_QKV = get(p + "attn.c_attn.weight", (d, 3 * d))        # [d_model, 3 * d_model], q|k|v side by side
+    b_QKV = get(p + "attn.c_attn.bias", (3 * d,))
+    W_Q, W_K, W_V = np.split(W_QKV, 3, axis=1)
+    b_Q, b_K, b_V = np.split(b_QKV, 3)
+    return LayerParams(
+        ln1_w=get(p + "ln_1.weight", (d,)), ln1_b=get(p + "ln_1.bias", (d,)),
+        W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V,
+        W_O=get(p + "attn.c_proj.weight", (d, d)), b_O=get(p + "attn.c_proj.bias", (d,)),
+        ln2_w=get(p + "ln_2.weight", (d,)), ln2_b=get(p + "ln_2.bias", (d,)),
+        W_in=get(p + "mlp.c_fc.weight", (d, m)), b_in=get(p + "mlp.c_fc.bias", (m,)),
+        W_gate=None, b_gate=None,
+        W_out=get(p + "mlp.c_proj.weight", (m, d)), b_out=get(p + "mlp.c_proj.bias", (d,)),
+    )
+
+
+def gpt2_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
+    W_E = get("wte.weight", (cfg.d_vocab, cfg.d_model))
+    return GlobalParams(
+        W_E=W_E, W_pos=get("wpe.weight", (cfg.n_ctx, cfg.d_model)),
+        lnf_w=get("ln_f.weight", (cfg.d_model,)), lnf_b=get("ln_f.bias", (cfg.d_model,)),
+        W_U=unembedding(get, cfg, W_E, "lm_head.weight"), b_U=None,
+    )
+
+
+def llama_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # nn.Linear stores weight as [out, in] (it computes x @ W.T): transpose once, here.
+    d, m, q, kv, p = cfg.d_model, cfg.d_mlp, cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head, f"layers.{l}."
+
+    def linear(name: str, d_in: int, d_out: int, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        W = get(p + name + ".weight", (d_out, d_in)).T                      # [d_out, d_in] -> [d_in, d_out]
+        return W, (get(p + name + ".bias", (d_out,)) if bias else None)
+
+    W_Q, b_Q = linear("self_attn.q_proj", d, q, cfg.qkv_bias)
+    W_K, b_K = linear("self_attn.k_proj", d, kv, cfg.qkv_bias)
+    W_V, b_V = linear("self_attn.v_proj", d, kv, cfg.qkv_bias)
+    W_O, b_O = linear("self_attn.o_proj", q, d, cfg.o_bias)
+    W_gate, b_gate = linear("mlp.gate_proj", d, m, cfg.mlp_bias)
+    W_in, b_in = linear("mlp.up_proj", d, m, cfg.mlp_bias)
+    W_out, b_out = linear("mlp.down_proj", m, d, cfg.mlp_bias)
+    return LayerParams(
+        ln1_w=get(p + "input_layernorm.weight", (d,)), ln1_b=None,
+        W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=b_O,
+        ln2_w=get(p + "post_attention_layernorm.weight", (d,)), ln2_b=None,
+        W_in=W_in, b_in=b_in, W_gate=W_gate, b_gate=b_gate, W_out=W_out, b_out=b_out,
+    )
+
+
+def llama_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
+    W_E = get("embed_tokens.weight", (cfg.d_vocab, cfg.d_model))
+    return GlobalParams(
+        W_E=W_E, W_pos=None, lnf_w=get("norm.weight", (cfg.d_model,)), lnf_b=None,
+        W_U=unembedding(get, cfg, W_E, "lm_head.weight"), b_U=None,
+    )
+
+
+def unembedding(get: Getter, cfg: ModelConfig, W_E: np.ndarray, name: str) -> np.ndarray:
+    """W_U [d_model, d_vocab]: the embedding's transpose when tied, else the stored head transposed."""
+    if cfg.tie_embeddings:
+        return W_E.T
+    return get(name, (cfg.d_vocab, cfg.d_model)).T                           # [d_vocab, d_model] -> [d_model, d_vocab]
+
+
+@dataclass(frozen=True)
+class Layout:
+    layer: Callable[[Getter, ModelConfig, int], LayerParams]
+    globals: Callable[[Getter, ModelConfig], GlobalParams]
+    prefixes: tuple[str, ...]          # stripped from checkpoint names: HF saves "transformer.h.0..." or "h.0..."
+    ignored: tuple[str, ...] = ()      # suffixes of non-parameter buffers some checkpoints carry
+    optional: tuple[str, ...] = ("lm_head.weight",)  # may be present even when tied
+
+
+LAYOUTS: dict[str, Layout] = {
+    "gpt2": Layout(gpt2_layer, gpt2_globals, ("transformer.",), ignored=(".attn.bias", ".attn.masked_bias")),
+    "llama": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and opening a checkpoint
+# --------------------------------------------------------------------------------------------
+
+def hf_cache_dirs() -> list[Path]:
+    """Where huggingface_hub keeps downloaded models, in its own order of precedence."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return [Path(os.environ["HF_HUB_CACHE"])]
+    if os.environ.get("HF_HOME"):
+        return [Path(os.environ["HF_HOME"]) / "hub"]
+    return [Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"]
+
+
+def resolve(path_or_name: str | os.PathLike) -> Path:
+    """A local folder, or a model name such as "gpt2" found in the local Hugging Face cache.
+
+    minilens never touches the network.
+    """
+    path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        return path
+    name = str(path_or_name)
+    looked = []
+    for cache in hf_cache_dirs():
+        repo = cache / ("models--" + name.replace("/", "--"))
+        looked.append(str(repo))
+        snapshots = repo / "snapshots"
+        if not snapshots.is_dir():
+            continue
+        ref = repo / "refs" / "main"
+        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.json").is_file():
+            return snapshots / ref.read_text().strip()
+        candidates = sorted((s for s in snapshots.iterdir() if (s / "config.json").is_file()),
+                            key=lambda s: s.stat().st_mtime)
+        if candidates:
+            return candidates[-1]
+    raise CheckpointNotFoundError(
+        f"{name!r} is neither a local folder nor a model in the local Hugging Face cache "
+        f"(looked in {', '.join(looked)}). minilens never downloads. Download it once with "
+        f"`huggingface-cli download {name} --include '*.json' '*.safetensors'` "
+        f"and call minilens.load({name!r}) again, or pass the folder's path."
+    )
+
+
+def find_safetensors(folder: Path) -> list[Path]:
+    """The checkpoint's safetensors files: a single file, or the shards named by the index."""
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r}).") from None
+        shards = sorted({folder / f for f in weight_map.values()})
+        for shard in shards:
+            if not shard.is_file():
+                raise CheckpointNotFoundError(
+                    f"{index} names the shard {shard.name}, which is not in {folder}. "
+                    f"The download is incomplete: fetch the missing shard."
+                )
+        return shards
+    if list(folder.glob("*.bin")) or list(folder.glob("*.pt")) or list(folder.glob("*.pth")):
+        raise CheckpointError(
+            f"{folder}: holds only pickled PyTorch weights (.bin/.pt), which minilens refuses to load "
+            f"because unpickling can run arbitrary code. Convert them yourself, once, with transformers: "
+            f"`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder_out, safe_serialization=True)`."
+        )
+    raise CheckpointNotFoundError(
+        f"{folder}: no model.safetensors or model.safetensors.index.json. Download the .safetensors files too."
+    )
+
+
+class Checkpoint:
+    """The tensors of one checkpoint, by name (prefix stripped), memory-mapped and read-only."""
+
+    def __init__(self, files: Sequence[Path], layout: Layout):
+        self.layout = layout
+        self.infos: dict[str, TensorInfo] = {}
+        for file in files:
+            for name, info in read_header(file).items():
+                self.infos[self._strip(name)] = info
+        self._memmaps: dict[Path, np.memmap] = {}
+
+    def _strip(self, name: str) -> str:
+        for prefix in self.layout.prefixes:
+            if name.startswith(prefix):
+                return name[len(prefix):]
+        return name
+
+    def _info(self, name: str, shape: tuple) -> TensorInfo:
+        if name not in self.infos:
+            files = sorted({str(i.file) for i in self.infos.values()})
+            raise CheckpointError(
+                f"tensor {name!r} is missing from {', '.join(files)}. The checkpoint is incomplete or "
+                f"its config.json does not describe it (check num_hidden_layers, tie_word_embeddings, biases)."
+            )
+        info = self.infos[name]
+        if info.shape != tuple(shape):
+            raise CheckpointError(
+                f"tensor {name!r} in {info.file} has shape {list(info.shape)}, but config.json implies "
+                f"{list(shape)}. The config and the weights do not belong together."
+            )
+        return info
+
+    def getter(self, dtype: np.dtype) -> Getter:
+        def get(name: str, shape: tuple) -> np.ndarray:
+            info = self._info(name, shape)
+            return widen(open_tensor(info, self._memmaps), info.dtype, dtype)
+        return get
+
+    def validate(self, cfg: ModelConfig) -> None:
+        """Check every tensor's presence and shape from the headers alone, and that none is unexpected."""
+        used: set[str] = set()
+
+        def get(name: str, shape: tuple) -> np.ndarray:
+            self._info(name, shape)
+            used.add(name)
+            return np.broadcast_to(np.float32(0), shape)  # a free stand-in: no data is read
+
+        self.layout.globals(get, cfg)
+        for l in range(cfg.n_layers):
+            self.layout.layer(get, cfg, l)
+        unexpected = [n for n in self.infos if n not in used and n not in self.layout.optional
+                      and not n.endswith(self.layout.ignored)]
+        if unexpected:
+            info = self.infos[unexpected[0]]
+            raise CheckpointError(
+                f"unexpected tensor {unexpected[0]!r} in {info.file} ({len(unexpected)} unexpected in all). "
+                f"config.json does not describe this checkpoint (check num_hidden_layers, biases, model_type)."
+            )
+
+    def n_bytes(self) -> int:
+        return sum(i.end - i.begin for i in self.infos.values())
+
+
+class LazyLayers(Sequence[LayerParams]):
+    """Layer weights, widened to the compute dtype on first use and then kept."""
+
+    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, dtype: np.dtype):
+        self._get, self._layout, self._cfg = ckpt.getter(dtype), ckpt.layout, cfg
+        self._cache: dict[int, LayerParams] = {}
+
+    def __len__(self) -> int:
+        return self._cfg.n_layers
+
+    def __getitem__(self, l):  # type: ignore[override]
+        if isinstance(l, slice):
+            return [self[i] for i in range(*l.indices(len(self)))]
+        l = range(len(self))[l]
+        if l not in self._cache:
+            self._cache[l] = blas_ready(self._layout.layer(self._get, self._cfg, l))
+        return self._cache[l]
+
+    def __iter__(self) -> Iterator[LayerParams]:
+        return (self[l] for l in range(len(self)))
+
+
+def blas_ready(params):
+    """Make every weight C- or F-contiguous: BLAS copies strided operands on every call otherwise."""
+    for f in fields(params):
+        a = getattr(params, f.name)
+        if isinstance(a, np.ndarray) and not (a.flags.c_contiguous or a.flags.f_contiguous):
+            setattr(params, f.name, np.ascontiguousarray(a))
+    return params
