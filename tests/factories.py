@@ -134,3 +134,21 @@ def prompt(n_seq: int = 48, d_vocab: int = 101, seed: int = 0):
     """Random token ids [n_seq] (int64 numpy), >= 40 long by default: RoPE layout bugs hide in short prompts."""
     import numpy as np
     return np.random.default_rng(seed).integers(0, d_vocab, size=n_seq, dtype=np.int64)
+
+
+WORDS = ["<unk>", "<s>", "</s>", "to", "be", "or", "not", "that", "is", "the", "question", ","]
+
+
+def write_tokenizer(folder, words=WORDS) -> dict[str, int]:
+    """Write a tiny word-level tokenizer.json into ``folder``: id i is ``words[i]``.  -> the vocab
+
+    Ids 0, 1, 2 are <unk>, <s>, </s>: the Llama factory's BOS is 1, GPT-2's is 0. Words split on
+    whitespace and punctuation, and decode joins them with spaces.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")   # joins words with spaces
+    tok.save(str(Path(folder) / "tokenizer.json"))
+    return vocab
