@@ -11,7 +11,7 @@ computes the logit lens and direct logit attribution on that record.
 
 from .config import ModelConfig, RopeConfig
 from .errors import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError,
-                     TokenizerMissingError, UnsupportedModelError)
+                     NotRecordedError, TokenizerMissingError, UnsupportedModelError)
 from .model import Model, forward, load
 from .trace import Trace
 
@@ -20,5 +20,5 @@ __version__ = "0.1.0"
 __all__ = [
     "load", "Model", "Trace", "ModelConfig", "RopeConfig", "forward",
     "MinilensError", "CheckpointError", "CheckpointNotFoundError", "InputError",
-    "TokenizerMissingError", "UnsupportedModelError",
+    "TokenizerMissingError", "UnsupportedModelError", "NotRecordedError",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import CheckpointError, CheckpointNotFoundError, UnsupportedModelError
+from .errors import CheckpointError, CheckpointNotFoundError, MinilensError, UnsupportedModelError
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,24 @@ class ModelConfig:
     def from_hf(cls, hf: dict, source: str = "config.json") -> "ModelConfig":
         """Read a Hugging Face config dict; ``source`` names the file in error messages."""
         model_type = hf.get("model_type")
-        if model_type not in FAMILY_READERS:
+        if not isinstance(model_type, str) or model_type not in FAMILY_READERS:
+            missing = " (config.json has no model_type field)" if model_type is None else ""
             raise UnsupportedModelError(
-                f"{source}: model_type {model_type!r} is not supported. "
+                f"{source}: model_type {model_type!r} is not supported{missing}. "
                 f"minilens supports: {', '.join(sorted(FAMILY_READERS))}."
             )
+        check_architecture(hf.get("architectures"), source)
         try:
-            return FAMILY_READERS[model_type](_Fields(hf, source))
+            cfg = FAMILY_READERS[model_type](_Fields(hf, source))
+        except MinilensError:
+            raise
         except KeyError as e:  # raised by _Fields.need
             raise CheckpointError(str(e.args[0])) from None
+        except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. "n_head": "4", or 0 heads
+            raise CheckpointError(f"{source}: a size field has the wrong type or value ({e}). "
+                                  f"Sizes must be positive integers; fix or re-save config.json.") from None
+        check_sizes(cfg, source)
+        return cfg
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ModelConfig":
@@ -111,6 +120,47 @@ class ModelConfig:
         if not isinstance(hf, dict):
             raise CheckpointError(f"{path}: expected a JSON object, found {type(hf).__name__}.")
         return cls.from_hf(hf, source=str(path))
+
+
+# Heads that replace the language-model head: their checkpoints have no W_U to read a lens through.
+TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+              "DoubleHeadsModel", "ForImageClassification")
+
+
+def check_architecture(architectures: Any, source: str) -> None:
+    """Refuse checkpoints saved with a task head instead of the causal language-model head."""
+    if architectures is None:
+        return
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CheckpointError(f"{source}: 'architectures' should be a list of class names, got {architectures!r}.")
+    for arch in architectures:
+        if arch.endswith(TASK_HEADS):
+            raise UnsupportedModelError(
+                f"{source}: architecture {arch!r} is a task head, not a causal language model, so it has no "
+                f"unembedding to read the residual stream through. Use the ...ForCausalLM / ...LMHeadModel "
+                f"checkpoint of the same model."
+            )
+
+
+def check_sizes(cfg: "ModelConfig", source: str) -> None:
+    """Every size a positive integer and the head counts consistent, so no shape error surfaces later in numpy."""
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {field} = {getattr(cfg, field)!r} {why}. Fix config.json "
+                               f"(it must describe the checkpoint's tensors).")
+
+    for field in ("n_layers", "d_model", "n_heads", "n_kv_heads", "d_head", "d_mlp", "d_vocab"):
+        value = getattr(cfg, field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(field, "is not a positive integer")
+    if cfg.n_ctx is not None and (isinstance(cfg.n_ctx, bool) or not isinstance(cfg.n_ctx, int) or cfg.n_ctx < 1):
+        raise bad("n_ctx", "is not a positive integer")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise bad("n_heads", f"is not a multiple of n_kv_heads = {cfg.n_kv_heads} (each KV head serves a whole group)")
+    if isinstance(cfg.norm_eps, bool) or not isinstance(cfg.norm_eps, (int, float)) or not cfg.norm_eps >= 0:
+        raise bad("norm_eps", "is not a non-negative number")
+    if cfg.rope is not None and not (0 < cfg.rope.rotary_dim <= cfg.d_head and cfg.rope.rotary_dim % 2 == 0):
+        raise CheckpointError(f"{source}: the rotary dimension {cfg.rope.rotary_dim} must be even and at most "
+                              f"d_head = {cfg.d_head}. Fix config.json.")
 
 
 class _Fields:
@@ -158,6 +208,8 @@ def read_rope(f: _Fields, d_head: int, rotary_dim: int | None = None, default_th
 
 def _gpt2(f: _Fields) -> ModelConfig:
     d_model, n_heads = f.need("n_embd"), f.need("n_head")
+    if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
+        raise ValueError(f"n_embd = {d_model} is not divisible by n_head = {n_heads}")  # GPT-2 splits d_model into heads
     act = f.get("activation_function", "gelu_new")
     return ModelConfig(
         family="gpt2", n_layers=f.need("n_layer"), d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads,

@@ -29,3 +29,10 @@ class InputError(MinilensError, ValueError):
 
 class TokenizerMissingError(MinilensError, RuntimeError):
     """Text was given to a model whose folder has no tokenizer.json."""
+
+
+class NotRecordedError(MinilensError, KeyError):
+    """A trace key that is valid but was not recorded (the run was given ``names=...``)."""
+
+    def __str__(self) -> str:  # KeyError's own __str__ would wrap the message in quotes
+        return str(self.args[0]) if self.args else ""

@@ -166,9 +166,14 @@ class Model:
     def to_single_token(self, token: str | int) -> int:
         """A token given as a string (which must be exactly one token) or an id, as a checked id."""
         if isinstance(token, str):
-            return self._need_tokenizer().single_token(token)
+            token_id = self._need_tokenizer().single_token(token)
+            if not 0 <= token_id < self.cfg.d_vocab:  # a tokenizer.json from another model
+                raise InputError(f"{token!r} tokenizes to id {token_id}, beyond this model's vocabulary "
+                                 f"0..{self.cfg.d_vocab - 1}: tokenizer.json does not belong to this checkpoint.")
+            return token_id
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
-            raise InputError(f"a token must be a string or an int id, got {token!r} ({type(token).__name__}).")
+            raise InputError(f"a token must be a string (exactly one token) or an int id, got {token!r} "
+                             f"({type(token).__name__}).")
         if not 0 <= token < self.cfg.d_vocab:
             raise InputError(f"token id {token} is out of range: this model's vocabulary is 0..{self.cfg.d_vocab - 1}.")
         return int(token)
@@ -179,29 +184,35 @@ class Model:
         [n_seq] or [1, n_seq] -> [n_seq]; with allow_batch, [batch, n_seq] stays 2-D.
         """
         if isinstance(ids, str):
-            return self.to_tokens(ids)
+            ids = self.to_tokens(ids)  # then checked like any ids: text can be empty, or too long
         try:
             arr = np.asarray(ids)
-        except ValueError:
+        except (ValueError, TypeError):
             raise InputError("token ids must be a rectangular array; a batch needs sequences of equal length "
                              "(pad them, or run them one at a time).") from None
         if arr.dtype == object:
-            raise InputError("token ids must be a rectangular array of ints; a batch needs sequences of equal "
-                             "length (pad them, or run them one at a time).")
+            odd = next((x for x in arr.reshape(-1) if not isinstance(x, (int, np.integer))), None)
+            raise InputError(f"token ids must be ints, but the input holds {odd!r} ({type(odd).__name__}). "
+                             f"Pass a list or array of ints, or a str to tokenize.")
         if arr.ndim == 2 and arr.shape[0] == 1 and not allow_batch:
             arr = arr[0]
         if arr.ndim != (2 if allow_batch and arr.ndim == 2 else 1):
             raise InputError(f"token ids must have shape [n_seq]{' or [batch, n_seq]' if allow_batch else ' or [1, n_seq]'},"
-                             f" got shape {list(arr.shape)}.")
+                             f" got shape {list(arr.shape)}." + (" Wrap a single id in a list: [id]." if arr.ndim == 0 else ""))
         if arr.size == 0 or arr.shape[-1] == 0:
             raise InputError("the input is empty: give at least one token.")
+        if arr.dtype.kind in "USO":
+            raise InputError(f"token ids must be ints, got strings such as {str(arr.reshape(-1)[0])!r}. "
+                             f"To run text, pass one str (model.run('some text')), not a list of strings.")
         if arr.dtype.kind not in "iu":
-            raise InputError(f"token ids must be integers, got dtype {arr.dtype}. Cast them, e.g. ids.astype(int).")
+            raise InputError(f"token ids must be integers, got dtype {arr.dtype}. "
+                             f"If they are whole numbers, cast them: ids.astype(int).")
         bad = (arr < 0) | (arr >= self.cfg.d_vocab)
         if bad.any():
             first = int(np.argwhere(bad)[0][-1])
             raise InputError(f"token id {arr.reshape(-1)[np.flatnonzero(bad)[0]]} at position {first} is out of range:"
-                             f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}.")
+                             f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}. Were the ids made by another "
+                             f"model's tokenizer? Use model.to_tokens(text).")
         if self.cfg.n_ctx is not None and arr.shape[-1] > self.cfg.n_ctx:
             raise InputError(f"the input has {arr.shape[-1]} tokens, but this {self.cfg.family} model has learned "
                              f"positions for only {self.cfg.n_ctx} (n_positions). Shorten the input.")
@@ -265,6 +276,10 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False) -> Model:
     if check_finite:
         check_weights_finite(ckpt)
     params = blas_ready(ckpt.layout.globals(ckpt.getter(dtype), cfg))
+    # A cheap default check: the global weights are already widened, so scanning them costs one pass.
+    # If they hold NaN or inf, scan the whole checkpoint to name the first bad tensor.
+    if not check_finite and not all(np.isfinite(a).all() for a in vars(params).values() if a is not None):
+        check_weights_finite(ckpt)
     layers = LazyLayers(ckpt, cfg, dtype)
     tok_path = folder / "tokenizer.json"
     tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None

@@ -54,7 +54,7 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         raw = fh.read(n_header)
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e}). {fix}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object. {fix}")
@@ -76,14 +76,16 @@ def _validate_entry(path: Path, name: str, entry: object, data_bytes: int, fix: 
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise CheckpointError(f"{path}: header entry for tensor {name!r} lacks dtype, shape or data_offsets. {fix}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CheckpointError(
             f"{path}: tensor {name!r} has dtype {dtype}, which minilens does not read "
             f"(it reads {', '.join(DTYPES)}). Convert the checkpoint to float16, bfloat16 or float32 first."
         )
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
-            or not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) for o in offsets)):
+    def is_int(v: object) -> bool:  # JSON true/false would pass isinstance(v, int)
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if (not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape)
+            or not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets)):
         raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r} or offsets {offsets!r}. {fix}")
     begin, end = offsets
     n_bytes = math.prod(shape) * DTYPES[dtype][1]

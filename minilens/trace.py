@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NotRecordedError
 
 if TYPE_CHECKING:
     from .model import Model
@@ -92,7 +92,7 @@ class Trace:
     def __contains__(self, key) -> bool:
         try:
             self[key]
-        except KeyError:
+        except (KeyError, InputError):  # not recorded, or not a valid key at all
             return False
         return True
 
@@ -114,7 +114,7 @@ class Trace:
                 raise InputError(f"unknown trace key {name!r}; keys are {', '.join(ALL_KEYS)}.")
             stored = (name, None)
         if stored not in self._store:
-            raise KeyError(f"{key!r} was not recorded in this trace. Run model.run(ids) without names=..., "
+            raise NotRecordedError(f"{key!r} was not recorded in this trace. Run model.run(ids) without names=..., "
                            f"or include {name!r} in names.")
         return self._store[stored]
 

@@ -167,6 +167,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         return path
+    if path.is_file():
+        raise CheckpointNotFoundError(f"{path} is a file; minilens.load wants the folder that holds config.json "
+                                      f"and the .safetensors files: minilens.load({str(path.parent)!r}).")
     name = str(path_or_name)
     looked = []
     for cache in hf_cache_dirs():
@@ -199,7 +202,14 @@ def find_safetensors(folder: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r}).") from None
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r}). Re-download it.") from None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: 'weight_map' should map tensor names to shard files. Re-download it.")
+        for f in set(weight_map.values()):
+            # A shard is a plain file name beside the index: never a path that leaves the folder.
+            if not isinstance(f, str) or Path(f).name != f or f in ("", ".", ".."):
+                raise CheckpointError(f"{index} names the shard {f!r}, which is not a plain file name in {folder}. "
+                                      f"minilens reads only files inside the checkpoint folder; fix the index.")
         shards = sorted({folder / f for f in weight_map.values()})
         for shard in shards:
             if not shard.is_file():
@@ -227,7 +237,11 @@ class Checkpoint:
         self.infos: dict[str, TensorInfo] = {}
         for file in files:
             for name, info in read_header(file).items():
-                self.infos[self._strip(name)] = info
+                name = self._strip(name)
+                if name in self.infos:
+                    raise CheckpointError(f"tensor {name!r} appears twice, in {self.infos[name].file} and in {file}. "
+                                          f"Shards from two different checkpoints are mixed in one folder.")
+                self.infos[name] = info
         self._memmaps: dict[Path, np.memmap] = {}
 
     def _strip(self, name: str) -> str:
