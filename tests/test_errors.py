@@ -1,0 +1,570 @@
+"""Every bad input a student or a stranger's file can produce gets minilens's own error.
+
+Each test feeds one bad input and asserts three things through ``expect``:
+- the exception is the specific minilens type a caller would catch (and so also its built-in:
+  CheckpointError is a ValueError, CheckpointNotFoundError a FileNotFoundError, ...);
+- the message names the thing that was wrong (a file, tensor, field, token or index);
+- the message says what to do about it (a fragment of the fix).
+
+The checkpoints are random and tiny, written with numpy (tests/random_checkpoints.py), so this
+file runs without torch. Malformed safetensors files are written byte by byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+import minilens as ml
+from minilens import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError, NotRecordedError,
+                      TokenizerMissingError, UnsupportedModelError)
+from random_checkpoints import gpt2_config, llama_config, random_tensors, save_tensors, write_checkpoint
+
+
+@contextlib.contextmanager
+def expect(exc_type, *fragments):
+    """Assert that the block raises ``exc_type`` (a MinilensError) whose message holds every fragment."""
+    with pytest.raises(exc_type) as info:
+        yield info
+    assert isinstance(info.value, MinilensError), f"{type(info.value).__name__} is not a minilens error"
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"the message lacks {fragment!r}:\n{message}"
+
+
+WORDS = ["[UNK]", "to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer.json over WORDS: "to be" is two tokens, "be" is one."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.fixture
+def gpt2(tmp_path) -> Path:
+    folder = write_checkpoint(tmp_path / "gpt2", gpt2_config(n_layers=2, d_vocab=len(WORDS) + 4, n_ctx=16))
+    write_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture
+def llama(tmp_path) -> Path:
+    return write_checkpoint(tmp_path / "llama", llama_config(n_layers=2, n_kv_heads=2))
+
+
+@pytest.fixture
+def model(gpt2) -> ml.Model:
+    return ml.load(gpt2)
+
+
+def edit_config(folder: Path, **changes) -> None:
+    """Rewrite config.json with some fields changed; a value of ... deletes the field."""
+    path = folder / "config.json"
+    hf = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is ...:
+            hf.pop(key, None)
+        else:
+            hf[key] = value
+    path.write_text(json.dumps(hf))
+
+
+# ------------------------------------------------------------------------------------------
+# Folders and config.json
+# ------------------------------------------------------------------------------------------
+
+def test_missing_folder(tmp_path):
+    with expect(CheckpointNotFoundError, "no-such-model", "minilens never downloads", "huggingface-cli download"):
+        ml.load(tmp_path / "no-such-model")
+
+
+def test_a_file_instead_of_the_folder(gpt2):
+    with expect(CheckpointNotFoundError, "is a file", str(gpt2)):
+        ml.load(gpt2 / "model.safetensors")
+
+
+def test_missing_config(gpt2):
+    (gpt2 / "config.json").unlink()
+    with expect(CheckpointNotFoundError, "config.json", "point minilens.load at that folder"):
+        ml.load(gpt2)
+
+
+def test_unreadable_config(gpt2, monkeypatch):
+    # The tests run as root, where chmod cannot make a file unreadable: simulate the OS refusing.
+    real_read_text = Path.read_text
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    with expect(CheckpointError, "config.json", "Permission denied", "re-save config.json"):
+        ml.load(gpt2)
+
+
+def test_config_not_json(gpt2):
+    (gpt2 / "config.json").write_text('{"model_type": "gpt2", ')
+    with expect(CheckpointError, "config.json", "cannot be read as JSON", "Re-download"):
+        ml.load(gpt2)
+
+
+def test_config_not_utf8(gpt2):
+    (gpt2 / "config.json").write_bytes(b'{"model_type": "\xff\xfe"}')
+    with expect(CheckpointError, "config.json", "cannot be read as JSON"):
+        ml.load(gpt2)
+
+
+def test_config_not_an_object(gpt2):
+    (gpt2 / "config.json").write_text("[1, 2, 3]")
+    with expect(CheckpointError, "config.json", "expected a JSON object"):
+        ml.load(gpt2)
+
+
+def test_config_missing_required_field(gpt2):
+    edit_config(gpt2, n_embd=...)
+    with expect(CheckpointError, "config.json", "'n_embd'", "missing"):
+        ml.load(gpt2)
+
+
+def test_config_required_field_null(llama):
+    edit_config(llama, num_hidden_layers=None)
+    with expect(CheckpointError, "'num_hidden_layers'", "missing or null"):
+        ml.load(llama)
+
+
+def test_config_size_of_wrong_type(gpt2):
+    edit_config(gpt2, n_head="4")
+    with expect(CheckpointError, "config.json", "positive integers"):
+        ml.load(gpt2)
+
+
+def test_config_zero_layers(llama):
+    edit_config(llama, num_hidden_layers=0)
+    with expect(CheckpointError, "n_layers = 0", "not a positive integer", "Fix config.json"):
+        ml.load(llama)
+
+
+def test_config_heads_not_a_multiple_of_kv_heads(llama):
+    edit_config(llama, num_key_value_heads=3)
+    with expect(CheckpointError, "n_heads = 4", "multiple of n_kv_heads = 3"):
+        ml.load(llama)
+
+
+def test_config_gpt2_width_not_divisible_by_heads(gpt2):
+    edit_config(gpt2, n_head=5)
+    with expect(CheckpointError, "n_embd = 32 is not divisible by n_head = 5"):
+        ml.load(gpt2)
+
+
+def test_unknown_model_type(gpt2):
+    edit_config(gpt2, model_type="mamba")
+    with expect(UnsupportedModelError, "'mamba'", "minilens supports: ", "gpt2", "llama"):
+        ml.load(gpt2)
+
+
+def test_missing_model_type(gpt2):
+    edit_config(gpt2, model_type=...)
+    with expect(UnsupportedModelError, "no model_type field", "minilens supports"):
+        ml.load(gpt2)
+
+
+def test_task_head_architecture(gpt2):
+    edit_config(gpt2, architectures=["GPT2ForSequenceClassification"])
+    with expect(UnsupportedModelError, "'GPT2ForSequenceClassification'", "task head", "LMHeadModel"):
+        ml.load(gpt2)
+
+
+def test_unsupported_rope_type(llama):
+    edit_config(llama, rope_parameters={"rope_type": "su", "rope_theta": 10000.0})
+    with expect(UnsupportedModelError, "rope type 'su'", "llama3"):
+        ml.load(llama)
+
+
+def test_unsupported_compute_dtype(gpt2):
+    with expect(InputError, "float32 or float64", "float16"):
+        ml.load(gpt2, dtype=np.float16)
+
+
+def test_malformed_tokenizer(gpt2):
+    (gpt2 / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+    with expect(CheckpointError, "tokenizer.json"):
+        ml.load(gpt2)
+
+
+# ------------------------------------------------------------------------------------------
+# Malformed safetensors files, written byte by byte
+# ------------------------------------------------------------------------------------------
+
+def st_bytes(header: dict | bytes, data: bytes, n_header: int | None = None) -> bytes:
+    """A safetensors file: 8-byte little-endian header length, the header, the data block."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(raw) if n_header is None else n_header) + raw + data
+
+
+def rewrite_header(folder: Path, change) -> None:
+    """Apply ``change(header_dict)`` to model.safetensors's header, keeping the data block."""
+    path = folder / "model.safetensors"
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    change(header)
+    path.write_bytes(st_bytes(header, blob[8 + n:]))
+
+
+def first_tensor(header: dict) -> str:
+    return next(k for k in header if k != "__metadata__")
+
+
+def test_safetensors_too_short(gpt2):
+    (gpt2 / "model.safetensors").write_bytes(b"\x10\x00\x00")
+    with expect(CheckpointError, "model.safetensors", "too short", "download it again"):
+        ml.load(gpt2)
+
+
+def test_safetensors_truncated_data(gpt2):
+    path = gpt2 / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])   # a download that stopped early
+    with expect(CheckpointError, "model.safetensors", "the data block holds", "download it again"):
+        ml.load(gpt2)
+
+
+def test_safetensors_header_length_beyond_file(gpt2):
+    path = gpt2 / "model.safetensors"
+    blob = path.read_bytes()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob[8:])
+    with expect(CheckpointError, "model.safetensors", "header claims", "download it again"):
+        ml.load(gpt2)
+
+
+def test_safetensors_header_not_json(gpt2):
+    (gpt2 / "model.safetensors").write_bytes(st_bytes(b"{not json}", b""))
+    with expect(CheckpointError, "model.safetensors", "not valid JSON"):
+        ml.load(gpt2)
+
+
+def test_safetensors_header_not_an_object(gpt2):
+    (gpt2 / "model.safetensors").write_bytes(st_bytes(b"[1, 2]", b""))
+    with expect(CheckpointError, "model.safetensors", "not a JSON object"):
+        ml.load(gpt2)
+
+
+def test_safetensors_offsets_out_of_range(gpt2):
+    def change(h):
+        name = first_tensor(h)
+        begin, end = h[name]["data_offsets"]
+        h[name]["data_offsets"] = [begin + 10**9, end + 10**9]
+    rewrite_header(gpt2, change)
+    with expect(CheckpointError, "model.safetensors", "claims bytes", "the data block holds"):
+        ml.load(gpt2)
+
+
+def test_safetensors_negative_offset(gpt2):
+    rewrite_header(gpt2, lambda h: h[first_tensor(h)].update(data_offsets=[-4, 0]))
+    with expect(CheckpointError, "model.safetensors", "claims bytes [-4, 0)"):
+        ml.load(gpt2)
+
+
+def test_safetensors_offsets_overlap(gpt2):
+    def change(h):
+        a, b = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])[:2]
+        size_b = h[b]["data_offsets"][1] - h[b]["data_offsets"][0]
+        h[b]["data_offsets"] = [h[a]["data_offsets"][0], h[a]["data_offsets"][0] + size_b]
+    rewrite_header(gpt2, change)
+    with expect(CheckpointError, "model.safetensors", "overlap"):
+        ml.load(gpt2)
+
+
+def test_safetensors_offsets_disagree_with_shape(gpt2):
+    def change(h):
+        name = first_tensor(h)
+        h[name]["shape"] = [s + 1 for s in h[name]["shape"]]
+    rewrite_header(gpt2, change)
+    with expect(CheckpointError, "model.safetensors", "claims bytes", "for shape"):
+        ml.load(gpt2)
+
+
+def test_safetensors_entry_lacks_dtype(gpt2):
+    rewrite_header(gpt2, lambda h: h[first_tensor(h)].pop("dtype"))
+    with expect(CheckpointError, "model.safetensors", "lacks dtype, shape or data_offsets"):
+        ml.load(gpt2)
+
+
+@pytest.mark.parametrize("dtype", ["I8", "F8_E4M3", "F8_E5M2", "U8", "BOOL"])
+def test_safetensors_dtype_minilens_does_not_read(gpt2, dtype):
+    # A quantized checkpoint. Data sizes stay consistent for the 1-byte dtypes only, but the dtype
+    # is checked first, so the message is about the dtype in every case.
+    rewrite_header(gpt2, lambda h: h[first_tensor(h)].update(dtype=dtype))
+    with expect(CheckpointError, f"has dtype {dtype}", "does not read", "Convert the checkpoint"):
+        ml.load(gpt2)
+
+
+def test_safetensors_dtype_not_a_string(gpt2):
+    rewrite_header(gpt2, lambda h: h[first_tensor(h)].update(dtype=["F32"]))
+    with expect(CheckpointError, "does not read"):
+        ml.load(gpt2)
+
+
+@pytest.mark.parametrize("shape", [[-1, 4], [True, 4], "32", [2.0]])
+def test_safetensors_malformed_shape(gpt2, shape):
+    rewrite_header(gpt2, lambda h: h[first_tensor(h)].update(shape=shape))
+    with expect(CheckpointError, "malformed shape"):
+        ml.load(gpt2)
+
+
+# ------------------------------------------------------------------------------------------
+# Tensors and shards
+# ------------------------------------------------------------------------------------------
+
+def test_tensor_missing(tmp_path):
+    hf = gpt2_config()
+    tensors = random_tensors(hf)
+    del tensors["transformer.h.1.mlp.c_fc.bias"]
+    folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors)
+    with expect(CheckpointError, "'h.1.mlp.c_fc.bias'", "missing from", "model.safetensors", "num_hidden_layers"):
+        ml.load(folder)
+
+
+def test_tensor_unexpected(tmp_path):
+    hf = gpt2_config()
+    tensors = random_tensors(hf)
+    tensors["transformer.h.0.attn.rogue.weight"] = np.zeros((3, 3), np.float32)
+    folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors)
+    with expect(CheckpointError, "unexpected tensor 'h.0.attn.rogue.weight'", "model.safetensors"):
+        ml.load(folder)
+
+
+def test_more_layers_than_the_config_says(tmp_path):
+    tensors = random_tensors(gpt2_config(n_layers=3))
+    folder = write_checkpoint(tmp_path / "m", gpt2_config(n_layers=2), tensors=tensors)
+    with expect(CheckpointError, "unexpected tensor 'h.2.", "num_hidden_layers"):
+        ml.load(folder)
+
+
+def test_tensor_wrong_shape(tmp_path):
+    tensors = random_tensors(llama_config(d_mlp=48))
+    folder = write_checkpoint(tmp_path / "m", llama_config(d_mlp=64), tensors=tensors)
+    with expect(CheckpointError, "'layers.0.mlp.", "has shape", "implies", "do not belong together"):
+        ml.load(folder)
+
+
+def test_shard_missing(tmp_path):
+    folder = write_checkpoint(tmp_path / "m", llama_config(), n_shards=3)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    with expect(CheckpointNotFoundError, "model-00002-of-00003.safetensors", "fetch the missing shard"):
+        ml.load(folder)
+
+
+def test_shard_index_not_json(tmp_path):
+    folder = write_checkpoint(tmp_path / "m", llama_config(), n_shards=2)
+    (folder / "model.safetensors.index.json").write_text("{")
+    with expect(CheckpointError, "model.safetensors.index.json", "not a valid safetensors index"):
+        ml.load(folder)
+
+
+def test_shard_index_without_weight_map(tmp_path):
+    folder = write_checkpoint(tmp_path / "m", llama_config(), n_shards=2)
+    (folder / "model.safetensors.index.json").write_text('{"weight_map": ["a", "b"]}')
+    with expect(CheckpointError, "model.safetensors.index.json", "'weight_map' should map"):
+        ml.load(folder)
+
+
+def test_tensor_in_two_shards(tmp_path):
+    hf = llama_config()
+    tensors = random_tensors(hf)
+    folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors, n_shards=2)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    # a third shard repeating one tensor, as when two downloads are mixed
+    save_file({"model.norm.weight": tensors["model.norm.weight"]}, str(folder / "extra.safetensors"))
+    index["weight_map"]["model.norm.weight"] = "extra.safetensors"
+    index["weight_map"]["other"] = "model-00001-of-00002.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with expect(CheckpointError, "'norm.weight' appears twice", "mixed"):
+        ml.load(folder)
+
+
+def test_no_weights_at_all(gpt2):
+    (gpt2 / "model.safetensors").unlink()
+    with expect(CheckpointNotFoundError, "no model.safetensors", "Download the .safetensors files"):
+        ml.load(gpt2)
+
+
+def test_nan_found_on_request_names_the_tensor(tmp_path):
+    hf = llama_config()
+    tensors = random_tensors(hf)
+    tensors["model.layers.1.mlp.down_proj.weight"][3, 5] = np.nan
+    folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors)
+    ml.load(folder)   # layer weights are not scanned by default: they are read lazily
+    with expect(CheckpointError, "'layers.1.mlp.down_proj.weight'", "NaN or inf", "use another one"):
+        ml.load(folder, check_finite=True)
+
+
+def test_inf_in_the_embedding_is_found_by_default(tmp_path):
+    hf = gpt2_config()
+    tensors = random_tensors(hf)
+    tensors["transformer.wte.weight"][7, 0] = np.inf
+    folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors)
+    with expect(CheckpointError, "'wte.weight'", "NaN or inf"):
+        ml.load(folder)
+
+
+# ------------------------------------------------------------------------------------------
+# Token ids and text
+# ------------------------------------------------------------------------------------------
+
+def test_empty_input(model):
+    with expect(InputError, "empty", "at least one token"):
+        model.run([])
+
+
+def test_empty_2d_input(model):
+    with expect(InputError, "empty"):
+        model.run(np.zeros((1, 0), dtype=np.int64))
+
+
+def test_empty_text(model):
+    with expect(InputError, "empty"):
+        model.run("")
+
+
+def test_negative_id(model):
+    with expect(InputError, "token id -1 at position 2", "out of range", "0..15", "model.to_tokens"):
+        model.run([1, 2, -1])
+
+
+def test_id_beyond_vocabulary(model):
+    d_vocab = model.cfg.d_vocab
+    with expect(InputError, f"token id {d_vocab} at position 0", "out of range"):
+        model.run([d_vocab, 1])
+
+
+def test_float_ids(model):
+    with expect(InputError, "must be integers", "float64", "ids.astype(int)"):
+        model.run([1.0, 2.0])
+
+
+def test_string_ids(model):
+    with expect(InputError, "got strings such as '1'", "pass one str"):
+        model.run(["1", "2"])
+
+
+def test_object_ids(model):
+    with expect(InputError, "holds None (NoneType)", "list or array of ints"):
+        model.run([1, None, 3])
+
+
+def test_bool_ids(model):
+    with expect(InputError, "must be integers", "bool"):
+        model.run([True, False])
+
+
+def test_scalar_id(model):
+    with expect(InputError, "got shape []", "Wrap a single id in a list"):
+        model.run(3)
+
+
+def test_3d_ids(model):
+    with expect(InputError, "shape [n_seq] or [1, n_seq]", "[1, 1, 3]"):
+        model.run([[[1, 2, 3]]])
+
+
+def test_batch_given_to_run(model):
+    with expect(InputError, "got shape [2, 3]"):
+        model.run([[1, 2, 3], [4, 5, 6]])
+
+
+def test_ragged_batch(model):
+    with expect(InputError, "equal length", "pad them"):
+        model.run_batch([[1, 2, 3], [4, 5]])
+
+
+def test_sequence_longer_than_learned_positions(model):
+    n_ctx = model.cfg.n_ctx
+    with expect(InputError, f"{n_ctx + 1} tokens", f"only {n_ctx} (n_positions)", "Shorten"):
+        model.run(np.ones(n_ctx + 1, dtype=np.int64))
+
+
+def test_text_longer_than_learned_positions(model):
+    with expect(InputError, "(n_positions)", "Shorten"):
+        model.run("to be " * model.cfg.n_ctx)
+
+
+def test_text_without_tokenizer(llama):
+    with expect(TokenizerMissingError, "no tokenizer.json", "Pass token ids"):
+        ml.load(llama).run("to be")
+
+
+# ------------------------------------------------------------------------------------------
+# Targets
+# ------------------------------------------------------------------------------------------
+
+def test_target_of_several_tokens(model):
+    with expect(InputError, "'to be' is 2 tokens", "['to', 'be']", "Pick one of them", "target='to'"):
+        model.to_single_token("to be")
+
+
+def test_target_empty_string(model):
+    with expect(InputError, "'' is 0 tokens", "Pass a token id"):
+        model.to_single_token("")
+
+
+def test_target_id_out_of_range(model):
+    with expect(InputError, "token id 999", "0..15"):
+        model.to_single_token(999)
+
+
+def test_target_of_wrong_type(model):
+    with expect(InputError, "a token must be a string", "2.0"):
+        model.to_single_token(2.0)
+
+
+def test_target_from_a_foreign_tokenizer(tmp_path):
+    folder = write_checkpoint(tmp_path / "m", gpt2_config(d_vocab=8))
+    write_tokenizer(folder)               # knows 12 words, the model only 8 ids
+    with expect(InputError, "'nobler' tokenizes to id 11", "does not belong"):
+        ml.load(folder).to_single_token("nobler")
+
+
+# ------------------------------------------------------------------------------------------
+# The trace
+# ------------------------------------------------------------------------------------------
+
+def test_layer_out_of_range(model):
+    trace = model.run([1, 2, 3])
+    with expect(InputError, "layer 40 is out of range", "2 layers", "0..1", "-2..-1"):
+        trace["resid_pre", 40]
+
+
+def test_layer_not_an_int(model):
+    with expect(InputError, "layer '1' is out of range"):
+        model.run([1, 2, 3])["resid_pre", "1"]
+
+
+def test_unknown_trace_key(model):
+    with expect(InputError, "unknown trace key 'resid'", "resid_pre"):
+        model.run([1, 2, 3])["resid"]
+
+
+def test_per_layer_key_without_layer(model):
+    with expect(InputError, "'attn_out' is recorded per layer", "trace['attn_out', layer]"):
+        model.run([1, 2, 3])["attn_out"]
+
+
+def test_key_not_recorded(model):
+    trace = model.run([1, 2, 3], names={"resid_pre"})
+    with expect(NotRecordedError, "('attn_out', 0)", "was not recorded", "without names="):
+        trace["attn_out", 0]
+    with pytest.raises(KeyError):        # still a KeyError, for existing except clauses
+        trace["attn_out", 0]
+    assert ("attn_out", 0) not in trace and ("resid_pre", 0) in trace and "nonsense" not in trace
