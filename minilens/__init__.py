@@ -14,10 +14,14 @@ from .errors import (CheckpointError, CheckpointNotFoundError, InputError, Minil
                      NotRecordedError, TokenizerMissingError, UnsupportedModelError)
 from .model import Model, forward, load
 from .trace import Trace
+from .lens import LensResult, logit_lens
+from .attribution import Attribution, layer_attribution
+from .direction import DirectionLens, direction_lens, sae_lens
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "logit_lens", "LensResult", "layer_attribution", "Attribution", "direction_lens", "sae_lens", "DirectionLens",
     "load", "Model", "Trace", "ModelConfig", "RopeConfig", "forward",
     "MinilensError", "CheckpointError", "CheckpointNotFoundError", "InputError",
     "TokenizerMissingError", "UnsupportedModelError", "NotRecordedError",

@@ -1,0 +1,290 @@
+"""The logit lens: read each layer's residual stream through the final norm and the unembedding.
+
+nostalgebraist (2020), "interpreting GPT: the logit lens". The lens logits at row r are
+N(x_r) W_U + b_U, where x_r is the residual stream at that point and N is the final norm,
+*recomputed* on x_r. TransformerLens froze N's divisor at its value on the final residual until
+its issue #1076 (https://github.com/TransformerLensOrg/TransformerLens/issues/1076); a frozen
+divisor gives every early layer the wrong temperature, so minilens never does that here.
+
+Memory stays bounded: logits are computed for a chunk of positions across all rows at a time
+(at most CHUNK_ELEMENTS numbers), reduced to statistics, and dropped. No [rows, n_seq, d_vocab]
+array is ever built; ``LensResult.logits(row)`` recomputes one row on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import ops
+from .errors import InputError
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .trace import Trace
+
+# How many logits one chunk may hold: 8M numbers, 32 MB in float32. The statistics need about
+# three buffers of this size at once (logits, exp, one boolean mask), so the lens's peak extra
+# memory is about 3.25 x 32 MB whatever n_seq is. Large enough that the GEMM stays efficient.
+CHUNK_ELEMENTS = 1 << 23
+
+
+# ------------------------------------------------------------------------------------------
+# The math
+# ------------------------------------------------------------------------------------------
+
+def unembed(model: "Model", normalized: np.ndarray) -> np.ndarray:
+    """normalized W_U + b_U, then the family's final soft-cap if it has one.  [..., d_model] -> [..., d_vocab]
+
+    Every lens code path goes through here, so a family-specific step (Gemma-2's final-logit
+    soft-capping, cap * tanh(logits / cap)) is added in exactly one place.
+    """
+    from .model import linear  # the model's own op: same order of operations as the forward pass
+    g = model.params
+    logits = linear(normalized, g.W_U, g.b_U)
+    cap = getattr(model.cfg, "final_softcap", None)
+    if cap:
+        logits = ops.softcap(logits, cap)
+    return logits
+
+
+def lens_logits(model: "Model", resid: np.ndarray) -> np.ndarray:
+    """N(x) W_U + b_U with the final norm recomputed on x.  [..., d_model] -> [..., d_vocab]"""
+    g, cfg = model.params, model.cfg
+    normalized, _ = ops.normalize(resid, g.lnf_w, g.lnf_b, cfg.norm, cfg.norm_eps)
+    return unembed(model, normalized)
+
+
+def top_k_by_block_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k largest logits of each row, exactly, plus each row's max.  [m, d_vocab] -> [m, k] ids, [m, k], [m]
+
+    Why not ``np.argpartition`` over the whole vocabulary: it copies and shuffles every row, and
+    costs several times the unembedding itself. Instead, cut the vocabulary into blocks of B and take
+    each block's max (one fast contiguous pass). The k largest values all lie in the k blocks with the
+    largest maxima: a block outside them has a max no larger than k other blocks' maxima, each of
+    which is an actual logit at least as large. So only k * B candidates are partitioned. The block
+    maxima also give each row's max, which a stable softmax needs anyway.
+    """
+    m, d_vocab = logits.shape
+    k = min(k, d_vocab)
+    B = max(16, 1 << int(round(np.log2(np.sqrt(d_vocab)))))       # ~sqrt(d_vocab): 256 for 50257
+    n_full = d_vocab // B
+    block_max = logits[:, :n_full * B].reshape(m, n_full, B).max(-1)  # [m, n_full]
+    if n_full * B < d_vocab:                                        # the short last block
+        block_max = np.concatenate([block_max, logits[:, n_full * B:].max(-1, keepdims=True)], axis=1)
+    row_max = block_max.max(1)                                      # [m]
+    n_blocks = block_max.shape[1]
+    if k * B >= d_vocab or k >= n_blocks:                           # small vocabulary: partition it all
+        cols = np.broadcast_to(np.arange(d_vocab), (m, d_vocab))
+        cand = logits
+    else:
+        blocks = np.argpartition(-block_max, k - 1, axis=1)[:, :k]   # [m, k]
+        cols = (blocks[:, :, None] * B + np.arange(B)).reshape(m, k * B)  # [m, k * B] vocabulary ids
+        outside = cols >= d_vocab                                   # only the short last block overhangs
+        cols = np.minimum(cols, d_vocab - 1)
+        cand = np.take_along_axis(logits, cols, axis=1)
+        cand[outside] = -np.inf
+    best = np.argpartition(-cand, k - 1, axis=1)[:, :k] if k < cand.shape[1] else \
+        np.broadcast_to(np.arange(k), (m, k))
+    values = np.take_along_axis(cand, best, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")             # the k winners, largest first
+    ids = np.take_along_axis(np.take_along_axis(cols, best, axis=1), order, axis=1)
+    return ids, np.take_along_axis(values, order, axis=1), row_max
+
+
+def block_statistics(logits: np.ndarray, target: np.ndarray, k: int) -> dict:
+    """Top-k, the target's logit/log-prob/rank, entropy and log Z of each row.  [m, d_vocab], [m] -> dict of [m](, k)
+
+    Overwrites ``logits`` with the shifted logits (logits - row max) to save a buffer; the caller
+    uses them for the KL divergence. log p = shifted - log Z, with Z = sum(exp(shifted)).
+    """
+    m = len(logits)
+    rows = np.arange(m)
+    top_ids, top_logits, row_max = top_k_by_block_maxima(logits, k)
+    target_logit = logits[rows, target].copy()
+    shifted = logits
+    shifted -= row_max[:, None]                                     # <= 0, so exp cannot overflow
+    target_shifted = shifted[rows, target]
+    rank = np.count_nonzero(shifted > target_shifted[:, None], axis=1)  # tokens strictly above the target
+    e = np.exp(shifted)                                             # the one exp pass
+    Z = e.sum(1)
+    log_Z = np.log(Z)
+    mean_shifted = np.einsum("ij,ij->i", e, shifted) / Z            # E_p[shifted]
+    return dict(top_ids=top_ids, top_probs=np.exp(top_logits - row_max[:, None] - log_Z[:, None]),
+                target_logit=target_logit, target_prob=np.exp(target_shifted - log_Z), target_rank=rank,
+                entropy=log_Z - mean_shifted,                       # H = -sum p log p = log Z - E_p[shifted]
+                log_Z=log_Z, exp=e, Z=Z, shifted=shifted)
+
+
+# ------------------------------------------------------------------------------------------
+# The result
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class LensResult:
+    """The logit lens over rows (points in the stream) and positions. Arrays are [row, position](, k)."""
+
+    labels: np.ndarray          # [rows] str: "0_pre", ..., "final_post" (and "{l}_mid")
+    positions: np.ndarray       # [n_pos] int: the sequence positions read
+    top_ids: np.ndarray         # [rows, n_pos, k] int
+    top_probs: np.ndarray       # [rows, n_pos, k]
+    target_ids: np.ndarray      # [n_pos] int: the token tracked at each position
+    target_logit: np.ndarray    # [rows, n_pos]
+    target_prob: np.ndarray     # [rows, n_pos]
+    target_rank: np.ndarray     # [rows, n_pos] int: how many tokens have a strictly higher logit (0 = top)
+    entropy: np.ndarray         # [rows, n_pos] nats
+    kl_to_final: np.ndarray     # [rows, n_pos] nats: KL(p_final || p_row)
+    trace: "Trace" = field(repr=False)
+    _keys: tuple = field(repr=False, default=())
+
+    def row_index(self, row: int | str) -> int:
+        """A row given by label ("3_pre") or index (negative allowed)."""
+        labels = list(self.labels)
+        if isinstance(row, str):
+            if row not in labels:
+                raise InputError(f"no lens row {row!r}; rows are {', '.join(labels)}.")
+            return labels.index(row)
+        if isinstance(row, (int, np.integer)) and not isinstance(row, bool) and -len(labels) <= row < len(labels):
+            return int(row) % len(labels)
+        raise InputError(f"row {row!r} is out of range: give a label ({labels[0]!r}...) or 0..{len(labels) - 1}.")
+
+    def logits(self, row: int | str) -> np.ndarray:
+        """One row's lens logits, recomputed.  -> [n_pos, d_vocab]"""
+        key = self._keys[self.row_index(row)]
+        return lens_logits(self.trace.model, self.trace[key][self.positions])
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name).tolist() for name in
+                ("labels", "positions", "top_ids", "top_probs", "target_ids", "target_logit", "target_prob",
+                 "target_rank", "entropy", "kl_to_final")}
+
+    def __repr__(self) -> str:
+        model = self.trace.model
+        show = list(range(len(self.positions)))[-8:]               # the last 8 positions at most
+        tok = _token_strings(model)
+        head = ["row"] + [f"{int(self.positions[j])}:{tok(self.trace.ids[self.positions[j]])}" for j in show]
+        body = [[str(label)] + [f"{tok(self.top_ids[r, j, 0])} {_prob(self.top_probs[r, j, 0])}" for j in show]
+                for r, label in enumerate(self.labels)]
+        widths = [max(len(line[c]) for line in [head] + body) for c in range(len(head))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [head] + body]
+        more = f", last {len(show)} of {len(self.positions)} positions" if len(show) < len(self.positions) else ""
+        return f"LensResult({len(self.labels)} rows x {len(self.positions)} positions{more}; top-1 token and prob)\n" \
+               + "\n".join(lines)
+
+
+def _prob(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
+
+
+def _token_strings(model: "Model"):
+    """id -> a short printable token (the id itself when the model has no tokenizer)."""
+    def tok(i) -> str:
+        if model.tokenizer is None:
+            return f"#{int(i)}"
+        s = model.tokenizer.str_tokens([int(i)])[0]
+        return repr(s)[1:-1][:12]
+    return tok
+
+
+# ------------------------------------------------------------------------------------------
+# The lens
+# ------------------------------------------------------------------------------------------
+
+def lens_rows(trace: "Trace", incl_mid: bool = False) -> list[tuple[str, object]]:
+    """(label, trace key) of every lens row, in stream order."""
+    rows: list[tuple[str, object]] = []
+    for l in range(trace.n_layers):
+        rows.append((f"{l}_pre", ("resid_pre", l)))
+        if incl_mid:
+            rows.append((f"{l}_mid", ("resid_mid", l)))
+    rows.append(("final_post", "resid_final"))
+    return rows
+
+
+def check_positions(trace: "Trace", positions) -> np.ndarray:
+    """None (all), an int, or ints (negative allowed) -> checked non-negative positions [n_pos]."""
+    n_seq = trace.n_seq
+    if positions is None:
+        return np.arange(n_seq)
+    arr = np.atleast_1d(np.asarray(positions))
+    if arr.size == 0 or arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise InputError(f"positions must be an int or a list of ints, got {positions!r}.")
+    if ((arr < -n_seq) | (arr >= n_seq)).any():
+        raise InputError(f"positions {arr.tolist()} out of range: the sequence has {n_seq} tokens, "
+                         f"so use 0..{n_seq - 1} (or -{n_seq}..-1).")
+    return arr.astype(np.int64) % n_seq
+
+
+def resolve_targets(trace: "Trace", target, positions: np.ndarray) -> np.ndarray:
+    """The token tracked at each position.  -> [n_pos] int
+
+    None: the true next token where it is known, and the final top-1 at the last position.
+    """
+    model = trace.model
+    if target is None:
+        nxt = np.append(trace.ids[1:], int(trace.logits[-1].argmax()))   # [n_seq]
+        return nxt[positions]
+    if isinstance(target, (str, int, np.integer)):
+        return np.full(len(positions), model.to_single_token(target), dtype=np.int64)
+    arr = np.asarray(target)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise InputError(f"target must be a token string, an id, or a 1-D array of ids, got {target!r}.")
+    if len(arr) == trace.n_seq and len(positions) != trace.n_seq:
+        arr = arr[positions]                                        # one id per sequence position
+    if len(arr) != len(positions):
+        raise InputError(f"target has {len(arr)} ids but the lens reads {len(positions)} positions: "
+                         f"give one id per position.")
+    for t in arr:
+        model.to_single_token(int(t))                               # range check with a clear message
+    return arr.astype(np.int64)
+
+
+def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None, incl_mid: bool = False) -> LensResult:
+    """The logit lens on every row of the recorded stream.  See the module docstring and LensResult."""
+    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InputError(f"top_k must be a positive int, got {top_k!r}.")
+    pos = check_positions(trace, positions)
+    targets = resolve_targets(trace, target, pos)
+    rows = lens_rows(trace, incl_mid)
+    for _, key in rows:
+        if key not in trace:
+            raise InputError(f"the lens needs {key!r}, which this trace did not record. "
+                             f"Run model.run(ids) without names=..., or include 'resid_pre', 'resid_mid' "
+                             f"and 'resid_final' in names.")
+    return run_lens(trace, rows, pos, targets, top_k)
+
+
+def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, top_k: int) -> LensResult:
+    """The lens on the given rows (the last must be final_post).  Chunked over positions."""
+    model = trace.model
+    d_vocab, d_model = model.cfg.d_vocab, model.cfg.d_model
+    R, n_pos, k = len(rows), len(pos), min(top_k, d_vocab)
+    out = {name: np.empty((R, n_pos), dtype=dt) for name, dt in
+           [("target_logit", trace.logits.dtype), ("target_prob", trace.logits.dtype), ("target_rank", np.int64),
+            ("entropy", trace.logits.dtype), ("kl_to_final", trace.logits.dtype)]}
+    top_ids = np.empty((R, n_pos, k), dtype=np.int64)
+    top_probs = np.empty((R, n_pos, k), dtype=trace.logits.dtype)
+    resid = [trace[key] for _, key in rows]                         # R x [n_seq, d_model], no copies
+    chunk = max(1, CHUNK_ELEMENTS // (R * d_vocab))
+    for start in range(0, n_pos, chunk):
+        p = pos[start:start + chunk]
+        c = len(p)
+        stacked = np.stack([x[p] for x in resid])                   # [R, c, d_model]
+        logits = lens_logits(model, stacked.reshape(R * c, d_model))  # [R * c, d_vocab]: one GEMM for all rows
+        s = block_statistics(logits, np.tile(targets[start:start + c], R), k)
+        sl = slice(start, start + c)
+        for name in out:
+            if name != "kl_to_final":
+                out[name][:, sl] = s[name].reshape(R, c)
+        top_ids[:, sl], top_probs[:, sl] = s["top_ids"].reshape(R, c, k), s["top_probs"].reshape(R, c, k)
+        # KL(p_f || p_r) = sum p_f (log p_f - log p_r) = E_f[shifted_f] - E_f[shifted_r] - log Z_f + log Z_r.
+        shifted = s["shifted"].reshape(R, c, d_vocab)
+        p_final = s["exp"].reshape(R, c, d_vocab)[-1] / s["Z"].reshape(R, c)[-1][:, None]    # [c, d_vocab]
+        E_f = np.matmul(np.swapaxes(shifted, 0, 1), p_final[:, :, None])[:, :, 0].T        # [R, c]
+        log_Z = s["log_Z"].reshape(R, c)
+        out["kl_to_final"][:, sl] = E_f[-1] - E_f - log_Z[-1] + log_Z
+    return LensResult(labels=np.array([label for label, _ in rows]), positions=pos, top_ids=top_ids,
+                      top_probs=top_probs, target_ids=targets, trace=trace, _keys=tuple(key for _, key in rows),
+                      **out)
