@@ -244,3 +244,17 @@ def test_model_without_tokenizer_runs_on_ids_and_explains_text(llama):
         model.run("to be")
     with pytest.raises(ml.TokenizerMissingError):
         model.to_str_tokens([1, 2, 3])
+
+
+def test_unknown_activation_is_refused_at_load(tmp_path):
+    folder, _ = make_llama(tmp_path, hidden_act="gelu_fast")
+    with pytest.raises(ml.UnsupportedModelError, match="activation 'gelu_fast' is not supported.*silu"):
+        ml.load(folder)
+
+
+@pytest.mark.parametrize("switch", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])
+def test_gpt2_attention_rescaling_switches_are_refused(tmp_path, switch):
+    """Both change the attention scores; running them with the standard scale gave logits off by 0.3 to 3."""
+    folder, _ = make_gpt2(tmp_path, **switch)
+    with pytest.raises(ml.UnsupportedModelError, match=next(iter(switch))):
+        ml.load(folder)
