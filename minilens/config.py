@@ -103,6 +103,10 @@ class ModelConfig:
             raise CheckpointError(f"{source}: a size field has the wrong type or value ({e}). "
                                   f"Sizes must be positive integers; fix or re-save config.json.") from None
         check_sizes(cfg, source)
+        from .ops import ACTIVATIONS  # here, not at the top: ops imports config
+        if cfg.act not in ACTIVATIONS:  # else a bare KeyError would surface at the first run
+            raise UnsupportedModelError(f"{source}: activation {cfg.act!r} is not supported; minilens implements "
+                                        f"{', '.join(sorted(ACTIVATIONS))}.")
         return cfg
 
     @classmethod
@@ -211,6 +215,12 @@ def _gpt2(f: _Fields) -> ModelConfig:
     if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
         raise ValueError(f"n_embd = {d_model} is not divisible by n_head = {n_heads}")  # GPT-2 splits d_model into heads
     act = f.get("activation_function", "gelu_new")
+    # These switches rescale the attention scores (Stanford CRFM's GPT-2s use the first); minilens always
+    # divides by sqrt(d_head), so it refuses them rather than compute silently wrong numbers.
+    if f.get("scale_attn_by_inverse_layer_idx", False) or not f.get("scale_attn_weights", True):
+        raise UnsupportedModelError(
+            f"{f.source}: scale_attn_by_inverse_layer_idx=true or scale_attn_weights=false is not supported; "
+            f"minilens implements GPT-2's standard 1/sqrt(d_head) attention scale.")
     return ModelConfig(
         family="gpt2", n_layers=f.need("n_layer"), d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads,
         d_head=d_model // n_heads, d_mlp=f.get("n_inner") or 4 * d_model, d_vocab=f.need("vocab_size"),
