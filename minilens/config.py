@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +64,14 @@ class ModelConfig:
     mlp_bias: bool
     norm_bias: bool        # LayerNorm has a beta; RMSNorm has none
     parallel_residual: bool = False  # GPT-NeoX/Phi style: attn and mlp both read resid_pre
+    # Switches of the newer families (issue 7). Their defaults are GPT-2/Llama behaviour.
+    qk_norm: bool = False            # Qwen3: RMSNorm over each head's q and k (d_head wide), before RoPE
+    sandwich_norms: bool = False     # Gemma 2: also a norm on each sublayer's output, before it joins the stream
+    embed_scale: float | None = None  # Gemma: embeddings times sqrt(d_model), rounded to the compute dtype
+    attn_scale: float | None = None  # scores times this; None means 1 / sqrt(d_head) (Gemma 2: query_pre_attn_scalar**-0.5)
+    attn_softcap: float | None = None   # Gemma 2: scores -> cap * tanh(scores / cap), before the mask
+    final_softcap: float | None = None  # Gemma 2: logits -> cap * tanh(logits / cap)
+    layer_windows: tuple = ()        # per layer: a sliding-window width (int) or None (full causal); () = all full
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     prepend_bos: bool = False        # does this family's tokenizer convention start with BOS?
@@ -73,11 +82,12 @@ class ModelConfig:
         """Parameter count from the shapes (the unembedding counted once when tied)."""
         d, q, kv, m = self.d_model, self.n_heads * self.d_head, self.n_kv_heads * self.d_head, self.d_mlp
         norm = d * (2 if self.norm_bias else 1)
+        extra = (2 * self.d_head if self.qk_norm else 0) + (2 * norm if self.sandwich_norms else 0)
         attn = d * (q + 2 * kv) + q * d + (q + 2 * kv if self.qkv_bias else 0) + (d if self.o_bias else 0)
         mlp = d * m * (3 if self.gated_mlp else 2) + ((m * (2 if self.gated_mlp else 1) + d) if self.mlp_bias else 0)
         embed = self.d_vocab * d + (self.n_ctx * d if self.positional == "learned" else 0)
         unembed = 0 if self.tie_embeddings else self.d_vocab * d
-        return embed + unembed + self.n_layers * (2 * norm + attn + mlp) + norm
+        return embed + unembed + self.n_layers * (2 * norm + attn + mlp + extra) + norm
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -165,6 +175,10 @@ def check_sizes(cfg: "ModelConfig", source: str) -> None:
     if cfg.rope is not None and not (0 < cfg.rope.rotary_dim <= cfg.d_head and cfg.rope.rotary_dim % 2 == 0):
         raise CheckpointError(f"{source}: the rotary dimension {cfg.rope.rotary_dim} must be even and at most "
                               f"d_head = {cfg.d_head}. Fix config.json.")
+    if cfg.rope is not None and cfg.rope.kind == "dynamic" and cfg.rope.rotary_dim <= 2:
+        # dynamic NTK scales theta by ratio ** (dim / (dim - 2)): undefined for a 2-dim rotation
+        raise UnsupportedModelError(f"{source}: dynamic RoPE needs a rotary dimension above 2, got "
+                                    f"{cfg.rope.rotary_dim}. Use rope_type 'linear' or 'default' for this model.")
 
 
 class _Fields:
@@ -247,8 +261,113 @@ def _llama(f: _Fields) -> ModelConfig:
     )
 
 
+def rotary_dim(f: _Fields, d_head: int, default_fraction: float = 1.0) -> int:
+    """How many of d_head's dims rotate: d_head * partial_rotary_factor (GPT-NeoX's older name: rotary_pct)."""
+    params = f.get("rope_parameters", {}) or {}
+    fraction = params.get("partial_rotary_factor") or f.get("partial_rotary_factor") or f.get("rotary_pct")
+    return int(d_head * (default_fraction if fraction is None else fraction))  # transformers truncates, as int() does
+
+
+def windows(sliding: list[bool], width: int | None) -> tuple:
+    """Per-layer sliding-window widths: ``width`` where ``sliding[l]``, else None (full causal attention)."""
+    if width is None or not any(sliding):
+        return ()
+    return tuple(int(width) if s else None for s in sliding)
+
+
+def sliding_window(f: _Fields, default: int | None) -> int | None:
+    """config.json's sliding_window; ``default`` (the transformers class default) only when the key is absent."""
+    return f.hf.get("sliding_window", default)
+
+
+def layer_types(f: _Fields, n_layers: int, default: list[bool]) -> list[bool]:
+    """Which layers slide: config.json's ``layer_types`` if it has them (transformers >= 4.53), else ``default``."""
+    types = f.get("layer_types")
+    if types is None:
+        return default
+    if len(types) != n_layers or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise ValueError(f"layer_types must list 'sliding_attention' or 'full_attention' for each of the "
+                         f"{n_layers} layers, got {types!r}")
+    return [t == "sliding_attention" for t in types]
+
+
+def _mistral(f: _Fields) -> ModelConfig:
+    # Llama plus a sliding window on every layer: query i sees keys i - window + 1 .. i.
+    cfg = _llama(f)
+    return cfg.replace(layer_windows=windows([True] * cfg.n_layers, sliding_window(f, 4096)),
+                       prepend_bos=True)
+
+
+def _qwen(f: _Fields) -> ModelConfig:
+    # Qwen2: q/k/v biases but none on o_proj. Qwen3: no biases (attention_bias), per-head q/k RMSNorm.
+    # Sliding windows only with use_sliding_window, on layers >= max_window_layers unless layer_types says.
+    cfg = _llama(f)
+    qwen2 = cfg.family == "qwen2"
+    n = cfg.n_layers
+    width = sliding_window(f, 4096) if f.get("use_sliding_window", False) else None
+    sliding = layer_types(f, n, [l >= f.get("max_window_layers", 28) for l in range(n)])
+    return cfg.replace(qkv_bias=True if qwen2 else cfg.qkv_bias, o_bias=False if qwen2 else cfg.o_bias,
+                       qk_norm=not qwen2, layer_windows=windows(sliding, width), prepend_bos=False)
+
+
+def _gemma(f: _Fields) -> ModelConfig:
+    # Gemma: RMSNorm with (1 + gamma) (folded into gamma by the loader), embeddings times sqrt(d_model),
+    # GeGLU with the tanh GELU, tied embeddings. Gemma 2 adds sandwich norms, soft-capping, sliding layers
+    # and the attention scale query_pre_attn_scalar**-0.5.
+    cfg = _llama(f)
+    act = f.get("hidden_activation") or f.get("hidden_act") or "gelu_pytorch_tanh"
+    # transformers maps Gemma's legacy hidden_act "gelu" to the tanh approximation, which is what it was trained with.
+    cfg = cfg.replace(act="gelu_tanh" if act in ("gelu", "gelu_pytorch_tanh") else act,
+                      embed_scale=math.sqrt(cfg.d_model), tie_embeddings=f.get("tie_word_embeddings", True),
+                      prepend_bos=True)
+    if cfg.family == "gemma":
+        return cfg
+    n = cfg.n_layers
+    # Older configs have no layer_types: transformers then slides on even layers (0, 2, ...).
+    sliding = layer_types(f, n, [l % 2 == 0 for l in range(n)])
+    return cfg.replace(sandwich_norms=True, attn_scale=float(f.get("query_pre_attn_scalar", 256)) ** -0.5,
+                       attn_softcap=f.get("attn_logit_softcapping"), final_softcap=f.get("final_logit_softcapping"),
+                       layer_windows=windows(sliding, sliding_window(f, 4096)))
+
+
+def _phi3(f: _Fields) -> ModelConfig:
+    # Phi-3: Llama with fused qkv_proj and gate_up_proj (split by the loader), optional partial rotary
+    # and an optional sliding window on every layer. longrope ("su") is refused by read_rope.
+    cfg = _llama(f)
+    rope = read_rope(f, cfg.d_head, rotary_dim(f, cfg.d_head))
+    return cfg.replace(rope=rope, qkv_bias=False, o_bias=False, mlp_bias=False,
+                       layer_windows=windows([True] * cfg.n_layers, sliding_window(f, None)))
+
+
+def _gpt_neox(f: _Fields) -> ModelConfig:
+    # Pythia: LayerNorm with biases, parallel residual (or sequential), partial rotary (rotary_pct,
+    # default 0.25 as in transformers), fused per-head-interleaved query_key_value, untied embed_out.
+    d_model, n_heads = f.need("hidden_size"), f.need("num_attention_heads")
+    if isinstance(d_model, int) and isinstance(n_heads, int) and n_heads > 0 and d_model % n_heads:
+        raise ValueError(f"hidden_size = {d_model} is not divisible by num_attention_heads = {n_heads}")
+    d_head = d_model // n_heads
+    bias = f.get("attention_bias", True)
+    return ModelConfig(
+        family="gpt_neox", n_layers=f.need("num_hidden_layers"), d_model=d_model, n_heads=n_heads,
+        n_kv_heads=n_heads, d_head=d_head, d_mlp=f.need("intermediate_size"), d_vocab=f.need("vocab_size"),
+        n_ctx=None, norm="layernorm", norm_eps=f.get("layer_norm_eps", 1e-5), act=f.get("hidden_act", "gelu"),
+        gated_mlp=False, positional="rope", rope=read_rope(f, d_head, rotary_dim(f, d_head, 0.25)),
+        tie_embeddings=f.get("tie_word_embeddings", False), qkv_bias=bias, o_bias=bias, mlp_bias=True,
+        norm_bias=True, parallel_residual=f.get("use_parallel_residual", True),
+        bos_token_id=f.get("bos_token_id"), eos_token_id=f.get("eos_token_id"), prepend_bos=False,
+        architecture=(f.get("architectures") or [None])[0],
+    )
+
+
 # model_type -> reader. A family is supported exactly when it is listed here and in weights.LAYOUTS.
 FAMILY_READERS: dict[str, Callable[[_Fields], ModelConfig]] = {
     "gpt2": _gpt2,
     "llama": _llama,
+    "mistral": _mistral,
+    "qwen2": _qwen,
+    "qwen3": _qwen,
+    "gemma": _gemma,
+    "gemma2": _gemma,
+    "phi3": _phi3,
+    "gpt_neox": _gpt_neox,
 }

@@ -42,9 +42,14 @@ def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, cfg: ModelCo
     return ops.normalize(x, gamma, beta, cfg.norm, cfg.norm_eps)
 
 
-def causal_mask(n_seq: int) -> np.ndarray:
-    """True where query q may not attend to key k, because k comes after q.  -> [n_seq, n_seq] bool"""
-    return np.triu(np.ones((n_seq, n_seq), dtype=bool), k=1)
+def causal_mask(n_seq: int, window: int | None = None) -> np.ndarray:
+    """True where query q may not attend to key k.  -> [n_seq, n_seq] bool
+
+    k > q always (causal). With a sliding window, also k <= q - window: query q sees the ``window``
+    keys q - window + 1 .. q, itself included (transformers' sliding_window_overlay: kv > q - window).
+    """
+    q, k = np.arange(n_seq)[:, None], np.arange(n_seq)[None, :]
+    return (k > q) | (k <= q - window) if window is not None else k > q
 
 
 def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
@@ -54,6 +59,9 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     q = linear(x, w.W_Q, w.b_Q).reshape(*lead, n_seq, cfg.n_heads, cfg.d_head)     # [n_seq, n_heads, d_head]
     k = linear(x, w.W_K, w.b_K).reshape(*lead, n_seq, cfg.n_kv_heads, cfg.d_head)  # [n_seq, n_kv_heads, d_head]
     v = linear(x, w.W_V, w.b_V).reshape(*lead, n_seq, cfg.n_kv_heads, cfg.d_head)  # [n_seq, n_kv_heads, d_head]
+    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE
+        q = ops.rms_norm(q, w.q_norm_w, cfg.norm_eps)
+        k = ops.rms_norm(k, w.k_norm_w, cfg.norm_eps)
     if rope is not None:
         q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
     rec("q", l, q), rec("k", l, k), rec("v", l, v)
@@ -65,8 +73,12 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     q = np.swapaxes(q, -3, -2)                                                         # [n_heads, n_seq, d_head]
     k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))  # [n_heads, d_head, n_seq]; a contiguous copy is ~2x faster than a view
     v = np.swapaxes(v, -3, -2)                                                         # [n_heads, n_seq, d_head]
-    scores = (q @ k_T) * x.dtype.type(1.0 / math.sqrt(cfg.d_head))                     # [n_heads, n_seq, n_seq]
-    scores[..., causal_mask(n_seq)] = -np.inf   # exp(-inf) = 0 exactly: no magic -1e10
+    scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head)
+    scores = (q @ k_T) * x.dtype.type(scale)                                           # [n_heads, n_seq, n_seq]
+    if cfg.attn_softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
+        scores = ops.softcap(scores, cfg.attn_softcap)
+    window = cfg.layer_windows[l] if cfg.layer_windows else None
+    scores[..., causal_mask(n_seq, window)] = -np.inf   # exp(-inf) = 0 exactly: no magic -1e10
     pattern = ops.softmax(scores)                                                      # [n_heads, n_seq(q), n_seq(k)]
     rec("pattern", l, pattern)
     z = np.swapaxes(pattern @ v, -3, -2)                                               # [n_seq, n_heads, d_head]
@@ -90,11 +102,17 @@ def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple |
     normed, scale_ln1 = norm(resid_pre, w.ln1_w, w.ln1_b, cfg)
     rec("scale_ln1", l, scale_ln1)
     attn_out = attention(normed, w, cfg, rope, rec, l)
+    if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
+        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg)
+        rec("scale_ln1_post", l, scale_ln1_post)
     resid_mid = resid_pre + attn_out
     # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
     normed, scale_ln2 = norm(resid_pre if cfg.parallel_residual else resid_mid, w.ln2_w, w.ln2_b, cfg)
     rec("scale_ln2", l, scale_ln2)
     mlp_out = mlp(normed, w, cfg, rec, l)
+    if cfg.sandwich_norms:
+        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg)
+        rec("scale_ln2_post", l, scale_ln2_post)
     resid_post = resid_mid + mlp_out
     rec("attn_out", l, attn_out), rec("resid_mid", l, resid_mid)
     rec("mlp_out", l, mlp_out), rec("resid_post", l, resid_post)
@@ -105,6 +123,10 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Rec
     """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]"""
     n_seq = ids.shape[-1]
     embed = g.W_E[ids]                                                                 # [n_seq, d_model]
+    if cfg.embed_scale is not None:
+        # Gemma: times sqrt(d_model), rounded to the compute dtype first, as transformers does
+        # (its normalizer is a tensor in the hidden states' dtype).
+        embed = embed * embed.dtype.type(cfg.embed_scale)
     rec("embed", None, embed)
     x = embed
     if cfg.positional == "learned":
@@ -117,7 +139,11 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Rec
     rec("resid_final", None, x)
     normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg)
     rec("scale_final", None, scale_final), rec("normalized", None, normalized)
-    return linear(normalized, g.W_U, g.b_U)                                            # [n_seq, d_vocab]
+    logits = linear(normalized, g.W_U, g.b_U)                                          # [n_seq, d_vocab]
+    if cfg.final_softcap:  # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
+        rec("logits_precap", None, logits)
+        logits = ops.softcap(logits, cfg.final_softcap)
+    return logits
 
 
 # ------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ key                     shape                                  meaning
 ("resid_pre", l)        [n_seq, d_model]                       the stream entering block l
 ("scale_ln1", l)        [n_seq, 1]                             the divisor of block l's first norm
 ("attn_out", l)         [n_seq, d_model]                       what attention writes to the stream
+("scale_ln1_post", l)   [n_seq, 1]                             Gemma 2: divisor of the norm on attention's output
 ("resid_mid", l)        [n_seq, d_model]                       resid_pre + attn_out
 ("scale_ln2", l)        [n_seq, 1]                             the divisor of block l's second norm
 ("mlp_out", l)          [n_seq, d_model]                       what the MLP writes to the stream
+("scale_ln2_post", l)   [n_seq, 1]                             Gemma 2: divisor of the norm on the MLP's output
 ("resid_post", l)       [n_seq, d_model]                       resid_mid + mlp_out
 ("q"|"k"|"v", l)        [n_seq, n_(kv_)heads, d_head]          per-head queries (after RoPE), keys, values
 ("z", l)                [n_seq, n_heads, d_head]               each head's output before W_O
@@ -21,7 +23,8 @@ key                     shape                                  meaning
 "scale_final"           [n_seq, 1]                             the final norm's divisor on the last residual
 "resid_final"           [n_seq, d_model]                       the last residual stream (== resid_post, L-1)
 "normalized"            [n_seq, d_model]                       N(resid_final): the final normalized stream
-"logits"                [n_seq, d_vocab]                       (also trace.logits)
+"logits_precap"         [n_seq, d_vocab]                       Gemma 2: the logits before the final soft-cap
+"logits"                [n_seq, d_vocab]                       (also trace.logits), after any soft-cap
 ======================  =====================================  ========================================
 """
 
@@ -36,9 +39,9 @@ from .errors import InputError, NotRecordedError
 if TYPE_CHECKING:
     from .model import Model
 
-LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "resid_mid",
-              "scale_ln2", "mlp_post", "mlp_out", "resid_post")
-GLOBAL_KEYS = ("embed", "pos_embed", "resid_final", "scale_final", "normalized", "logits")
+LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post", "resid_mid",
+              "scale_ln2", "mlp_post", "mlp_out", "scale_ln2_post", "resid_post")
+GLOBAL_KEYS = ("embed", "pos_embed", "resid_final", "scale_final", "normalized", "logits_precap", "logits")
 ALL_KEYS = LAYER_KEYS + GLOBAL_KEYS
 
 

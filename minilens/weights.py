@@ -13,6 +13,7 @@ Layers are then widened to the compute dtype lazily, on first use.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, fields
@@ -50,6 +51,10 @@ class LayerParams:
     b_gate: np.ndarray | None         # [d_mlp]
     W_out: np.ndarray                 # [d_mlp, d_model]
     b_out: np.ndarray | None          # [d_model]
+    q_norm_w: np.ndarray | None = None    # [d_head]   Qwen3: RMSNorm gamma over each head's q (shared by all heads)
+    k_norm_w: np.ndarray | None = None    # [d_head]   Qwen3: the same for k
+    ln1_post_w: np.ndarray | None = None  # [d_model]  Gemma 2: the norm on attention's output, before the stream
+    ln2_post_w: np.ndarray | None = None  # [d_model]  Gemma 2: the norm on the MLP's output, before the stream
 
 
 @dataclass
@@ -124,6 +129,92 @@ def llama_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
     )
 
 
+def qwen3_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # Qwen3 is Llama plus an RMSNorm over each head's q and k, one d_head-wide gamma shared by all heads.
+    d_head, p = cfg.d_head, f"layers.{l}.self_attn."
+    return dataclasses.replace(llama_layer(get, cfg, l), q_norm_w=get(p + "q_norm.weight", (d_head,)),
+                               k_norm_w=get(p + "k_norm.weight", (d_head,)))
+
+
+def gemma_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # Gemma's RMSNorm multiplies by (1 + weight), not weight. Fold the 1 in here, once, so that every
+    # norm in model.py (and in the lens and attribution) is the plain gamma * x / s.
+    w = llama_layer(get, cfg, l)
+    return dataclasses.replace(w, ln1_w=1 + w.ln1_w, ln2_w=1 + w.ln2_w)
+
+
+def gemma2_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # Gemma 2 has four norms per block, named by position. "post_attention_layernorm" is NOT the norm
+    # before the MLP (as in Llama) but the sandwich norm on attention's output; "pre_feedforward_layernorm"
+    # is the one before the MLP. Each weight is (1 + gamma), folded here as in gemma_layer.
+    d, p = cfg.d_model, f"layers.{l}."
+    return dataclasses.replace(
+        llama_layer(get, cfg, l),
+        ln1_w=1 + get(p + "input_layernorm.weight", (d,)),
+        ln1_post_w=1 + get(p + "post_attention_layernorm.weight", (d,)),
+        ln2_w=1 + get(p + "pre_feedforward_layernorm.weight", (d,)),
+        ln2_post_w=1 + get(p + "post_feedforward_layernorm.weight", (d,)),
+    )
+
+
+def gemma_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
+    # The final norm is a (1 + weight) RMSNorm too. W_U stays W_E^T: only the stored W_E is tied, not
+    # the sqrt(d_model) embedding scale, which the forward pass applies (cfg.embed_scale).
+    g = llama_globals(get, cfg)
+    return dataclasses.replace(g, lnf_w=1 + g.lnf_w)
+
+
+def phi3_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # nn.Linear is [out, in]: transpose once. Phi-3 fuses the projections along the out dim in
+    # contiguous blocks: qkv_proj = q | k | v (modeling_phi3 slices qkv[..., :n_heads * d_head] etc.),
+    # gate_up_proj = gate | up (it chunks the output in two, gate first). No biases.
+    d, m, q, kv, p = cfg.d_model, cfg.d_mlp, cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head, f"layers.{l}."
+    W_QKV = get(p + "self_attn.qkv_proj.weight", (q + 2 * kv, d)).T           # [d_model, q + 2 kv]
+    W_gate_up = get(p + "mlp.gate_up_proj.weight", (2 * m, d)).T              # [d_model, 2 d_mlp]
+    return LayerParams(
+        ln1_w=get(p + "input_layernorm.weight", (d,)), ln1_b=None,
+        W_Q=W_QKV[:, :q], W_K=W_QKV[:, q:q + kv], W_V=W_QKV[:, q + kv:], b_Q=None, b_K=None, b_V=None,
+        W_O=get(p + "self_attn.o_proj.weight", (d, q)).T, b_O=None,
+        ln2_w=get(p + "post_attention_layernorm.weight", (d,)), ln2_b=None,
+        W_gate=W_gate_up[:, :m], b_gate=None, W_in=W_gate_up[:, m:], b_in=None,
+        W_out=get(p + "mlp.down_proj.weight", (d, m)).T, b_out=None,
+    )
+
+
+def neox_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
+    # nn.Linear is [out, in]: transpose once. GPT-NeoX's fused query_key_value interleaves per head:
+    # its out dim is [n_heads, 3, d_head] (modeling_gpt_neox views it as (n_heads, 3 * d_head) and
+    # chunks each head's slice into q, k, v), not the q | k | v blocks of GPT-2 or Phi-3.
+    d, m, h, dh, p = cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, f"layers.{l}."
+    bias = cfg.qkv_bias
+    W_QKV = get(p + "attention.query_key_value.weight", (3 * d, d)).T.reshape(d, h, 3, dh)  # [d_model, n_heads, 3, d_head]
+    W_Q, W_K, W_V = (W_QKV[:, :, i, :].reshape(d, h * dh) for i in range(3))                # [d_model, n_heads * d_head]
+    if bias:
+        b_QKV = get(p + "attention.query_key_value.bias", (3 * d,)).reshape(h, 3, dh)       # [n_heads, 3, d_head]
+        b_Q, b_K, b_V = (b_QKV[:, i, :].reshape(h * dh) for i in range(3))
+    else:
+        b_Q = b_K = b_V = None
+    return LayerParams(
+        ln1_w=get(p + "input_layernorm.weight", (d,)), ln1_b=get(p + "input_layernorm.bias", (d,)),
+        W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V,
+        W_O=get(p + "attention.dense.weight", (d, d)).T,
+        b_O=get(p + "attention.dense.bias", (d,)) if cfg.o_bias else None,
+        ln2_w=get(p + "post_attention_layernorm.weight", (d,)), ln2_b=get(p + "post_attention_layernorm.bias", (d,)),
+        W_in=get(p + "mlp.dense_h_to_4h.weight", (m, d)).T, b_in=get(p + "mlp.dense_h_to_4h.bias", (m,)),
+        W_gate=None, b_gate=None,
+        W_out=get(p + "mlp.dense_4h_to_h.weight", (d, m)).T, b_out=get(p + "mlp.dense_4h_to_h.bias", (d,)),
+    )
+
+
+def neox_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
+    W_E = get("embed_in.weight", (cfg.d_vocab, cfg.d_model))
+    return GlobalParams(
+        W_E=W_E, W_pos=None,
+        lnf_w=get("final_layer_norm.weight", (cfg.d_model,)), lnf_b=get("final_layer_norm.bias", (cfg.d_model,)),
+        W_U=unembedding(get, cfg, W_E, "embed_out.weight"), b_U=None,   # Pythia's untied head is "embed_out"
+    )
+
+
 def unembedding(get: Getter, cfg: ModelConfig, W_E: np.ndarray, name: str) -> np.ndarray:
     """W_U [d_model, d_vocab]: the embedding's transpose when tied, else the stored head transposed."""
     if cfg.tie_embeddings:
@@ -143,6 +234,15 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     "gpt2": Layout(gpt2_layer, gpt2_globals, ("transformer.",), ignored=(".attn.bias", ".attn.masked_bias")),
     "llama": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "mistral": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "qwen2": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "qwen3": Layout(qwen3_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "gemma": Layout(gemma_layer, gemma_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "gemma2": Layout(gemma2_layer, gemma_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "phi3": Layout(phi3_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
+    "gpt_neox": Layout(neox_layer, neox_globals, ("gpt_neox.",),
+                       ignored=(".attention.bias", ".attention.masked_bias", "rotary_emb.inv_freq"),
+                       optional=("embed_out.weight",)),
 }
 
 
