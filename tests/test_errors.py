@@ -192,6 +192,14 @@ def test_unsupported_rope_type(llama):
         ml.load(llama)
 
 
+def test_dynamic_rope_on_a_two_dim_rotation(tmp_path):
+    hf = llama_config(d_model=8, n_heads=4, d_head=2, rope={"rope_type": "dynamic", "factor": 2.0})
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps(hf))
+    with expect(UnsupportedModelError, "dynamic RoPE needs a rotary dimension above 2", "'linear'"):
+        ml.load(tmp_path / "m")
+
+
 def test_unsupported_compute_dtype(gpt2):
     with expect(InputError, "float32 or float64", "float16"):
         ml.load(gpt2, dtype=np.float16)
