@@ -82,7 +82,8 @@ class Trace:
         return self.model.cfg.n_layers
 
     def keys(self) -> list:
-        return list(self._store)
+        """What was recorded, as keys that ``trace[key]`` accepts: "embed", ("resid_pre", 0), ..."""
+        return [name if layer is None else (name, layer) for name, layer in self._store]
 
     def layer_index(self, layer: int) -> int:
         """A layer index, negative allowed, checked against the model's depth."""

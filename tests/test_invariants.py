@@ -159,12 +159,14 @@ def test_run_batch_in_float32_within_float32_rounding(model, tmp_path):
 def test_names_records_only_the_requested_keys(model, trace):
     ids = prompt(N_SEQ)
     small = model.run(ids, names={"resid_pre", "pattern"})
-    assert {name for name, _ in small.keys()} == {"resid_pre", "pattern"}
+    assert {key[0] for key in small.keys()} == {"resid_pre", "pattern"}
     np.testing.assert_array_equal(small.logits, trace.logits)                  # logits are always kept
     np.testing.assert_array_equal(small["resid_pre", -1], trace["resid_pre", -1])
     with pytest.raises(KeyError, match="not recorded"):
         small["attn_out", 0]
     assert model.run(ids, names=()).keys() == []
+    assert all(trace[key] is not None for key in trace.keys()), "every listed key should be readable"
+    assert "embed" in trace.keys() and ("resid_pre", 0) in trace.keys()
 
 
 def test_the_model_keeps_no_state_between_runs(model):
@@ -176,3 +178,13 @@ def test_the_model_keeps_no_state_between_runs(model):
 
 def test_trace_knows_its_model(model, trace):
     assert trace.model is model and trace.n_layers == model.cfg.n_layers and trace.n_seq == N_SEQ
+
+
+@pytest.mark.parametrize("stored", ["float32", "bfloat16", "float16"])
+def test_float32_mode_promotes_nothing(stored, tmp_path):
+    """float32 is the default compute dtype: every recorded array stays float32, whatever the stored dtype
+    (a float64 rope table or mask would silently promote everything after it, as in picoGPT's history)."""
+    folder, _ = make_llama(tmp_path, dtype=stored, n_kv_heads=2, attention_bias=True)
+    for trace in (ml.load(folder).run(prompt(N_SEQ)), ml.load(folder).run_batch(np.stack([prompt(N_SEQ)] * 2))[1]):
+        promoted = {key: trace[key].dtype for key in trace.keys() if trace[key].dtype != np.float32}
+        assert not promoted and trace.logits.dtype == np.float32, f"promoted to float64: {promoted}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,9 +159,24 @@ def test_malformed_ids(gpt2, ids, fragment):
 # ------------------------------------------------------------------------------------------
 
 def fake_cache(cache, folder, name: str, revision: str) -> None:
-    """Lay out ``folder`` as huggingface_hub would: models--org--name/snapshots/<hash>/ plus refs/main."""
+    """Lay out ``folder`` as huggingface_hub does: models--org--name/snapshots/<hash>/ plus refs/main.
+
+    As in a real cache, each snapshot file is a relative symlink to blobs/<content hash>, and
+    the snapshot's mtime is the source folder's (so the newest snapshot is the last one made).
+    """
+    import hashlib
+    import os
     repo = cache / ("models--" + name.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for file in folder.iterdir():
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / file.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    stat = folder.stat()
+    os.utime(snapshot, (stat.st_atime, stat.st_mtime))
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text(revision)
 
@@ -258,3 +274,15 @@ def test_gpt2_attention_rescaling_switches_are_refused(tmp_path, switch):
     folder, _ = make_gpt2(tmp_path, **switch)
     with pytest.raises(ml.UnsupportedModelError, match=next(iter(switch))):
         ml.load(folder)
+
+
+def test_sharded_model_in_cache_with_blob_symlinks(tmp_path, monkeypatch):
+    """Shards are symlinks into blobs/, outside the snapshot folder: a real cache must still load."""
+    folder, _ = make_llama(tmp_path, shard=True)
+    fake_cache(tmp_path / "hub", folder, "tiny-org/sharded", "d" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    model = ml.load("tiny-org/sharded")
+    assert len(model.files) > 1
+    ids = prompt(20)
+    np.testing.assert_array_equal(model.run(ids).logits, ml.load(folder).run(ids).logits)
