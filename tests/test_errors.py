@@ -576,3 +576,141 @@ def test_key_not_recorded(model):
     with pytest.raises(KeyError):        # still a KeyError, for existing except clauses
         trace["attn_out", 0]
     assert ("attn_out", 0) not in trace and ("resid_pre", 0) in trace and "nonsense" not in trace
+
+
+# ------------------------------------------------------------------------------------------
+# The logit lens, attribution, direction lens (lens.py, attribution.py, direction.py)
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def trace(model):
+    return model.run("to be or not to be that is the question")
+
+
+def test_lens_target_of_several_tokens(trace):
+    with expect(InputError, "'to be' is 2 tokens", "Pick one of them"):
+        ml.logit_lens(trace, target="to be")
+
+
+def test_lens_position_out_of_range(trace):
+    with expect(InputError, "positions [10] out of range", "10 tokens", "0..9", "-10..-1"):
+        ml.logit_lens(trace, positions=10)
+
+
+def test_lens_positions_not_ints(trace):
+    with expect(InputError, "positions must be an int or a list of ints"):
+        ml.logit_lens(trace, positions=[0.5])
+
+
+def test_lens_top_k_zero(trace):
+    with expect(InputError, "top_k must be a positive int", "0"):
+        ml.logit_lens(trace, top_k=0)
+
+
+def test_lens_one_target_per_position_of_wrong_length(trace):
+    with expect(InputError, "target has 3 ids", "reads 2 positions", "one id per position"):
+        ml.logit_lens(trace, target=[1, 2, 3], positions=[0, 1])
+
+
+def test_lens_on_a_trace_without_the_stream(model):
+    trace = model.run([1, 2, 3], names={"attn_out"})
+    with expect(InputError, "the lens needs", "resid_pre", "without names="):
+        ml.logit_lens(trace)
+
+
+def test_lens_unknown_row(trace):
+    with expect(InputError, "no lens row '9_pre'", "0_pre"):
+        ml.logit_lens(trace).logits("9_pre")
+
+
+def test_lens_row_index_out_of_range(trace):
+    with expect(InputError, "row 7 is out of range"):
+        ml.logit_lens(trace).logits(7)
+
+
+def test_attribution_unknown_by(trace):
+    with expect(InputError, "by='neurons'", "'layer', 'head', 'neuron', 'token'"):
+        ml.layer_attribution(trace, target="be", by="neurons")
+
+
+def test_attribution_contrast_equal_to_target(trace):
+    with expect(InputError, "contrast is the target itself", "Pick another token"):
+        ml.layer_attribution(trace, target="be", contrast="be")
+
+
+def test_attribution_position_out_of_range(trace):
+    with expect(InputError, "position -11 is out of range", "10 tokens"):
+        ml.layer_attribution(trace, target="be", position=-11)
+
+
+def test_attribution_layer_out_of_range(trace):
+    with expect(InputError, "layer 40 is out of range", "2 layers"):
+        ml.layer_attribution(trace, target="be", by="head", layer=40)
+
+
+def test_attribution_neuron_split_without_layer(trace):
+    with expect(InputError, "by='neuron' splits one layer", "pass layer=l"):
+        ml.layer_attribution(trace, target="be", by="neuron")
+
+
+def test_attribution_target_of_several_tokens(trace):
+    with expect(InputError, "'not to' is 2 tokens"):
+        ml.layer_attribution(trace, target="not to")
+
+
+def test_direction_of_wrong_shape(model):
+    with expect(InputError, "the direction must have shape [d_model] = [32]", "[16]"):
+        ml.direction_lens(model, np.ones(16))
+
+
+def test_direction_with_nan(model):
+    with expect(InputError, "NaN or inf"):
+        ml.direction_lens(model, np.full(32, np.nan))
+
+
+def test_sae_file_missing(model, tmp_path):
+    with expect(CheckpointNotFoundError, "sae.safetensors", "no such safetensors file"):
+        ml.sae_lens(model, tmp_path / "sae.safetensors")
+
+
+def test_sae_without_decoder(model, tmp_path):
+    save_file({"W_enc": np.zeros((32, 8), np.float32)}, str(tmp_path / "sae.safetensors"))
+    with expect(CheckpointError, "no tensor 'W_dec'", "W_enc"):
+        ml.sae_lens(model, tmp_path / "sae.safetensors")
+
+
+# ------------------------------------------------------------------------------------------
+# The seed's bench API (bench.py)
+# ------------------------------------------------------------------------------------------
+
+def test_bench_unknown_tool(model, tmp_path):
+    from minilens.bench import BaseInterpretabilityBench
+    bench = BaseInterpretabilityBench(model, save_dir=tmp_path / "runs")
+    with expect(InputError, "unknown tool 'logit_lenz'", "available tools: logit_lens"):
+        bench.use_tools("logit_lenz")
+
+
+def test_bench_save_dir_cannot_be_written(model, tmp_path):
+    # A save_dir below a regular file cannot be created, even by root (chmod would not stop root).
+    from minilens.bench import BaseInterpretabilityBench
+    (tmp_path / "a-file").write_text("")
+    bench = BaseInterpretabilityBench(model, save_dir=tmp_path / "a-file" / "runs")
+
+    @bench.use_tools("logit_lens")
+    def experiment(logit_lens):
+        return logit_lens.layer_attribution([1, 2, 3], 4)
+
+    with expect(InputError, "cannot create save_dir", "a-file", "Pass save_dir= a folder you can write to"):
+        experiment()
+
+
+def test_bench_layer_idx_out_of_range(model):
+    from minilens.bench import LogitLens
+    with expect(InputError, "layer 40 is out of range", "0..1"):
+        LogitLens(model).logit_lens([1, 2, 3], target_idx=4, layer_idx=40)
+
+
+def test_bench_target_idx_not_an_id(model):
+    from minilens.bench import LogitLens
+    with expect(InputError, "target_idx must be one vocabulary id", "'be'"):
+        LogitLens(model).logit_lens([1, 2, 3], target_idx="be", layer_idx=0)
