@@ -50,6 +50,10 @@ class Attribution:
     layer: int | None = None        # the layer split, for by="neuron"/"token" (and by="head" when given)
     target_str: str | None = None
     contrast_str: str | None = None
+    # With a final-logit soft-cap (Gemma 2), ``logit`` and the parts live in the pre-cap space, where
+    # the split is exact; this is the capped number the model reports, cap * tanh(logit / cap) for a
+    # single target (for a contrast: the difference of the two capped logits). None without a cap.
+    capped_logit: float | None = None
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The k parts of largest magnitude, largest first, as (label, value)."""
@@ -65,14 +69,17 @@ class Attribution:
     def to_dict(self) -> dict:
         return dict(labels=self.labels.tolist(), values=self.values.tolist(), logit=self.logit,
                     target=self.target, target_str=self.target_str, contrast=self.contrast,
-                    contrast_str=self.contrast_str, position=self.position, by=self.by, layer=self.layer)
+                    contrast_str=self.contrast_str, position=self.position, by=self.by, layer=self.layer,
+                    capped_logit=self.capped_logit)
 
     def __repr__(self) -> str:
         what = repr(self.target_str) if self.target_str is not None else f"#{self.target}"
         if self.contrast is not None:
             what += " - " + (repr(self.contrast_str) if self.contrast_str is not None else f"#{self.contrast}")
         head = (f"Attribution(by={self.by!r}{'' if self.layer is None else f', layer={self.layer}'}, "
-                f"logit[{what}] at position {self.position} = {self.logit:.4f}, sum of {len(self.values)} parts "
+                f"logit[{what}] at position {self.position} = {self.logit:.4f}"
+                f"{'' if self.capped_logit is None else f' before the soft-cap ({self.capped_logit:.4f} after)'}"
+                f", sum of {len(self.values)} parts "
                 f"= {self.values.sum():.4f})")
         shown = self.top(12) if len(self.values) > 16 else list(zip(self.labels.tolist(), self.values.tolist()))
         width = max(len(label) for label, _ in shown)
@@ -100,10 +107,18 @@ def readout(trace: "Trace", position: int, target: int, contrast: int | None) ->
     w_read = g.lnf_w.astype(np.float64) * u / s
     constant = b
     if cfg.norm == "layernorm":
-        w_read -= w_read.mean()
+        pass  # mutated
         if g.lnf_b is not None:
             constant += float(g.lnf_b.astype(np.float64) @ u)
     return w_read, constant
+
+
+def capped_logit(trace: "Trace", position: int, target: int, contrast: int | None) -> float | None:
+    """The model's reported (soft-capped) logit (difference), or None when the family has no final cap."""
+    if not getattr(trace.model.cfg, "final_softcap", None):
+        return None
+    logits = trace.logits[position]
+    return float(logits[target]) - (0.0 if contrast is None else float(logits[contrast]))
 
 
 def model_logit(trace: "Trace", position: int, target: int, contrast: int | None) -> float:
@@ -255,7 +270,8 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
         values.append(sum(v for label, v in parts if label not in covered) + constant)
 
     return Attribution(labels=np.array(labels), values=np.array(values, dtype=np.float64),
-                       logit=model_logit(trace, q, t, t2), target=t, contrast=t2, position=q, by=by, layer=l,
+                       logit=model_logit(trace, q, t, t2), capped_logit=capped_logit(trace, q, t, t2),
+                       target=t, contrast=t2, position=q, by=by, layer=l,
                        target_str=_str_tokens(model, [t])[0] if model.tokenizer else None,
                        contrast_str=(_str_tokens(model, [t2])[0] if model.tokenizer and t2 is not None else None))
 

@@ -349,3 +349,67 @@ def test_erf_and_gelu_keep_the_dtype():
     x = np.linspace(-8, 8, 1001)
     np.testing.assert_allclose(ops.gelu(x), [0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x],
                                rtol=1e-14, atol=1e-15)  # atol: both sides cancel in 1 + erf for x << 0
+
+
+# ------------------------------------------------------------------------------------------
+# The lens and the attribution keep their guarantees in every family
+# ------------------------------------------------------------------------------------------
+
+INVARIANT_VARIANTS = ["gpt_neox-parallel", "gpt_neox-sequential", "mistral-window", "qwen2-tied", "qwen3",
+                      "gemma", "gemma2", "phi3-partial-window"]
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    """One float64 and one float32 trace per family, made once for the invariant tests below."""
+    out = {}
+    for variant in INVARIANT_VARIANTS:
+        folder = make(tmp_path_factory.mktemp("inv"), variant)
+        out[variant] = {dt: ml.load(folder, dtype=dt).run(prompt()) for dt in (np.float64, np.float32)}
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", INVARIANT_VARIANTS)
+def test_lens_final_post_row_is_the_logits(variant, dtype, traces):
+    """The lens's last row is the model's logits, soft-capped where the family caps them (Gemma 2)."""
+    trace = traces[variant][dtype]
+    lens = ml.logit_lens(trace, top_k=3, incl_mid=True)
+    final = lens.logits("final_post")
+    # Same function, same order of operations on the same numbers: equal to rounding (float32: ~1e-7 of
+    # the logits' size; the lens and the forward pass may block the final GEMM differently).
+    tol = (1e-12 if dtype == np.float64 else 1e-5) * max(1.0, float(np.abs(trace.logits).max()))
+    assert np.abs(final - trace.logits).max() <= tol, "lens final_post != logits: the soft-cap or the final norm?"
+    assert np.array_equal(lens.top_ids[-1, :, 0], trace.logits.argmax(-1))
+    assert [f"{l}_mid" for l in range(trace.n_layers)] == [x for x in lens.labels if x.endswith("_mid")]
+
+
+@pytest.mark.parametrize("by", ["layer", "head", "neuron", "token"])
+@pytest.mark.parametrize("variant", INVARIANT_VARIANTS)
+def test_attribution_sums_to_the_logit(variant, by, traces):
+    """The parts sum to the logit (pre-cap with a final soft-cap); the logit is the model's own."""
+    trace = traces[variant][np.float64]
+    cfg = trace.model.cfg
+    pos, target = N_SEQ - 1, int(trace.logits[-1].argmin())    # a target with a large (negative) logit
+    layer = None if by in ("layer", "head") else cfg.n_layers - 1
+    attr = ml.layer_attribution(trace, target=target, position=pos, by=by, layer=layer)
+    linear_logits = trace["logits_precap"] if cfg.final_softcap else trace.logits
+    assert attr.logit == pytest.approx(float(linear_logits[pos, target]), abs=1e-12)
+    # float64 parts of a float64 stream: the sum differs from the logit only by summation order.
+    assert abs(attr.values.sum() - attr.logit) <= 1e-10 * max(1.0, abs(attr.logit)), (
+        f"{variant} by={by}: parts sum to {attr.values.sum():.12g}, logit {attr.logit:.12g}. Gemma 2: are the "
+        f"sandwich norms' divisors frozen? Gemma: is embed the scaled embedding?")
+    if cfg.final_softcap:  # the capped number the model reports is cap * tanh(pre-cap / cap)
+        capped = cfg.final_softcap * np.tanh(attr.values.sum() / cfg.final_softcap)
+        assert capped == pytest.approx(float(trace.logits[pos, target]), abs=1e-12)
+        assert attr.capped_logit == float(trace.logits[pos, target]), "the Attribution carries both numbers"
+        assert "before the soft-cap" in repr(attr)
+    else:
+        assert attr.capped_logit is None
+
+
+@pytest.mark.parametrize("variant", INVARIANT_VARIANTS)
+def test_attribution_float32_stream_sums_to_float32_precision(variant, traces):
+    trace = traces[variant][np.float32]
+    attr = ml.layer_attribution(trace, target=int(trace.logits[-1].argmax()), position=-1, by="head")
+    assert abs(attr.values.sum() - attr.logit) <= 1e-4 * max(1.0, abs(attr.logit))
