@@ -4,6 +4,11 @@ Every family runs through the same ``forward``. They differ only by data in Mode
 (which norm, which activation, learned or rotary positions, parallel residual), and the
 loader has already renamed and transposed every weight to ``[d_in, d_out]``.
 
+The newer families' switches (qk_norm, sandwich_norms, embed_scale, attn_scale, attn_softcap,
+final_softcap, layer_windows, parallel_residual) are each one named branch below. What the trace,
+the lens and the attribution mean under a parallel residual, sandwich norms or a final soft-cap is
+stated in README.md, "Supported families".
+
 Shapes: ``n_seq`` tokens, ``d_model`` wide. ``run_batch`` adds a leading batch axis to the same
 arrays; the functions below are written for one sequence and let that axis ride along (``...``).
 """

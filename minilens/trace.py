@@ -5,7 +5,7 @@ Keys follow TransformerLens's hook vocabulary, so that people who know it feel a
 ======================  =====================================  ========================================
 key                     shape                                  meaning
 ======================  =====================================  ========================================
-"embed"                 [n_seq, d_model]                       token embeddings W_E[ids]
+"embed"                 [n_seq, d_model]                       token embeddings W_E[ids] (Gemma: times sqrt(d_model))
 "pos_embed"             [n_seq, d_model]                       learned position embeddings (GPT-2 only)
 ("resid_pre", l)        [n_seq, d_model]                       the stream entering block l
 ("scale_ln1", l)        [n_seq, 1]                             the divisor of block l's first norm
