@@ -107,7 +107,7 @@ def readout(trace: "Trace", position: int, target: int, contrast: int | None) ->
     w_read = g.lnf_w.astype(np.float64) * u / s
     constant = b
     if cfg.norm == "layernorm":
-        pass  # mutated
+        w_read -= w_read.mean()
         if g.lnf_b is not None:
             constant += float(g.lnf_b.astype(np.float64) @ u)
     return w_read, constant
