@@ -110,8 +110,8 @@ class ModelConfig:
         except KeyError as e:  # raised by _Fields.need
             raise CheckpointError(str(e.args[0])) from None
         except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. "n_head": "4", or 0 heads
-            raise CheckpointError(f"{source}: a size field has the wrong type or value ({e}). "
-                                  f"Sizes must be positive integers; fix or re-save config.json.") from None
+            raise CheckpointError(f"{source}: a field has the wrong type or value ({e}). Sizes must be "
+                                  f"positive integers; fix or re-save config.json.") from None
         check_sizes(cfg, source)
         from .ops import ACTIVATIONS  # here, not at the top: ops imports config
         if cfg.act not in ACTIVATIONS:  # else a bare KeyError would surface at the first run

@@ -296,9 +296,12 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False) -> Model:
     layer is widened on first use, so loading is quick and nothing is ever written to the folder.
     ``check_finite=True`` reads every weight once and names any tensor holding NaN or inf.
     """
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
     if dtype not in (np.float32, np.float64):
-        raise InputError(f"dtype must be float32 or float64, got {dtype}.")
+        raise InputError(f"dtype must be float32 or float64 (np.float32, np.float64), got {dtype or 'something else'}.")
     folder = resolve(path_or_name)
     cfg = ModelConfig.from_file(folder / "config.json")
     files = find_safetensors(folder)

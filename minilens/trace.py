@@ -49,7 +49,12 @@ class Recorder:
     """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``."""
 
     def __init__(self, names: Iterable[str] | None):
+        if isinstance(names, str) or (names is not None and not hasattr(names, "__iter__")):
+            raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, got {names!r}.")
         self.names = None if names is None else set(names)
+        unknown = sorted(map(repr, (self.names or set()) - set(ALL_KEYS)))
+        if unknown:  # a typo would otherwise record nothing, and fail only later
+            raise InputError(f"unknown trace key {unknown[0]} in names; keys are {', '.join(ALL_KEYS)}.")
         self.store: dict[tuple[str, int | None], np.ndarray] = {}
 
     def wants(self, name: str) -> bool:

@@ -205,6 +205,11 @@ def test_unsupported_compute_dtype(gpt2):
         ml.load(gpt2, dtype=np.float16)
 
 
+def test_unknown_compute_dtype(gpt2):
+    with expect(InputError, "float32 or float64"):
+        ml.load(gpt2, dtype="banana")
+
+
 def test_malformed_tokenizer(gpt2):
     (gpt2 / "tokenizer.json").write_text('{"not": "a tokenizer"}')
     with expect(CheckpointError, "tokenizer.json"):
@@ -567,6 +572,17 @@ def test_unknown_trace_key(model):
 def test_per_layer_key_without_layer(model):
     with expect(InputError, "'attn_out' is recorded per layer", "trace['attn_out', layer]"):
         model.run([1, 2, 3])["attn_out"]
+
+
+def test_names_given_as_one_string(model):
+    # set("resid_pre") would be a set of letters: refuse it rather than record nothing
+    with expect(InputError, "names must be a collection of trace keys", "{'resid_pre'}"):
+        model.run([1, 2, 3], names="resid_pre")
+
+
+def test_names_with_a_typo(model):
+    with expect(InputError, "unknown trace key 'resid_pr' in names", "resid_pre"):
+        model.run([1, 2, 3], names={"resid_pr"})
 
 
 def test_key_not_recorded(model):
