@@ -155,7 +155,8 @@ def reference(folder, ids, dtype) -> dict:
     with torch.no_grad():
         out = model(torch.tensor(ids)[None], output_hidden_states=True)
     hidden = [h[0].double().numpy() for h in out.hidden_states]
-    return {"resid_pre": hidden[:-1], "normalized": hidden[-1], "logits": out.logits[0].double().numpy()}
+    return {"resid_pre": hidden[:-1], "normalized": hidden[-1], "logits": out.logits[0].double().numpy(),
+            "n_params": sum(p.numel() for p in model.parameters())}  # a tied W_U is one parameter
 
 
 def errors(trace, ref: dict, relative: bool = False) -> dict:
@@ -199,6 +200,7 @@ def test_parity(variant, tmp_path, monkeypatch):
     assert ours64.logits.dtype == np.float64 and ours32.logits.dtype == np.float32, "dtype silently changed"
 
     stock = reference(folder, ids, torch.float64)
+    assert ours64.model.cfg.n_params == stock["n_params"], "ModelConfig.n_params misses a family's tensors"
     stock64 = errors(ours64, stock, relative=True)
     assert_within(stock64, F64_STOCK_TOL, f"{variant} float64 vs stock transformers (float32 norms/rope/softmax)")
     with monkeypatch.context() as m:
