@@ -153,6 +153,8 @@ class LensResult:
     def logits(self, row: int | str) -> np.ndarray:
         """One row's lens logits, recomputed.  -> [n_pos, d_vocab]"""
         key = self._keys[self.row_index(row)]
+        if key == "resid_final":        # final_post is the model's own logits, exactly (see run_lens)
+            return self.trace.logits[self.positions].copy()
         return lens_logits(self.trace.model, self.trace[key][self.positions])
 
     def to_dict(self) -> dict:
@@ -271,8 +273,12 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
     for start in range(0, n_pos, chunk):
         p = pos[start:start + chunk]
         c = len(p)
-        stacked = np.stack([x[p] for x in resid])                   # [R, c, d_model]
-        logits = lens_logits(model, stacked.reshape(R * c, d_model))  # [R * c, d_vocab]: one GEMM for all rows
+        stacked = np.stack([x[p] for x in resid[:-1]])              # [R - 1, c, d_model]
+        # One GEMM for all rows but the last. The last row, final_post, is N(x_L) W_U + b_U: the
+        # model's own logits, taken as they are so that it equals trace.logits bit for bit (a GEMM
+        # over a different number of rows may round differently in the last place).
+        logits = np.concatenate([lens_logits(model, stacked.reshape((R - 1) * c, d_model)),
+                                 trace.logits[p]])                  # [R * c, d_vocab]
         s = block_statistics(logits, np.tile(targets[start:start + c], R), k)
         sl = slice(start, start + c)
         for name in out:
