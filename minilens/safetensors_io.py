@@ -40,18 +40,12 @@ class TensorInfo:
 
 def read_header(path: Path) -> dict[str, TensorInfo]:
     """Parse and validate a safetensors header without reading any tensor data."""
-    size = path.stat().st_size
     fix = "The file is damaged or was downloaded halfway; download it again."
-    with open(path, "rb") as fh:
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{path}: only {size} bytes, too short to be a safetensors file. {fix}")
-        (n_header,) = struct.unpack("<Q", prefix)
-        if n_header > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(
-                f"{path}: header claims {n_header} bytes but the file holds {size - 8} after the length. {fix}"
-            )
-        raw = fh.read(n_header)
+    try:
+        size, n_header, raw = _read_raw_header(path, fix)
+    except OSError as e:  # unreadable: permissions, a broken network mount, ...
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}). Check that the file is readable "
+                              f"(its permissions, the disk) and try again.") from None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
@@ -70,6 +64,21 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         if b1 < e0:
             raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the data block. {fix}")
     return infos
+
+
+def _read_raw_header(path: Path, fix: str) -> tuple[int, int, bytes]:
+    """(file size, header length, header bytes); the length is checked against the file before reading."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path}: only {size} bytes, too short to be a safetensors file. {fix}")
+        (n_header,) = struct.unpack("<Q", prefix)
+        if n_header > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(
+                f"{path}: header claims {n_header} bytes but the file holds {size - 8} after the length. {fix}"
+            )
+        return size, n_header, fh.read(n_header)
 
 
 def _validate_entry(path: Path, name: str, entry: object, data_bytes: int, fix: str) -> TensorInfo:

@@ -240,6 +240,18 @@ def first_tensor(header: dict) -> str:
     return next(k for k in header if k != "__metadata__")
 
 
+def test_safetensors_unreadable(gpt2, monkeypatch):
+    # As root, chmod cannot make a file unreadable: simulate the OS refusing to open it.
+    from minilens import safetensors_io
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(safetensors_io, "open", refuse, raising=False)
+    with expect(CheckpointError, "model.safetensors", "cannot be read (Permission denied)", "permissions"):
+        ml.load(gpt2)
+
+
 def test_safetensors_too_short(gpt2):
     (gpt2 / "model.safetensors").write_bytes(b"\x10\x00\x00")
     with expect(CheckpointError, "model.safetensors", "too short", "download it again"):
