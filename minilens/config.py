@@ -132,7 +132,8 @@ class ModelConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: cannot be read as JSON ({e}). Re-download or re-save config.json.") from None
         if not isinstance(hf, dict):
-            raise CheckpointError(f"{path}: expected a JSON object, found {type(hf).__name__}.")
+            raise CheckpointError(f"{path}: expected a JSON object, found {type(hf).__name__}. "
+                                  f"Re-download or re-save config.json.")
         return cls.from_hf(hf, source=str(path))
 
 
@@ -192,7 +193,8 @@ class _Fields:
         for name in names:
             if self.hf.get(name) is not None:
                 return self.hf[name]
-        raise KeyError(f"{self.source}: required field {' or '.join(map(repr, names))} is missing or null.")
+        raise KeyError(f"{self.source}: required field {' or '.join(map(repr, names))} is missing or null. "
+                       f"Re-download config.json, or re-save it with transformers' save_pretrained.")
 
     def get(self, name: str, default: Any = None) -> Any:
         value = self.hf.get(name)

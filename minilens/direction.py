@@ -83,7 +83,8 @@ def direction_lens(model: "Model", vector, k: int = 10, apply_norm_weight: bool 
     if v.shape != (model.cfg.d_model,):
         raise InputError(f"the direction must have shape [d_model] = [{model.cfg.d_model}], got {list(v.shape)}.")
     if not np.isfinite(v).all():
-        raise InputError("the direction holds NaN or inf values.")
+        raise InputError("the direction holds NaN or inf values. Check the vector you passed (e.g. the SAE "
+                         "decoder row or neuron weights it came from).")
     return _lens_rows(model, v[None], k, apply_norm_weight)[0]
 
 

@@ -148,7 +148,7 @@ class LensResult:
             return labels.index(row)
         if isinstance(row, (int, np.integer)) and not isinstance(row, bool) and -len(labels) <= row < len(labels):
             return int(row) % len(labels)
-        raise InputError(f"row {row!r} is out of range: give a label ({labels[0]!r}...) or 0..{len(labels) - 1}.")
+        raise InputError(f"row {row!r} is out of range: give a label ({str(labels[0])!r}...) or 0..{len(labels) - 1}.")
 
     def logits(self, row: int | str) -> np.ndarray:
         """One row's lens logits, recomputed.  -> [n_pos, d_vocab]"""

@@ -229,7 +229,8 @@ class Model:
             arr = arr[0]
         if arr.ndim != (2 if allow_batch and arr.ndim == 2 else 1):
             raise InputError(f"token ids must have shape [n_seq]{' or [batch, n_seq]' if allow_batch else ' or [1, n_seq]'},"
-                             f" got shape {list(arr.shape)}." + (" Wrap a single id in a list: [id]." if arr.ndim == 0 else ""))
+                             f" got shape {list(arr.shape)}." + (" Wrap a single id in a list: [id]." if arr.ndim == 0 else "")
+                             + (" For several sequences use model.run_batch(ids)." if arr.ndim == 2 else ""))
         if arr.size == 0 or arr.shape[-1] == 0:
             raise InputError("the input is empty: give at least one token.")
         if arr.dtype.kind in "USO":

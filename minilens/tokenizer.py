@@ -23,7 +23,8 @@ class Tokenizer:
         try:
             self.hf = _HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception for malformed files
-            raise CheckpointError(f"{path}: cannot be read as a tokenizers tokenizer.json ({e}).") from None
+            raise CheckpointError(f"{path}: cannot be read as a tokenizers tokenizer.json ({e}). Re-download it, "
+                                  f"or move it away and pass token ids instead of text.") from None
         self.bos_token_id = bos_token_id
         self.prepend_bos = prepend_bos and bos_token_id is not None
         config = path.parent / "tokenizer_config.json"

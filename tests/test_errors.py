@@ -128,13 +128,13 @@ def test_config_not_utf8(gpt2):
 
 def test_config_not_an_object(gpt2):
     (gpt2 / "config.json").write_text("[1, 2, 3]")
-    with expect(CheckpointError, "config.json", "expected a JSON object"):
+    with expect(CheckpointError, "config.json", "expected a JSON object", "re-save config.json"):
         ml.load(gpt2)
 
 
 def test_config_missing_required_field(gpt2):
     edit_config(gpt2, n_embd=...)
-    with expect(CheckpointError, "config.json", "'n_embd'", "missing"):
+    with expect(CheckpointError, "config.json", "'n_embd'", "missing", "save_pretrained"):
         ml.load(gpt2)
 
 
@@ -212,7 +212,7 @@ def test_unknown_compute_dtype(gpt2):
 
 def test_malformed_tokenizer(gpt2):
     (gpt2 / "tokenizer.json").write_text('{"not": "a tokenizer"}')
-    with expect(CheckpointError, "tokenizer.json"):
+    with expect(CheckpointError, "tokenizer.json", "Re-download it", "pass token ids"):
         ml.load(gpt2)
 
 
@@ -505,7 +505,7 @@ def test_3d_ids(model):
 
 
 def test_batch_given_to_run(model):
-    with expect(InputError, "got shape [2, 3]"):
+    with expect(InputError, "got shape [2, 3]", "model.run_batch(ids)"):
         model.run([[1, 2, 3], [4, 5, 6]])
 
 
@@ -652,7 +652,7 @@ def test_lens_unknown_row(trace):
 
 
 def test_lens_row_index_out_of_range(trace):
-    with expect(InputError, "row 7 is out of range"):
+    with expect(InputError, "row 7 is out of range", "give a label ('0_pre'...) or 0..2"):
         ml.logit_lens(trace).logits(7)
 
 
@@ -692,7 +692,7 @@ def test_direction_of_wrong_shape(model):
 
 
 def test_direction_with_nan(model):
-    with expect(InputError, "NaN or inf"):
+    with expect(InputError, "NaN or inf", "Check the vector"):
         ml.direction_lens(model, np.full(32, np.nan))
 
 
