@@ -72,6 +72,11 @@ class Attribution:
                     contrast_str=self.contrast_str, position=self.position, by=self.by, layer=self.layer,
                     capped_logit=self.capped_logit)
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the parts as a bar chart (minilens/render.py), with the sum checked against the logit."""
+        from .render import attribution_html
+        return attribution_html(self)
+
     def __repr__(self) -> str:
         what = repr(self.target_str) if self.target_str is not None else f"#{self.target}"
         if self.contrast is not None:

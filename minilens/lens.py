@@ -162,6 +162,11 @@ class LensResult:
                 ("labels", "positions", "top_ids", "top_probs", "target_ids", "target_logit", "target_prob",
                  "target_rank", "entropy", "kl_to_final")}
 
+    def _repr_html_(self) -> str:
+        """Jupyter shows the lens as a heatmap (minilens/render.py): top-1 token per cell, top-k on hover."""
+        from .render import lens_html
+        return lens_html(self)
+
     def __repr__(self) -> str:
         model = self.trace.model
         show = list(range(len(self.positions)))[-8:]               # the last 8 positions at most

@@ -1,0 +1,342 @@
+"""The ``minilens`` command: the logit lens, attribution, generation and model info from a shell.
+
+    minilens lens "To be, or not to be, that is the"
+    minilens attribute "To be, or not to be, that is the" --target " question" --by head
+    minilens generate "To be, or not" -n 20
+    minilens info
+
+Every subcommand takes ``--model PATH_OR_CACHED_NAME`` and defaults to the shipped Shakespeare Llama.
+Bad input (an unknown model, a target that is not one token, a layer out of range, ...) prints one
+line, ``minilens: error: ...``, and exits with status 2; a traceback means a bug in minilens.
+Colour is used only on a terminal (and never with NO_COLOR set); progress goes to stderr only when
+stderr is a terminal, so piped output is exactly the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+from .errors import CheckpointNotFoundError, InputError, MinilensError
+
+DEFAULT_MODEL = "shakespeare-llama"
+EXIT_USAGE = 2
+
+
+# ------------------------------------------------------------------------------------------
+# The shipped weights
+# ------------------------------------------------------------------------------------------
+
+def default_model_path() -> Path:
+    """Where the shipped weights are: inside the package when installed from a wheel
+    (minilens/_weights/, put there by setup.py's build step), or the repository's weights/ folder
+    when minilens is an editable install or run from a checkout."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "_weights" / DEFAULT_MODEL, here.parent / "weights" / DEFAULT_MODEL]
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return folder
+    raise CheckpointNotFoundError(
+        f"the shipped weights {DEFAULT_MODEL!r} are not installed (looked in "
+        f"{', '.join(str(c) for c in candidates)}). Pass --model PATH to a Hugging Face folder, "
+        f"or reinstall minilens.")
+
+
+# ------------------------------------------------------------------------------------------
+# Terminal helpers
+# ------------------------------------------------------------------------------------------
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def use_color(choice: str, stream) -> bool:
+    """--color auto|always|never; auto means a terminal, NO_COLOR unset (https://no-color.org) and TERM != dumb."""
+    if choice == "always":
+        return True
+    if choice == "never":
+        return False
+    return _isatty(stream) and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+class Progress:
+    """One self-overwriting status line on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self):
+        self.stream = sys.stderr
+        self.on = _isatty(self.stream)
+        self.t0 = time.perf_counter()
+        self.shown = False
+
+    def __call__(self, message: str) -> None:
+        if self.on:
+            self.stream.write(f"\r\x1b[K{message} ({time.perf_counter() - self.t0:.1f} s)")
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.on and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), like minilens's own errors."""
+
+    def error(self, message):
+        raise InputError(f"{message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------------------------------
+# Subcommands
+# ------------------------------------------------------------------------------------------
+
+def load_model(args, progress: Progress):
+    from .model import load
+    path = args.model if args.model is not None else default_model_path()
+    progress(f"loading {path}")
+    model = load(path)
+    if model.tokenizer is None:
+        raise InputError(f"{path} has no tokenizer.json, so the command line cannot read text; "
+                         f"use the Python API with token ids.")
+    return model, path
+
+
+def run_trace(model, text: str, progress: Progress):
+    ids = model.to_tokens(text)
+    progress(f"running {model.cfg.n_layers} layers on {len(model.check_ids(ids))} tokens")
+    return model.run(ids)
+
+
+def write_file(path: str, content: str) -> None:
+    try:
+        Path(path).write_text(content, encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def table_width(args) -> int:
+    if args.last is not None:
+        return 10 ** 6                          # --last N decides, not the width
+    if _isatty(sys.stdout):
+        return shutil.get_terminal_size((100, 24)).columns
+    return int(os.environ.get("COLUMNS", "0") or 0) or 200   # piped: room for a log file, not a terminal
+
+
+def cmd_lens(args) -> int:
+    from .lens import logit_lens
+    from . import render
+    progress = Progress()
+    model, path = load_model(args, progress)
+    trace = run_trace(model, args.text, progress)
+    if args.last is not None and args.last < 1:
+        raise InputError(f"--last must be at least 1, got {args.last}.")
+    positions = None if args.last is None else list(range(max(0, trace.n_seq - args.last), trace.n_seq))
+    progress(f"reading {trace.n_layers + 1} rows through the unembedding")
+    lens = logit_lens(trace, target=args.target, top_k=5 if args.top_k is None else args.top_k,
+                      positions=positions, incl_mid=args.mid)
+    progress.clear()
+    color = use_color(args.color, sys.stdout)
+    out = [render.lens_table(lens, color=color, width=table_width(args))]
+    if args.target is not None:
+        tgt = render.show_token(render.token_strings(model, [int(lens.target_ids[0])])[0])
+        out.append(f"\nprobability of '{tgt}' (and its rank, 0 = top-1) at each layer and position:")
+        probs, ranks = lens.target_prob, lens.target_rank
+        out.append(render.lens_table(lens, color=color, width=table_width(args), values=probs,
+                                     cell=lambda r, j: f"{render.fmt_prob(float(probs[r, j]))} r{int(ranks[r, j])}"))
+    if args.top_k is not None:
+        last = -1
+        tok = render.token_strings(model, [int(trace.ids[lens.positions[last]])])[0]
+        out.append(f"\ntop-{lens.top_ids.shape[2]} at the last position ('{render.show_token(tok)}'):")
+        w = max(len(str(x)) for x in lens.labels)
+        for r, label in enumerate(lens.labels):
+            strs = render.token_strings(model, lens.top_ids[r, last])
+            cells = "  ".join(f"'{render.show_token(s, 10)}' {render.fmt_prob(float(p))}"
+                              for s, p in zip(strs, lens.top_probs[r, last]))
+            out.append(f"{str(label).ljust(w)}  {cells}")
+    print("\n".join(out))
+    if args.html:
+        write_file(args.html, render.report(lens=lens, metric=args.metric, title="minilens: logit lens",
+                                            text=args.text, model_name=str(path)))
+    if args.json:
+        d = lens.to_dict()
+        d.update(model=str(path), text=args.text, tokens=render.token_strings(model, trace.ids[lens.positions]),
+                 top_tokens=[[render.token_strings(model, ids) for ids in row] for row in lens.top_ids])
+        write_file(args.json, json.dumps(d, indent=1))
+    return 0
+
+
+def cmd_attribute(args) -> int:
+    from .attribution import layer_attribution
+    from . import render
+    progress = Progress()
+    model, path = load_model(args, progress)
+    trace = run_trace(model, args.text, progress)
+    progress(f"splitting the logit by {args.by}")
+    attr = layer_attribution(trace, args.target, position=args.position, by=args.by, contrast=args.contrast,
+                             layer=args.layer)
+    progress.clear()
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}.")
+    print(render.attribution_title(attr))
+    print(render.attribution_bars(attr, color=use_color(args.color, sys.stdout), top=args.top))
+    if args.html:
+        write_file(args.html, render.report(attr=attr, title="minilens: layer attribution", text=args.text,
+                                            model_name=str(path)))
+    if args.json:
+        d = attr.to_dict()
+        d.update(model=str(path), text=args.text, sum=float(attr.values.sum()),
+                 difference=float(attr.values.sum() - attr.logit))
+        write_file(args.json, json.dumps(d, indent=1))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    progress = Progress()
+    model, _ = load_model(args, progress)
+    if args.n < 0:
+        raise InputError(f"-n must be 0 or more, got {args.n}.")
+    ids = model.check_ids(model.to_tokens(args.text))
+    n_prompt = len(ids)
+    progress.clear()
+    sys.stdout.write(args.text)
+    sys.stdout.flush()
+    shown = ""
+    for _ in range(args.n):                     # one token at a time, so the text appears as it is made
+        longer = model.generate(ids, 1)
+        if len(longer) == len(ids):             # the context limit was reached
+            break
+        ids = longer
+        text = model.decode(ids[n_prompt:])
+        sys.stdout.write(text[len(shown):])     # decode the whole continuation: a character can span tokens
+        sys.stdout.flush()
+        shown = text
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .safetensors_io import read_header
+    progress = Progress()
+    model, path = load_model(args, progress)
+    progress.clear()
+    c = model.cfg
+    stored: dict[str, int] = {}
+    for f in model.files:
+        for info in read_header(Path(f)).values():
+            stored[info.dtype] = stored.get(info.dtype, 0) + 1
+    rows = [
+        ("model", str(path)),
+        ("family", c.family + (f" ({c.architecture})" if c.architecture else "")),
+        ("layers", str(c.n_layers)),
+        ("d_model", str(c.d_model)),
+        ("heads", f"{c.n_heads} query / {c.n_kv_heads} key-value, d_head {c.d_head}"),
+        ("d_mlp", f"{c.d_mlp}" + (" (gated)" if c.gated_mlp else "")),
+        ("d_vocab", str(c.d_vocab)),
+        ("context", f"{c.n_ctx} (learned positions)" if c.n_ctx else f"{c.positional} positions, no hard limit"),
+        ("norm", f"{c.norm} (eps {c.norm_eps:g}), activation {c.act}"),
+        ("parameters", f"{c.n_params:,}"),
+        ("dtype", f"stored {', '.join(f'{d} ({n} tensors)' for d, n in sorted(stored.items()))}; "
+                  f"computed in {model.dtype.name}"),
+    ]
+    folder = Path(model.folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    w = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(w)}  {v}" for k, v in rows]
+    lines.append("files".ljust(w) + "  " + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.2f} MB)" for p in files))
+    print("\n".join(lines))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
+# The parser
+# ------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="minilens", description="The logit lens and layer attribution on a NumPy forward pass.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def common(p):
+        p.add_argument("--model", metavar="PATH_OR_CACHED_NAME", default=None,
+                       help=f"a Hugging Face folder or a model name in the local HF cache "
+                            f"(default: the shipped {DEFAULT_MODEL})")
+
+    def colour(p):
+        p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                       help="colour the output: auto (a terminal without NO_COLOR), always, never")
+
+    p = sub.add_parser("lens", help="what every layer would predict: the logit-lens table")
+    p.add_argument("text")
+    p.add_argument("--target", metavar="TOK", default=None,
+                   help="also show this token's probability and rank at every layer (one token, e.g. ' the')")
+    p.add_argument("--top-k", metavar="K", type=int, default=None,
+                   help="print the top K tokens at the last position for every row (K also sets the hover list)")
+    p.add_argument("--mid", action="store_true", help="add the rows after each attention sublayer ({l}_mid)")
+    p.add_argument("--last", metavar="N", type=int, default=None, help="show only the last N positions")
+    p.add_argument("--metric", choices=("prob", "target_prob", "entropy", "kl"), default="prob",
+                   help="what colours the HTML heatmap (default: the top-1 probability)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    common(p)
+    colour(p)
+    p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("attribute", help="split one logit into what each layer/head/neuron/token wrote")
+    p.add_argument("text")
+    p.add_argument("--target", metavar="TOK", required=True, help="the token whose logit is split (one token)")
+    p.add_argument("--contrast", metavar="TOK", default=None, help="split logit[target] - logit[contrast] instead")
+    p.add_argument("--by", choices=("layer", "head", "token", "neuron"), default="layer")
+    p.add_argument("--layer", metavar="L", type=int, default=None,
+                   help="the layer to split (required for --by token and --by neuron; optional for head)")
+    p.add_argument("--position", metavar="P", type=int, default=-1, help="the position predicted (default: the last)")
+    p.add_argument("--top", metavar="N", type=int, default=20, help="how many parts to list (default 20)")
+    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
+    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    common(p)
+    colour(p)
+    p.set_defaults(func=cmd_attribute)
+
+    p = sub.add_parser("generate", help="greedy generation")
+    p.add_argument("text")
+    p.add_argument("-n", metavar="N", type=int, default=20, help="how many tokens to add (default 20)")
+    common(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="family, sizes, parameter count, dtype and files of a model")
+    common(p)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script passes it to sys.exit)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except MinilensError as e:
+        print(f"minilens: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:                      # `minilens lens ... | head`: the reader left; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except KeyboardInterrupt:
+        print("minilens: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
