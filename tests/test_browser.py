@@ -1,0 +1,161 @@
+"""The HTML report really renders: headless Chromium takes a screenshot, and the test reads its pixels.
+
+Parsing the HTML proves the markup is there; only a browser proves it draws. The test opens the
+report that ``minilens lens --html`` writes, screenshots it, decodes the PNG with the small decoder
+below (numpy + zlib, no imaging library), and checks that
+- the image is not blank, and
+- every heatmap cell is on screen in its own colour: it finds the grid's offset on the page from the
+  top-left corner of cell (0, 0), then samples a point inside each of the rows x positions cells,
+  away from the centred token text, and compares it with the cell's fill attribute.
+
+Chromium is Debian's ``chromium`` package; .ci/run installs it and sets MINILENS_REQUIRE_BROWSER=1,
+so in CI a missing browser is a failure, never a skip.
+"""
+
+import os
+import shutil
+import struct
+import subprocess
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minilens import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "To be, or not to be, that is the"
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.environ.get("MINILENS_REQUIRE_BROWSER") == "1":
+        pytest.fail("MINILENS_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install chromium (see .ci/run)")
+    pytest.skip("headless Chromium is not installed (apt-get install chromium); CI requires it")
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """8-bit RGB/RGBA, non-interlaced PNG -> [height, width, channels] uint8 (what Chromium writes)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, width = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and colour in (2, 6) and interlace == 0, f"unsupported PNG: {depth=} {colour=}"
+            channels = 3 if colour == 2 else 4
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(height, 1 + width * channels)
+    out = np.zeros((height, width * channels), dtype=np.int32)
+    prev = np.zeros(width * channels, dtype=np.int32)
+    c = channels
+    for y in range(height):
+        f, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        if f == 0:
+            cur = line
+        elif f == 1:       # Sub: add the byte one pixel to the left: a running sum per channel
+            cur = np.cumsum(line.reshape(width, c), axis=0).reshape(-1) % 256
+        elif f == 2:       # Up
+            cur = (line + prev) % 256
+        else:              # Average, Paeth: each byte depends on the decoded byte to its left
+            cur = line.copy()
+            for x in range(0, width * c, c):
+                a = cur[x - c:x] if x else np.zeros(c, np.int32)
+                b, d = prev[x:x + c], (prev[x - c:x] if x else np.zeros(c, np.int32))
+                if f == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - d
+                    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - d)
+                    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, d))
+                cur[x:x + c] = (line[x:x + c] + pred) % 256
+        out[y] = cur
+        prev = cur
+    return out.reshape(height, width, c)[:, :, :3].astype(np.uint8)
+
+
+class Cells(HTMLParser):
+    """The heatmap's <svg> size and every cell's rect: (row, pos, x, y, width, height, rgb)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells, self.cell, self.svg = [], None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "svg" and a.get("class") == "ml-heatmap":
+            self.svg = (int(a["width"]), int(a["height"]))
+        if tag == "g" and a.get("class") == "ml-cell":
+            self.cell = (int(a["data-row"]), int(a["data-pos"]))
+        elif tag == "rect" and self.cell is not None:
+            rgb = tuple(int(a["fill"][i:i + 2], 16) for i in (1, 3, 5))
+            self.cells.append(self.cell + (float(a["x"]), float(a["y"]), float(a["width"]), float(a["height"]), rgb))
+            self.cell = None
+
+
+def screenshot(chromium: str, html: Path, png: Path, size: tuple[int, int], tmp: Path) -> np.ndarray:
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={tmp / 'profile'}",
+           f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", html.as_uri()]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert png.is_file(), f"chromium wrote no screenshot (exit {p.returncode}): {p.stderr[-2000:]}"
+    return decode_png(png.read_bytes())
+
+
+def test_heatmap_renders_in_headless_chromium(tmp_path, capsys):
+    chromium = find_chromium()
+    report = tmp_path / "lens.html"
+    assert cli.main(["lens", TEXT, "--html", str(report)]) == 0
+    capsys.readouterr()
+    parsed = Cells()
+    parsed.feed(report.read_text(encoding="utf-8"))
+    cells = parsed.cells
+    R, P = 1 + max(c[0] for c in cells), 1 + max(c[1] for c in cells)
+    assert len(cells) == R * P
+    size = (parsed.svg[0] + 80, parsed.svg[1] + 320)              # the svg plus the report's header
+    img = screenshot(chromium, report, tmp_path / "lens.png", size, tmp_path)
+    assert img.shape[:2] == (size[1], size[0])
+
+    # Not blank: a real picture has many colours and a good share of non-white pixels.
+    flat = img.reshape(-1, 3)
+    non_white = np.mean(np.any(flat < 250, axis=1))
+    n_colours = len(np.unique(flat[:: 7], axis=0))
+    assert non_white > 0.05 and n_colours > 20, f"the screenshot looks blank ({non_white:.1%} non-white, {n_colours} colours)"
+
+    # Find where the grid sits: candidates are top-left corners of regions in the darkest cell's colour
+    # (a near-white cell would merge with the page's white background).
+    first = min(cells, key=lambda c: sum(c[6]))
+    fill0 = np.array(first[6])
+    match = np.all(img.astype(int) == fill0, axis=2)
+    corner = match.copy()
+    corner[1:] &= ~match[:-1]
+    corner[:, 1:] &= ~match[:, :-1]
+    inset = 4                                                       # px inside each rect, clear of the text
+    best = 0
+    for py, px in np.argwhere(corner):
+        dx, dy = px - first[2], py - first[3]
+        hits = 0
+        for _, _, x, y, w, h, rgb in cells:
+            for sx, sy in ((x + inset, y + inset), (x + w - inset, y + h - inset)):
+                X, Y = int(round(dx + sx)), int(round(dy + sy))
+                if not (0 <= Y < img.shape[0] and 0 <= X < img.shape[1]):
+                    break
+                if np.any(np.abs(img[Y, X].astype(int) - np.array(rgb)) > 2):
+                    break
+            else:
+                hits += 1
+        best = max(best, hits)
+        if best == len(cells):
+            break
+    assert best == R * P, (f"only {best} of the {R} x {P} heatmap cells were found on screen in their own colour; "
+                           f"see {tmp_path / 'lens.png'}")
+    distinct = len({c[6] for c in cells})
+    assert distinct > 3, "the cells are shaded by probability, so they are not all one colour"
