@@ -176,10 +176,12 @@ def attribution_bars(attr: "Attribution", color: bool = False, top: int = 20, ba
         rest = float(values[order[top:]].sum())
         lines.append(f"  ... {len(order) - len(shown)} more parts, summing to {rest:+.4f}")
     total = float(values.sum())
-    lines.append(f"sum of all {len(values)} parts = {total:+.6f}")
-    lines.append(f"model's logit{' difference' if attr.contrast is not None else ''}  = {attr.logit:+.6f}"
+    logit_name = "model's logit" + (" difference" if attr.contrast is not None else "")
+    w = max(len(logit_name), len("sum of all parts"))
+    lines.append(f"{'sum of all parts'.ljust(w)} = {total:+.6f}   ({len(values)} parts)")
+    lines.append(f"{logit_name.ljust(w)} = {attr.logit:+.6f}"
                  + ("" if attr.capped_logit is None else f"  (before the soft-cap; {attr.capped_logit:+.6f} after)"))
-    lines.append(f"difference     = {total - attr.logit:+.2e}")
+    lines.append(f"{'difference'.ljust(w)} = {total - attr.logit:+.2e}")
     return "\n".join(lines)
 
 

@@ -168,7 +168,7 @@ def test_progress_goes_to_stderr_only_on_a_terminal(capsys, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 def parse_check(out):
-    total = float(re.search(r"sum of all \d+ parts = ([-+0-9.e]+)", out).group(1))
+    total = float(re.search(r"sum of all parts\s+= ([-+0-9.e]+)", out).group(1))
     logit = float(re.search(r"model's logit(?: difference)?\s+= ([-+0-9.e]+)", out).group(1))
     diff = float(re.search(r"difference\s+= ([-+0-9.e]+)", out).group(1))
     return total, logit, diff
