@@ -43,9 +43,22 @@ def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, kind: s
 
 
 def gelu_new(x: np.ndarray) -> np.ndarray:
-    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+    Fused in place into one buffer: written with temporaries it allocates eight [n_seq, d_mlp]
+    arrays; this way costs about a quarter of the time (issue 6). The inner term is factored as
+    x (c + c 0.044715 x^2), which equals c (x + 0.044715 x^3) up to rounding.
+    """
     c = x.dtype.type(math.sqrt(2.0 / math.pi))
-    return 0.5 * x * (1.0 + np.tanh(c * (x + 0.044715 * x * x * x)))
+    y = np.multiply(x, x)                                   # x^2
+    y *= c * x.dtype.type(0.044715)
+    y += c
+    y *= x                                                  # c (x + 0.044715 x^3)
+    np.tanh(y, out=y)
+    y += 1
+    y *= x
+    y *= x.dtype.type(0.5)
+    return y
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -111,6 +124,18 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)); subtracting the max keeps exp from overflowing."""
     e = np.exp(x - x.max(axis, keepdims=True))
     return e / e.sum(axis, keepdims=True)
+
+
+def softmax_in_place(x: np.ndarray) -> np.ndarray:
+    """softmax over the last axis, overwriting x (which may be a view) and returning it.
+
+    The same equation as ``softmax``; attention calls it on its score blocks so that no
+    [n_heads, n_seq, n_seq]-sized temporaries are allocated (issue 6).
+    """
+    x -= x.max(-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(-1, keepdims=True)
+    return x
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
