@@ -13,6 +13,8 @@ array is ever built; ``LensResult.logits(row)`` recomputes one row on demand.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,36 +27,46 @@ if TYPE_CHECKING:
     from .model import Model
     from .trace import Trace
 
-# How many logits one chunk may hold: 8M numbers, 32 MB in float32. The statistics need about
-# four buffers of this size at once (logits, exp, a boolean mask, a copy for the KL product), so the peak extra
-# memory is about 4.5 x 32 MB (measured: 144 MB) whatever n_seq is. Large enough for an efficient GEMM.
-CHUNK_ELEMENTS = 1 << 23
+# How many logits one chunk may hold: 16M numbers, 64 MB in float32. The statistics keep two
+# buffers of this size (the logits and their exp, allocated once and reused by every chunk) plus a
+# boolean mask a quarter that size, so the peak extra memory is about 2.5 x 64 MB whatever n_seq is.
+# Smaller chunks make the unembedding GEMM less efficient: on GPT-2 shapes, 2^23 cost ~6% more time.
+CHUNK_ELEMENTS = 1 << 24
+
+# The statistics are element-wise numpy passes (max, exp, sums), which run on one core, while the
+# unembedding GEMM uses every BLAS thread. Rows are independent, so the statistics run on this many
+# slices of rows at once (numpy releases the GIL in these loops); on 2 cores this takes the lens
+# from ~1.4x to ~1.25x its GEMM time (issue 6).
+STAT_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # ------------------------------------------------------------------------------------------
 # The math
 # ------------------------------------------------------------------------------------------
 
-def unembed(model: "Model", normalized: np.ndarray) -> np.ndarray:
+def unembed(model: "Model", normalized: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """normalized W_U + b_U, then the family's final soft-cap if it has one.  [..., d_model] -> [..., d_vocab]
 
     Every lens code path goes through here, so a family-specific step (Gemma-2's final-logit
-    soft-capping, cap * tanh(logits / cap)) is added in exactly one place.
+    soft-capping, cap * tanh(logits / cap)) is added in exactly one place. ``out`` receives the
+    logits when given: the lens reuses one buffer for every chunk (fresh 32 MB arrays cost page
+    faults on every chunk; issue 6).
     """
-    from .model import linear  # the model's own op: same order of operations as the forward pass
     g = model.params
-    logits = linear(normalized, g.W_U, g.b_U)
+    logits = np.matmul(normalized, g.W_U, out=out)  # the model's own op (model.linear): x @ W, then += b
+    if g.b_U is not None:
+        logits += g.b_U
     cap = getattr(model.cfg, "final_softcap", None)
     if cap:
-        logits = ops.softcap(logits, cap)
+        logits[...] = ops.softcap(logits, cap)
     return logits
 
 
-def lens_logits(model: "Model", resid: np.ndarray) -> np.ndarray:
+def lens_logits(model: "Model", resid: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """N(x) W_U + b_U with the final norm recomputed on x.  [..., d_model] -> [..., d_vocab]"""
     g, cfg = model.params, model.cfg
     normalized, _ = ops.normalize(resid, g.lnf_w, g.lnf_b, cfg.norm, cfg.norm_eps)
-    return unembed(model, normalized)
+    return unembed(model, normalized, out)
 
 
 def top_k_by_block_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,11 +106,12 @@ def top_k_by_block_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return ids, np.take_along_axis(values, order, axis=1), row_max
 
 
-def block_statistics(logits: np.ndarray, target: np.ndarray, k: int) -> dict:
+def block_statistics(logits: np.ndarray, target: np.ndarray, k: int, exp_out: np.ndarray | None = None) -> dict:
     """Top-k, the target's logit/log-prob/rank, entropy and log Z of each row.  [m, d_vocab], [m] -> dict of [m](, k)
 
     Overwrites ``logits`` with the shifted logits (logits - row max) to save a buffer; the caller
     uses them for the KL divergence. log p = shifted - log Z, with Z = sum(exp(shifted)).
+    ``exp_out``, if given, is the reused buffer that receives exp(shifted).
     """
     m = len(logits)
     rows = np.arange(m)
@@ -108,7 +121,7 @@ def block_statistics(logits: np.ndarray, target: np.ndarray, k: int) -> dict:
     shifted -= row_max[:, None]                                     # <= 0, so exp cannot overflow
     target_shifted = shifted[rows, target]
     rank = np.count_nonzero(shifted > target_shifted[:, None], axis=1)  # tokens strictly above the target
-    e = np.exp(shifted)                                             # the one exp pass
+    e = np.exp(shifted, out=exp_out)                                # the one exp pass
     Z = e.sum(1)
     log_Z = np.log(Z)
     mean_shifted = np.einsum("ij,ij->i", e, shifted) / Z            # E_p[shifted]
@@ -116,6 +129,21 @@ def block_statistics(logits: np.ndarray, target: np.ndarray, k: int) -> dict:
                 target_logit=target_logit, target_prob=np.exp(target_shifted - log_Z), target_rank=rank,
                 entropy=log_Z - mean_shifted,                       # H = -sum p log p = log Z - E_p[shifted]
                 log_Z=log_Z, exp=e, Z=Z, shifted=shifted)
+
+
+def block_statistics_threaded(pool: ThreadPoolExecutor | None, logits: np.ndarray, target: np.ndarray, k: int,
+                              exp_out: np.ndarray) -> dict:
+    """block_statistics on STAT_THREADS slices of rows at once; the same numbers as one call."""
+    m = len(logits)
+    if pool is None or m < 2 * STAT_THREADS:
+        return block_statistics(logits, target, k, exp_out)
+    edges = np.linspace(0, m, STAT_THREADS + 1).astype(int)
+    parts = list(pool.map(lambda a, b: block_statistics(logits[a:b], target[a:b], k, exp_out[a:b]),
+                          edges[:-1], edges[1:]))
+    merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]
+              if name not in ("exp", "shifted")}
+    merged["exp"], merged["shifted"] = exp_out, logits          # each slice wrote its rows in place
+    return merged
 
 
 # ------------------------------------------------------------------------------------------
@@ -275,6 +303,10 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
     top_probs = np.empty((R, n_pos, k), dtype=trace.logits.dtype)
     resid = [trace[key] for _, key in rows]                         # R x [n_seq, d_model], no copies
     chunk = max(1, CHUNK_ELEMENTS // (R * d_vocab))
+    # The logits and their exp live in two buffers allocated once and reused by every chunk.
+    logits_buf = np.empty((R * min(chunk, n_pos), d_vocab), dtype=trace.logits.dtype)
+    exp_buf = np.empty_like(logits_buf)
+    pool = ThreadPoolExecutor(STAT_THREADS) if STAT_THREADS > 1 else None
     for start in range(0, n_pos, chunk):
         p = pos[start:start + chunk]
         c = len(p)
@@ -282,9 +314,10 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
         # One GEMM for all rows but the last. The last row, final_post, is N(x_L) W_U + b_U: the
         # model's own logits, taken as they are so that it equals trace.logits bit for bit (a GEMM
         # over a different number of rows may round differently in the last place).
-        logits = np.concatenate([lens_logits(model, stacked.reshape((R - 1) * c, d_model)),
-                                 trace.logits[p]])                  # [R * c, d_vocab]
-        s = block_statistics(logits, np.tile(targets[start:start + c], R), k)
+        logits = logits_buf[:R * c]                                 # [R * c, d_vocab]
+        lens_logits(model, stacked.reshape((R - 1) * c, d_model), out=logits[:(R - 1) * c])
+        logits[(R - 1) * c:] = trace.logits[p]
+        s = block_statistics_threaded(pool, logits, np.tile(targets[start:start + c], R), k, exp_buf[:R * c])
         sl = slice(start, start + c)
         for name in out:
             if name != "kl_to_final":
@@ -292,10 +325,13 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
         top_ids[:, sl], top_probs[:, sl] = s["top_ids"].reshape(R, c, k), s["top_probs"].reshape(R, c, k)
         # KL(p_f || p_r) = sum p_f (log p_f - log p_r) = E_f[shifted_f] - E_f[shifted_r] - log Z_f + log Z_r.
         shifted = s["shifted"].reshape(R, c, d_vocab)
-        p_final = s["exp"].reshape(R, c, d_vocab)[-1] / s["Z"].reshape(R, c)[-1][:, None]    # [c, d_vocab]
-        E_f = np.matmul(np.swapaxes(shifted, 0, 1), p_final[:, :, None])[:, :, 0].T        # [R, c]
+        p_final = s["exp"].reshape(R, c, d_vocab)[-1]                                      # [c, d_vocab]
+        p_final /= s["Z"].reshape(R, c)[-1][:, None]                # in place: the final row's exp is not needed again
+        E_f = np.stack([np.einsum("jv,jv->j", shifted_r, p_final) for shifted_r in shifted])  # [R, c], no copies
         log_Z = s["log_Z"].reshape(R, c)
         out["kl_to_final"][:, sl] = E_f[-1] - E_f - log_Z[-1] + log_Z
+    if pool is not None:
+        pool.shutdown()
     return LensResult(labels=np.array([label for label, _ in rows]), positions=pos, top_ids=top_ids,
                       top_probs=top_probs, target_ids=targets, trace=trace, _keys=tuple(key for _, key in rows),
                       **out)
