@@ -322,13 +322,23 @@ class Model:
         return ids
 
 
-def load(path_or_name, dtype=np.float32, check_finite: bool = False) -> Model:
+# Widened layers are kept (cached) when, all together, they fit in this many bytes.
+CACHE_LAYERS_MAX_BYTES = 2 << 30
+
+
+def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layers: bool | None = None) -> Model:
     """Load a Hugging Face checkpoint folder (or a model name from the local HF cache).
 
     ``dtype`` is the compute dtype: float32 by default, float64 as a reference mode. Stored
     F16/BF16/F32 weights are widened exactly. Tensors are memory-mapped read-only and each
     layer is widened on first use, so loading is quick and nothing is ever written to the folder.
     ``check_finite=True`` reads every weight once and names any tensor holding NaN or inf.
+
+    ``cache_layers``: keep each layer once widened (fast repeated runs), or widen it afresh on every
+    use and drop it after (peak memory: the stored checkpoint plus one widened layer). The default,
+    None, decides by size: layers are cached when their widened bytes total at most
+    CACHE_LAYERS_MAX_BYTES (2 GiB), so small models run fastest and a bf16 1B model does not
+    need twice its stored size in RAM (issue 6).
     """
     try:
         dtype = np.dtype(dtype)
@@ -348,7 +358,9 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False) -> Model:
     # If they hold NaN or inf, scan the whole checkpoint to name the first bad tensor.
     if not check_finite and not all(np.isfinite(a).all() for a in vars(params).values() if a is not None):
         check_weights_finite(ckpt)
-    layers = LazyLayers(ckpt, cfg, dtype)
+    if cache_layers is None:
+        cache_layers = ckpt.layer_elements(cfg) * dtype.itemsize <= CACHE_LAYERS_MAX_BYTES
+    layers = LazyLayers(ckpt, cfg, dtype, cache=cache_layers)
     tok_path = folder / "tokenizer.json"
     tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
     return Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))

@@ -395,13 +395,31 @@ class Checkpoint:
     def n_bytes(self) -> int:
         return sum(i.end - i.begin for i in self.infos.values())
 
+    def layer_elements(self, cfg: ModelConfig) -> int:
+        """How many numbers the layers hold: every tensor but the global ones (embeddings, final norm, head)."""
+        used: set[str] = set()
+
+        def get(name: str, shape: tuple) -> np.ndarray:
+            used.add(name)
+            return np.broadcast_to(np.float32(0), shape)
+
+        self.layout.globals(get, cfg)
+        return sum(int(np.prod(i.shape)) for name, i in self.infos.items() if name not in used)
+
 
 class LazyLayers(Sequence[LayerParams]):
-    """Layer weights, widened to the compute dtype on first use and then kept."""
+    """Layer weights, widened to the compute dtype on first use and then kept (``cache=True``).
 
-    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, dtype: np.dtype):
+    With ``cache=False`` a layer is widened each time it is used and dropped after it: only one
+    layer is ever held in the compute dtype, and the rest stay as the memory-mapped stored bits
+    (bf16 for most large checkpoints). That halves the peak memory of a bf16 1B model, at the
+    price of widening every weight again on every forward pass (issue 6; see ``load``).
+    """
+
+    def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, dtype: np.dtype, cache: bool = True):
         self._get, self._layout, self._cfg = ckpt.getter(dtype), ckpt.layout, cfg
         self._cache: dict[int, LayerParams] = {}
+        self.cache = cache
 
     def __len__(self) -> int:
         return self._cfg.n_layers
@@ -410,9 +428,12 @@ class LazyLayers(Sequence[LayerParams]):
         if isinstance(l, slice):
             return [self[i] for i in range(*l.indices(len(self)))]
         l = range(len(self))[l]
-        if l not in self._cache:
-            self._cache[l] = blas_ready(self._layout.layer(self._get, self._cfg, l))
-        return self._cache[l]
+        if l in self._cache:
+            return self._cache[l]
+        params = blas_ready(self._layout.layer(self._get, self._cfg, l))
+        if self.cache:
+            self._cache[l] = params
+        return params
 
     def __iter__(self) -> Iterator[LayerParams]:
         return (self[l] for l in range(len(self)))

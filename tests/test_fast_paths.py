@@ -1,0 +1,82 @@
+"""The performance paths compute the same numbers as the plain equations they replace (issue 6).
+
+Each fast path is checked against the textbook form, written out here in one line, on inputs where
+the fast path's special cases all occur: several query blocks (a block size smaller than n_seq), a
+sliding window that drops whole key blocks, soft-capping; a lens split over several threads; a model
+that widens its layers afresh on every use. No timing is measured here: tests/benchmarks/run.py does.
+"""
+import math
+
+import numpy as np
+import pytest
+
+import minilens as ml
+from minilens import lens, model, ops
+
+
+def textbook_attention(q, k, v, scale, softcap=None, window=None):
+    """softmax(q k^T * scale + mask) v, all at once.  q, k, v [n_heads, n_seq, d_head]"""
+    scores = q @ np.swapaxes(k, -1, -2) * scale
+    if softcap:
+        scores = softcap * np.tanh(scores / softcap)
+    scores[..., model.causal_mask(q.shape[-2], window)] = -np.inf
+    pattern = ops.softmax(scores)
+    return pattern, np.swapaxes(pattern @ v, -3, -2)
+
+
+@pytest.mark.parametrize("window, softcap", [(None, None), (5, None), (None, 3.0), (7, 2.0)])
+@pytest.mark.parametrize("block", [1, 4, 64])
+def test_blocked_causal_attention_equals_the_textbook_form(monkeypatch, block, window, softcap):
+    monkeypatch.setattr(model, "ATTENTION_BLOCK", block)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((3, 19, 8)) for _ in range(3))      # float64: equal to rounding
+    pattern, z = model.causal_attention(q, np.ascontiguousarray(np.swapaxes(k, -1, -2)), v, 0.35, softcap, window)
+    ref_pattern, ref_z = textbook_attention(q, k, v, 0.35, softcap, window)
+    # 1e-12: float64, and the only difference is the order of the softmax's sums over fewer zeros.
+    assert np.allclose(pattern, ref_pattern, rtol=0, atol=1e-12), \
+        "blocked attention: does each block see keys lo..stop-1, and is the masked rest exactly 0?"
+    assert np.allclose(z, ref_z, rtol=0, atol=1e-12), "blocked attention: is z written in [n_seq, n_heads, d_head]?"
+    assert np.all(pattern[:, np.triu_indices(19, 1)[0], np.triu_indices(19, 1)[1]] == 0)
+
+
+def test_fused_gelu_equals_the_textbook_formula():
+    x = np.linspace(-8, 8, 1001)
+    textbook = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    assert np.allclose(ops.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), "fused GELU: is c factored correctly?"
+    assert ops.gelu_new(x.astype(np.float32)).dtype == np.float32
+
+
+def test_in_place_softmax_equals_softmax():
+    x = np.random.default_rng(1).standard_normal((4, 7, 9))
+    expected = ops.softmax(x)
+    assert np.array_equal(ops.softmax_in_place(x.copy()), expected)
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory):
+    from factories import make_gpt2
+    folder, _ = make_gpt2(tmp_path_factory.mktemp("gpt2"), n_layers=3, d_vocab=257)
+    return folder
+
+
+def test_uncached_layers_give_identical_numbers_and_keep_nothing(gpt2):
+    ids = np.arange(40) % 257
+    cached, uncached = ml.load(gpt2, cache_layers=True), ml.load(gpt2, cache_layers=False)
+    assert np.array_equal(cached.run(ids).logits, uncached.run(ids).logits)
+    assert uncached.layers._cache == {}, "cache_layers=False must not keep widened layers"
+    assert len(cached.layers._cache) == 3
+
+
+def test_small_models_cache_their_layers_by_default(gpt2):
+    assert ml.load(gpt2).layers.cache is True
+
+
+def test_lens_statistics_in_threads_equal_one_thread(gpt2, monkeypatch):
+    trace = ml.load(gpt2, dtype=np.float64).run(np.arange(50) % 257)
+    monkeypatch.setattr(lens, "CHUNK_ELEMENTS", 4 * 257 * 7)                  # several chunks, uneven last
+    monkeypatch.setattr(lens, "STAT_THREADS", 1)
+    one = ml.logit_lens(trace, target=5, top_k=3)
+    monkeypatch.setattr(lens, "STAT_THREADS", 3)
+    three = ml.logit_lens(trace, target=5, top_k=3)
+    for name in ("top_ids", "top_probs", "target_logit", "target_prob", "target_rank", "entropy", "kl_to_final"):
+        assert np.array_equal(getattr(one, name), getattr(three, name)), f"threaded lens statistics differ in {name}"
