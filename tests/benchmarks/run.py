@@ -204,7 +204,7 @@ def section_forward(args, rows: list):
                 "transformers sdpa": hf_forward(sdpa, ids),
                 "GEMM floor (numpy)": forward_gemm_floor(model.cfg, n_seq),
             }
-            times = harness.interleaved(contenders, args.repeats)
+            times = harness.interleaved(contenders, args.repeats, clock=args.clock)
             med = {k: harness.median(v) for k, v in times.items()}
             best_hf = min(med["transformers eager"], med["transformers sdpa"])
             for name, t in med.items():
@@ -235,7 +235,7 @@ def section_lens_time(args, rows: list):
             "torch lm_head(ln_f(stack))": torch_lens(hf, hidden, target),
             "unembedding GEMM floor": lens_gemm_floor(model.cfg, n_rows, n_seq),
         }
-        times = harness.interleaved(contenders, args.repeats)
+        times = harness.interleaved(contenders, args.repeats, clock=args.clock)
         med = {k: harness.median(v) for k, v in times.items()}
         for name, t in med.items():
             rows.append({"section": "lens-time", "model": "GPT-2-small", "n_seq": n_seq, "what": name,
@@ -339,6 +339,36 @@ def section_bigload(args, rows: list):
     print(f"bigload logits: max |ours - transformers| / max(1, |logit|) = {err:.2e} (tolerance 1e-4)", flush=True)
 
 
+def markdown(rows: list) -> str:
+    """The run's results as markdown tables (what tests/benchmarks/README.md shows)."""
+    out = []
+    fwd = [r for r in rows if r["section"] == "forward"]
+    if fwd:
+        out += ["| model | n_seq | contender | median s | x best transformers | x GEMM floor |", "|---|---:|---|---:|---:|---:|"]
+        out += [f"| {r['model']} | {r['n_seq']} | {r['what']} | {r['median_s']:.3f} | {r['vs_best_transformers']:.2f} | "
+                f"{r['vs_gemm_floor']:.2f} |" for r in fwd]
+        out.append("")
+    lt = [r for r in rows if r["section"] == "lens-time"]
+    if lt:
+        out += ["| lens, GPT-2-small, 13 rows | n_seq | median s | x unembedding GEMM floor | x minilens |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {r['what']} | {r['n_seq']} | {r['median_s']:.3f} | {r['vs_gemm_floor']:.2f} | {r['vs_minilens']:.2f} |" for r in lt]
+        out.append("")
+    lm = [r for r in rows if r["section"] == "lens-memory"]
+    if lm:
+        out += ["| lens memory (fresh process) | n_seq | extra peak RSS MB | tracemalloc peak MB | s |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {r['what']} | {r['n_seq']} | {r['extra_rss'] / MB:.0f} | {r['tracemalloc_peak'] / MB:.0f} | "
+                f"{r['seconds']:.2f} |" for r in lm]
+        out.append("")
+    bl = [r for r in rows if r["section"] == "bigload"]
+    if bl:
+        out += ["| TinyLlama-1.1B bf16 (fresh process) | load s | forward(128) s | peak RSS MB | peak / f32 weights |",
+                "|---|---:|---:|---:|---:|"]
+        out += [f"| {r['what']} | {r['load_s']:.2f} | {r['forward_s']:.2f} | {r['rss_peak'] / MB:.0f} | "
+                f"{r['peak_vs_f32_weights']:.2f} |" for r in bl]
+        out.append(f"\nlogits, minilens vs transformers: max |diff| / max(1, |logit|) = {bl[0]['max_rel_logit_err']:.1e}")
+    return "\n".join(out)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", choices=["forward", "lens", "lens-time", "lens-memory", "bigload"], action="append")
@@ -348,6 +378,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--big-repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall clock (default), or this process's CPU time (robust to other jobs at --threads 1)")
     p.add_argument("--json", help="also write every row (with raw samples) to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-seq", type=int, help=argparse.SUPPRESS)
@@ -357,6 +389,7 @@ def main():
     if args.worker:
         return worker(args.worker, args.worker_seq, args.worker_json, args.worker_npy)
     args.seq = [int(s) for s in args.seq.split(",")]
+    args.clock = time.process_time if args.clock == "cpu" else time.perf_counter
     args.lens_seq = [int(s) for s in args.lens_seq.split(",")]
     args.lens_mem_seq = [int(s) for s in args.lens_mem_seq.split(",")]
     only = set(args.only or ["forward", "lens", "bigload"])
@@ -376,6 +409,7 @@ def main():
         section_lens_memory(args, rows)
     if "bigload" in only:
         section_bigload(args, rows)
+    print("\n" + markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows}, indent=1))
 
