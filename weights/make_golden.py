@@ -1,6 +1,7 @@
 """Write the golden values for tests/test_shipped_golden.py, computed with transformers (dev-only).
 
     python weights/make_golden.py            # writes tests/golden/shipped_<name>.json for both models
+    python weights/make_golden.py shakespeare-llama      # or for one
 
 The values are computed with torch + transformers, independently of minilens, so that the golden
 test (which runs without torch) compares minilens against the reference, not against itself:
@@ -31,7 +32,7 @@ NAMES = ("shakespeare-llama", "shakespeare-gpt2")
 def golden(name: str) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one forward pass: threads would only add noise
     path = os.path.join(HERE, name)
     model, tok = load(path)
     ids = tok.encode(PROMPT).ids
@@ -72,7 +73,7 @@ def golden(name: str) -> dict:
 def main() -> None:
     out_dir = os.path.join(ROOT, "tests", "golden")
     os.makedirs(out_dir, exist_ok=True)
-    for name in NAMES:
+    for name in sys.argv[1:] or NAMES:
         g = golden(name)
         dest = os.path.join(out_dir, f"shipped_{name}.json")
         with open(dest, "w") as f:

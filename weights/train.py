@@ -214,10 +214,11 @@ def lr_at(h: Hyper, step: int, progress: float) -> float:
     return h.lr * (h.min_lr_frac + (1 - h.min_lr_frac) * cos)
 
 
-def train(family: str, minutes: float) -> None:
+def train(family: str, minutes: float, threads: int = 2) -> None:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)  # 2 cores; use 1 while something else holds a core (OpenMP
+    # threads that wait on a busy core make each step ~10x slower, measured here)
     torch.manual_seed(SEED)
     random.seed(SEED)
     h = HYPER[family]
@@ -286,7 +287,8 @@ def train(family: str, minutes: float) -> None:
             "n_params": n_params, "steps": step, "tokens_seen": step * h.batch_size * h.n_ctx,
             "train_seconds": round(wall, 1), "minutes_budget": minutes,
             "final_train_loss": round(final_train_loss, 4), "save_dtype": h.save_dtype,
-            "command": f"python weights/train.py --model {family} --minutes {minutes:g}"}
+            "threads": threads,
+            "command": f"python weights/train.py --model {family} --minutes {minutes:g} --threads {threads}"}
     with open(os.path.join(out, "training_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(f"[{family}] saved to {out}", flush=True)
@@ -297,9 +299,10 @@ def main() -> None:
     ap.add_argument("--model", choices=["llama", "gpt2", "all"], default="all")
     ap.add_argument("--minutes", type=float, default=25.0,
                     help="wall-clock cap per model; the step budget (Hyper.max_steps) ends an unhindered run first")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 if another job holds a core)")
     args = ap.parse_args()
     for family in (["llama", "gpt2"] if args.model == "all" else [args.model]):
-        train(family, args.minutes)  # one after the other: the machine has 2 cores
+        train(family, args.minutes, args.threads)  # one after the other: the machine has 2 cores
 
 
 if __name__ == "__main__":
