@@ -57,10 +57,10 @@ def final_norm_and_unembed(model):
     return model.model.norm, model.lm_head
 
 
-def evaluate(path: str, max_windows: int | None = None) -> dict:
+def evaluate(path: str, max_windows: int | None = None, threads: int = 2) -> dict:
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     model, tok = load(path)
     family = "gpt2" if model.config.model_type == "gpt2" else "llama"
     info = json.load(open(os.path.join(path, "training_info.json")))
@@ -197,10 +197,11 @@ def main() -> None:
     ap.add_argument("--update-card", action="store_true")
     ap.add_argument("--max-windows", type=int, default=None, help="for a quick smoke run only")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 if another job holds a core)")
     args = ap.parse_args()
     paths = list(T.OUT_DIR.values()) if args.path == "all" else [args.path]
     for path in paths:
-        res = evaluate(path, args.max_windows)
+        res = evaluate(path, args.max_windows, args.threads)
         md = markdown(res)
         print(f"### {res['name']}\n\n{md}")
         if args.update_card:
