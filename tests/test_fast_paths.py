@@ -39,6 +39,17 @@ def test_blocked_causal_attention_equals_the_textbook_form(monkeypatch, block, w
     assert np.all(pattern[:, np.triu_indices(19, 1)[0], np.triu_indices(19, 1)[1]] == 0)
 
 
+@pytest.mark.parametrize("window", [None, 6])
+def test_attention_without_a_kept_pattern_gives_the_same_z(monkeypatch, window):
+    monkeypatch.setattr(model, "ATTENTION_BLOCK", 4)
+    rng = np.random.default_rng(2)
+    q, k_T, v = rng.standard_normal((2, 17, 8)), rng.standard_normal((2, 8, 17)), rng.standard_normal((2, 17, 8))
+    pattern, z = model.causal_attention(q, k_T, v, 0.3, None, window)
+    no_pattern, z_scratch = model.causal_attention(q, k_T, v, 0.3, None, window, keep_pattern=False)
+    assert no_pattern is None
+    assert np.array_equal(z, z_scratch), "the scratch buffer must hold exactly what pattern would"
+
+
 def test_fused_gelu_equals_the_textbook_formula():
     x = np.linspace(-8, 8, 1001)
     textbook = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
