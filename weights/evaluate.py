@@ -159,7 +159,7 @@ def markdown(res: dict) -> str:
         "|---|---|",
         f"| parameters | {res['n_params']:,} |",
         f"| training | {res['steps']} steps x {h['batch_size']} x {h['n_ctx']} tokens = {res['tokens_seen']:,} tokens, "
-        f"{res['train_seconds'] / 60:.1f} min on 2 CPU cores |",
+        f"{res['train_seconds'] / 60:.1f} min with {i.get('threads', 2)} CPU thread(s) on a shared 2-core machine |",
         f"| final train loss (mean of the last 50 steps) | {res['final_train_loss']:.3f} nats/token |",
         f"| validation cross-entropy | {res['val_ce']:.3f} nats/token |",
         f"| unigram entropy of the validation tokens | {res['unigram_entropy']:.3f} nats |",
