@@ -200,6 +200,7 @@ def section_forward(args, rows: list):
             ids = np.random.default_rng(n_seq).integers(0, model.cfg.d_vocab, n_seq)
             contenders = {
                 "minilens run (full trace)": lambda: model.run(ids),
+                "minilens model(ids) (logits only)": lambda: model(ids),
                 "transformers eager": hf_forward(eager, ids),
                 "transformers sdpa": hf_forward(sdpa, ids),
                 "GEMM floor (numpy)": forward_gemm_floor(model.cfg, n_seq),
