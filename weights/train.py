@@ -67,9 +67,9 @@ HYPER = {
     # 8 layers, d_model 192, GQA 6 query heads over 2 KV heads (d_head 32), SwiGLU d_mlp 512.
     # Sized for ~13 minutes on 2 CPU cores (~2-3k tokens/s), not for the 25 MB limit.
     "llama": Hyper("llama", n_layers=8, d_model=192, n_heads=6, n_kv_heads=2, d_mlp=512,
-                   max_steps=1100, save_dtype="bfloat16"),
+                   max_steps=3000, save_dtype="bfloat16"),
     # 6 layers, d_model 160, 5 heads (d_head 32), GELU MLP 4 * d_model; float32 on disk.
-    "gpt2": Hyper("gpt2", n_layers=6, d_model=160, n_heads=5, n_kv_heads=5, d_mlp=640, max_steps=1500),
+    "gpt2": Hyper("gpt2", n_layers=6, d_model=160, n_heads=5, n_kv_heads=5, d_mlp=640, max_steps=4000),
 }
 OUT_DIR = {"llama": os.path.join(HERE, "shakespeare-llama"), "gpt2": os.path.join(HERE, "shakespeare-gpt2")}
 SPECIALS = {"llama": {"bos": "<s>", "eos": "</s>"}, "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>"}}
