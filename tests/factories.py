@@ -37,6 +37,8 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
+
 from _torch import import_torch
 
 torch, transformers = import_torch()
@@ -152,3 +154,21 @@ def write_tokenizer(folder, words=WORDS) -> dict[str, int]:
     tok.decoder = decoders.WordPiece(prefix="##")   # joins words with spaces
     tok.save(str(Path(folder) / "tokenizer.json"))
     return vocab
+
+
+def parity_errors(trace, ref: dict, relative: bool = False) -> dict:
+    """Max abs error per compared quantity (divided by max(1, max |ref|) when relative).
+
+    With a final soft-cap the rounding happened before the cap, on the larger pre-cap logits, so
+    the logits' relative scale is the largest pre-cap logit.
+    """
+    def err(ours, theirs, scale=None):
+        e = float(np.abs(ours.astype(np.float64) - theirs).max())
+        return e / max(1.0, float(np.abs(theirs).max()) if scale is None else scale) if relative else e
+    n_layers = trace.model.cfg.n_layers
+    assert len(ref["resid_pre"]) == n_layers, "transformers returned a different number of layers"
+    out = {f"resid_pre {l}": err(trace["resid_pre", l], ref["resid_pre"][l]) for l in range(n_layers)}
+    out["normalized"] = err(trace["normalized"], ref["normalized"])
+    precap = float(np.abs(trace["logits_precap"]).max()) if "logits_precap" in trace else None
+    out["logits"] = err(trace.logits, ref["logits"], precap)
+    return out

@@ -34,7 +34,7 @@ torch, transformers = import_torch()
 import minilens as ml  # noqa: E402
 from minilens import ops  # noqa: E402
 from minilens.model import causal_mask  # noqa: E402
-from factories import randomize  # noqa: E402
+from factories import parity_errors as errors, randomize  # noqa: E402
 
 N_SEQ = 48
 WINDOW = 8
@@ -157,24 +157,6 @@ def reference(folder, ids, dtype) -> dict:
     hidden = [h[0].double().numpy() for h in out.hidden_states]
     return {"resid_pre": hidden[:-1], "normalized": hidden[-1], "logits": out.logits[0].double().numpy(),
             "n_params": sum(p.numel() for p in model.parameters())}  # a tied W_U is one parameter
-
-
-def errors(trace, ref: dict, relative: bool = False) -> dict:
-    """Max abs error per compared quantity (divided by max(1, max |ref|) when relative).
-
-    With a final soft-cap the rounding happened before the cap, on the larger pre-cap logits, so
-    the logits' relative scale is the largest pre-cap logit.
-    """
-    def err(ours, theirs, scale=None):
-        e = float(np.abs(ours.astype(np.float64) - theirs).max())
-        return e / max(1.0, float(np.abs(theirs).max()) if scale is None else scale) if relative else e
-    n_layers = trace.model.cfg.n_layers
-    assert len(ref["resid_pre"]) == n_layers, "transformers returned a different number of layers"
-    out = {f"resid_pre {l}": err(trace["resid_pre", l], ref["resid_pre"][l]) for l in range(n_layers)}
-    out["normalized"] = err(trace["normalized"], ref["normalized"])
-    precap = float(np.abs(trace["logits_precap"]).max()) if "logits_precap" in trace else None
-    out["logits"] = err(trace.logits, ref["logits"], precap)
-    return out
 
 
 def assert_within(errs: dict, tol: float, what: str) -> None:

@@ -41,6 +41,7 @@ torch, transformers = import_torch()
 
 import minilens as ml  # noqa: E402
 from factories import load_reference, make_gpt2, make_llama, prompt, to_hub_dialect  # noqa: E402
+from factories import parity_errors as errors  # noqa: E402
 
 from transformers.models.llama import modeling_llama  # noqa: E402
 
@@ -141,19 +142,6 @@ def reference(folder, ids, dtype: str) -> dict:
         out = model(torch.tensor(ids)[None], output_hidden_states=True)
     hidden = [h[0].double().numpy() for h in out.hidden_states]
     return {"resid_pre": hidden[:-1], "normalized": hidden[-1], "logits": out.logits[0].double().numpy()}
-
-
-def errors(trace, ref: dict, relative: bool = False) -> dict:
-    """Max abs error of each compared quantity (divided by max(1, max |ref|) when relative)."""
-    def err(ours, theirs):
-        e = float(np.abs(ours.astype(np.float64) - theirs).max())
-        return e / max(1.0, float(np.abs(theirs).max())) if relative else e
-    n_layers = trace.model.cfg.n_layers
-    assert len(ref["resid_pre"]) == n_layers, "transformers returned a different number of layers"
-    out = {f"resid_pre {l}": err(trace["resid_pre", l], ref["resid_pre"][l]) for l in range(n_layers)}
-    out["normalized"] = err(trace["normalized"], ref["normalized"])
-    out["logits"] = err(trace.logits, ref["logits"])
-    return out
 
 
 def assert_within(errs: dict, tol: float, what: str) -> None:
