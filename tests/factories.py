@@ -172,3 +172,12 @@ def parity_errors(trace, ref: dict, relative: bool = False) -> dict:
     precap = float(np.abs(trace["logits_precap"]).max()) if "logits_precap" in trace else None
     out["logits"] = err(trace.logits, ref["logits"], precap)
     return out
+
+
+def assert_within(errs: dict, tol: float, what: str, hint: str) -> None:
+    """Fail with the worst quantity, every error, and a hint at where to look."""
+    worst = max(errs, key=errs.get)
+    assert errs[worst] <= tol, (
+        f"{what}: {worst} differs by {errs[worst]:.3g} > {tol:g}. All errors: "
+        + ", ".join(f"{k}={v:.2g}" for k, v in errs.items()) + ". " + hint
+    )

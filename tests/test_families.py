@@ -34,7 +34,7 @@ torch, transformers = import_torch()
 import minilens as ml  # noqa: E402
 from minilens import ops  # noqa: E402
 from minilens.model import causal_mask  # noqa: E402
-from factories import parity_errors as errors, randomize  # noqa: E402
+from factories import assert_within as assert_within_hint, parity_errors as errors, randomize  # noqa: E402
 
 N_SEQ = 48
 WINDOW = 8
@@ -159,15 +159,15 @@ def reference(folder, ids, dtype) -> dict:
             "n_params": sum(p.numel() for p in model.parameters())}  # a tied W_U is one parameter
 
 
+
+
+HINT = ("resid_pre 0 off: the embedding (Gemma's sqrt(d_model) scale?). A later layer first: that block "
+        "(fused qkv split: per head for GPT-NeoX, q|k|v blocks for Phi-3? (1 + w) folded? partial rotary? "
+        "the window's edge?). Only normalized/logits: the final norm, tied/untied W_U, or the final soft-cap.")
+
+
 def assert_within(errs: dict, tol: float, what: str) -> None:
-    worst = max(errs, key=errs.get)
-    assert errs[worst] <= tol, (
-        f"{what}: {worst} differs by {errs[worst]:.3g} > {tol:g}. All: "
-        + ", ".join(f"{k}={v:.2g}" for k, v in errs.items())
-        + ". resid_pre 0 off: the embedding (Gemma's sqrt(d_model) scale?). A later layer first: that block "
-          "(fused qkv split: per head for GPT-NeoX, q|k|v blocks for Phi-3? (1 + w) folded? partial rotary? "
-          "the window's edge?). Only normalized/logits: the final norm, tied/untied W_U, or the final soft-cap."
-    )
+    assert_within_hint(errs, tol, what, HINT)
 
 
 # ------------------------------------------------------------------------------------------
