@@ -32,28 +32,26 @@ def _done(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def gpt2_small() -> Path:
-    """GPT-2-small shapes (124M parameters), float32, transformers' own random init."""
-    folder = CACHE / "gpt2-small"
+def _random_hf(name: str, model_class: str, config_class: str, config: dict) -> Path:
+    """A transformers model with its own seeded random init, saved once into the cache as ``name``."""
+    folder = CACHE / name
     if not _done(folder):
         import torch
         import transformers
         torch.manual_seed(0)
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2_SMALL))
+        model = getattr(transformers, model_class)(getattr(transformers, config_class)(**config))
         model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def gpt2_small() -> Path:
+    """GPT-2-small shapes (124M parameters), float32, transformers' own random init."""
+    return _random_hf("gpt2-small", "GPT2LMHeadModel", "GPT2Config", GPT2_SMALL)
 
 
 def llama_small() -> Path:
     """A Llama of GPT-2-small's size (12 layers, d_model 768, GQA 12/4, vocab 32000), float32."""
-    folder = CACHE / "llama-small"
-    if not _done(folder):
-        import torch
-        import transformers
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_SMALL))
-        model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return _random_hf("llama-small", "LlamaForCausalLM", "LlamaConfig", LLAMA_SMALL)
 
 
 def tinyllama_bf16() -> Path:
