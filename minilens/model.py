@@ -57,49 +57,72 @@ def causal_mask(n_seq: int, window: int | None = None) -> np.ndarray:
     return (k > q) | (k <= q - window) if window is not None else k > q
 
 
-# Queries per block in causal_attention. Rows 0..n_seq are done ATTENTION_BLOCK at a time, and each
+# Queries per block in causal attention. Rows 0..n_seq are done ATTENTION_BLOCK at a time, and each
 # block skips the keys after its last query, which the causal mask would zero anyway: about half
 # the attention work at long sequences (issue 6). 128 rows keep a block's scores cache-sized.
 ATTENTION_BLOCK = 128
 
 
+def attention_blocks(n_seq: int, window: int | None):
+    """The query blocks: (start, stop, lo) for queries start..stop-1, which see keys lo..stop-1 at most
+    (lo > 0 only under a sliding window). Everything outside these rectangles is masked."""
+    for start in range(0, n_seq, ATTENTION_BLOCK):
+        stop = min(start + ATTENTION_BLOCK, n_seq)
+        yield start, stop, (0 if window is None else max(0, start - window + 1))
+
+
+def pattern_rows(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: float | None, mask: np.ndarray,
+                 start: int, stop: int, lo: int, out: np.ndarray) -> np.ndarray:
+    """pattern = softmax(q k^T * scale + causal mask) for queries start..stop-1 and keys lo..stop-1, into out.
+
+    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq] -> out [n_heads, stop - start, stop - lo]
+    """
+    np.matmul(q[..., start:stop, :], k_T[..., lo:stop], out=out)
+    out *= scale
+    if softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
+        out[...] = ops.softcap(out, softcap)
+    out[..., mask[start:stop, lo:stop]] = -np.inf                 # exp(-inf) = 0 exactly: no magic -1e10
+    return ops.softmax_in_place(out)
+
+
 def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.floating, softcap: float | None,
-                     window: int | None, keep_pattern: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
-    """pattern = softmax(q k^T * scale + causal mask), z = pattern v.
+                     window: int | None) -> np.ndarray:
+    """z = pattern v, with pattern = softmax(q k^T * scale + causal mask).
 
     q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq], v [n_heads, n_seq, d_head]
-    -> pattern [n_heads, n_seq(q), n_seq(k)], z [n_seq, n_heads, d_head]
+    -> z [n_seq, n_heads, d_head]
 
-    The textbook equation, with only the order of work changed for speed: queries start..stop see
-    keys lo..stop-1 at most (lo > 0 only under a sliding window), so the masked rectangles outside
-    are never computed and stay exactly 0 in ``pattern``. Each block's scores are computed straight
-    into ``pattern`` and normalised there, and z is written in the [n_seq, n_heads, d_head] layout
-    that W_O reads: no [n_heads, n_seq, n_seq] temporary is ever allocated. With ``keep_pattern=False``
-    (the trace does not record it) the blocks share one [n_heads, block, n_seq] scratch buffer
-    instead, and None is returned for the pattern: 150 MB less fresh memory per forward pass on
-    GPT-2-small at 512 tokens.
+    The textbook equation, with only the order of work changed for speed. Each block of queries
+    gets its pattern rows in one reused [n_heads, block, n_seq] scratch buffer, and z is written in
+    the [n_seq, n_heads, d_head] layout that W_O reads. The full pattern is never kept here: the
+    trace derives it from q and k with ``attention_pattern`` when it is first read. Keeping it would
+    mean 150 MB of fresh memory per forward pass on GPT-2-small at 512 tokens (600 MB at 1024), and
+    first-touching that memory cost as much as a fifth of the whole forward pass (issue 6).
     """
     *lead, n_heads, n_seq, d_head = q.shape
-    if keep_pattern:
-        pattern = np.zeros((*lead, n_heads, n_seq, n_seq), dtype=q.dtype)
-    else:
-        pattern, scratch = None, np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)
+    scratch = np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)
     z = np.empty((*lead, n_seq, n_heads, d_head), dtype=q.dtype)
     z_heads = np.swapaxes(z, -3, -2)                               # a view of z: [n_heads, n_seq, d_head]
     mask = causal_mask(n_seq, window)
-    for start in range(0, n_seq, ATTENTION_BLOCK):
-        stop = min(start + ATTENTION_BLOCK, n_seq)
-        lo = 0 if window is None else max(0, start - window + 1)  # keys before lo are outside every window here
-        scores = (pattern[..., start:stop, lo:stop] if keep_pattern  # a view: [n_heads, block, keys]
-                  else scratch[..., :stop - start, :stop - lo])
-        np.matmul(q[..., start:stop, :], k_T[..., lo:stop], out=scores)
-        scores *= scale
-        if softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
-            scores[...] = ops.softcap(scores, softcap)
-        scores[..., mask[start:stop, lo:stop]] = -np.inf          # exp(-inf) = 0 exactly: no magic -1e10
-        ops.softmax_in_place(scores)
-        np.matmul(scores, v[..., lo:stop, :], out=z_heads[..., start:stop, :])
-    return pattern, z
+    for start, stop, lo in attention_blocks(n_seq, window):
+        pattern = pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo, out=scratch[..., :stop - start, :stop - lo])
+        np.matmul(pattern, v[..., lo:stop, :], out=z_heads[..., start:stop, :])
+    return z
+
+
+def attention_pattern(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: float | None,
+                      window: int | None) -> np.ndarray:
+    """The whole pattern, by the same blocks as causal_attention, so it is bit for bit the one z was made from.
+
+    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq] -> pattern [n_heads, n_seq(q), n_seq(k)]
+    (masked entries exactly 0)
+    """
+    *lead, n_heads, n_seq, _ = q.shape
+    pattern = np.zeros((*lead, n_heads, n_seq, n_seq), dtype=q.dtype)
+    mask = causal_mask(n_seq, window)
+    for start, stop, lo in attention_blocks(n_seq, window):
+        pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo, out=pattern[..., start:stop, lo:stop])
+    return pattern
 
 
 def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
@@ -123,11 +146,11 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     q = np.swapaxes(q, -3, -2)                                                         # [n_heads, n_seq, d_head]
     k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))  # [n_heads, d_head, n_seq]; a contiguous copy is ~2x faster than a view
     v = np.swapaxes(v, -3, -2)                                                         # [n_heads, n_seq, d_head]
-    scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head)
+    scale = x.dtype.type(cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head))
     window = cfg.layer_windows[l] if cfg.layer_windows else None
-    pattern, z = causal_attention(q, k_T, v, x.dtype.type(scale), cfg.attn_softcap, window,
-                                  keep_pattern=rec.wants("pattern"))
-    rec("pattern", l, pattern)                                                         # [n_heads, n_seq(q), n_seq(k)]
+    z = causal_attention(q, k_T, v, scale, cfg.attn_softcap, window)
+    # [n_heads, n_seq(q), n_seq(k)], computed from q and k_T when the trace is first asked for it.
+    rec.derived("pattern", l, attention_pattern, (q, k_T), scale, cfg.attn_softcap, window)
     rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
     return linear(z.reshape(*lead, n_seq, cfg.n_heads * cfg.d_head), w.W_O, w.b_O)     # [n_seq, d_model]
 

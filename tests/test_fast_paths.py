@@ -30,7 +30,9 @@ def test_blocked_causal_attention_equals_the_textbook_form(monkeypatch, block, w
     monkeypatch.setattr(model, "ATTENTION_BLOCK", block)
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((3, 19, 8)) for _ in range(3))      # float64: equal to rounding
-    pattern, z = model.causal_attention(q, np.ascontiguousarray(np.swapaxes(k, -1, -2)), v, 0.35, softcap, window)
+    k_T = np.ascontiguousarray(np.swapaxes(k, -1, -2))
+    z = model.causal_attention(q, k_T, v, 0.35, softcap, window)
+    pattern = model.attention_pattern(q, k_T, 0.35, softcap, window)
     ref_pattern, ref_z = textbook_attention(q, k, v, 0.35, softcap, window)
     # 1e-12: float64, and the only difference is the order of the softmax's sums over fewer zeros.
     assert np.allclose(pattern, ref_pattern, rtol=0, atol=1e-12), \
@@ -39,15 +41,35 @@ def test_blocked_causal_attention_equals_the_textbook_form(monkeypatch, block, w
     assert np.all(pattern[:, np.triu_indices(19, 1)[0], np.triu_indices(19, 1)[1]] == 0)
 
 
-@pytest.mark.parametrize("window", [None, 6])
-def test_attention_without_a_kept_pattern_gives_the_same_z(monkeypatch, window):
-    monkeypatch.setattr(model, "ATTENTION_BLOCK", 4)
-    rng = np.random.default_rng(2)
-    q, k_T, v = rng.standard_normal((2, 17, 8)), rng.standard_normal((2, 8, 17)), rng.standard_normal((2, 17, 8))
-    pattern, z = model.causal_attention(q, k_T, v, 0.3, None, window)
-    no_pattern, z_scratch = model.causal_attention(q, k_T, v, 0.3, None, window, keep_pattern=False)
-    assert no_pattern is None
-    assert np.array_equal(z, z_scratch), "the scratch buffer must hold exactly what pattern would"
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch, tmp_path, dtype):
+    """The forward pass keeps one block of pattern rows at a time; the trace recomputes the pattern
+    when it is read. Every block the forward pass used is captured here and must equal the trace's."""
+    from factories import make_llama
+    monkeypatch.setattr(model, "ATTENTION_BLOCK", 8)
+    folder, _ = make_llama(tmp_path, n_layers=2, n_kv_heads=2)
+    m = ml.load(folder, dtype=dtype)
+    used = []                                                  # (start, stop, lo, rows): 3 blocks per layer
+    pattern_rows = model.pattern_rows
+
+    def capture(q, k_T, scale, softcap, mask, start, stop, lo, out):
+        rows = pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo, out)
+        used.append((start, stop, lo, rows.copy()))
+        return rows
+
+    monkeypatch.setattr(model, "pattern_rows", capture)
+    ids = np.arange(20) % 37
+    trace = m.run(ids)
+    assert isinstance(trace._store["pattern", 0], ml.trace.Derived), "the pattern should not be computed by run()"
+    monkeypatch.setattr(model, "pattern_rows", pattern_rows)
+    assert len(used) == 2 * 3, "20 tokens in blocks of 8 are 3 blocks per layer"
+    by_layer = [used[:3], used[3:]]
+    for l, blocks in enumerate(by_layer):
+        pattern = trace["pattern", l]
+        assert trace["pattern", l] is pattern, "a derived value is computed once, then kept"
+        for start, stop, lo, rows in blocks:
+            assert np.array_equal(pattern[:, start:stop, lo:stop], rows), f"layer {l}, queries {start}..{stop}"
+        assert np.all(pattern[:, np.triu_indices(20, 1)[0], np.triu_indices(20, 1)[1]] == 0)
 
 
 def test_fused_gelu_equals_the_textbook_formula():
