@@ -28,16 +28,19 @@ if TYPE_CHECKING:
     from .trace import Trace
 
 # How many logits one chunk may hold: 16M numbers, 64 MB in float32. The statistics keep two
-# buffers of this size (the logits and their exp, allocated once and reused by every chunk) plus a
-# boolean mask a quarter that size, so the peak extra memory is about 2.5 x 64 MB whatever n_seq is.
+# buffers of this size (the logits and their exp, allocated once and reused by every chunk), so the
+# peak extra memory is about 2 x 64 MB whatever n_seq is.
 # Smaller chunks make the unembedding GEMM less efficient: on GPT-2 shapes, 2^23 cost ~6% more time.
 CHUNK_ELEMENTS = 1 << 24
 
 # The statistics are element-wise numpy passes (max, exp, sums), which run on one core, while the
-# unembedding GEMM uses every BLAS thread. Rows are independent, so the statistics run on this many
-# slices of rows at once (numpy releases the GIL in these loops); on 2 cores this takes the lens
-# from ~1.4x to ~1.25x its GEMM time (issue 6).
+# unembedding GEMM uses every BLAS thread. Positions are independent, so the statistics run on
+# pieces of STAT_POSITIONS positions (all rows: 2 x 13 x 50257 logits, 5 MB, for GPT-2-small), which
+# stay in cache between the passes, in this many threads at once (numpy releases the GIL in these
+# loops). Right after a multithreaded GEMM, OpenBLAS's idle workers keep spinning on the cores for a
+# while (OPENBLAS_THREAD_TIMEOUT), so on 2 cores the threads mostly help when BLAS runs 1 thread (issue 6).
 STAT_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+STAT_POSITIONS = 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -69,81 +72,78 @@ def lens_logits(model: "Model", resid: np.ndarray, out: np.ndarray | None = None
     return unembed(model, normalized, out)
 
 
-def top_k_by_block_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k largest logits of each row, exactly, plus each row's max.  [m, d_vocab] -> [m, k] ids, [m, k], [m]
+def top_k_by_group_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k largest logits of each row, exactly, plus each row's max.  [..., d_vocab] -> [..., k] ids, [..., k], [...]
 
     Why not ``np.argpartition`` over the whole vocabulary: it copies and shuffles every row, and
-    costs several times the unembedding itself. Instead, cut the vocabulary into blocks of B and take
-    each block's max (one fast contiguous pass). The k largest values all lie in the k blocks with the
-    largest maxima: a block outside them has a max no larger than k other blocks' maxima, each of
-    which is an actual logit at least as large. So only k * B candidates are partitioned. The block
-    maxima also give each row's max, which a stable softmax needs anyway.
+    costs several times the unembedding itself. Instead, split the vocabulary into groups and take
+    each group's max. The k largest values all lie in the k groups with the largest maxima: a group
+    outside them has a max no larger than k other groups' maxima, each of which is an actual logit at
+    least as large. So only k * G candidates are partitioned. The group maxima also give each row's
+    max, which a stable softmax needs anyway.
+
+    Group g holds the G columns g, g + n_groups, g + 2 n_groups, ... (an interleaved split, not
+    contiguous runs): then the group maxima are the element-wise max of G contiguous slices of the
+    row, which numpy computes at memory speed; a max over each contiguous run of G was 3x slower
+    (issue 6). The columns past G * n_groups form one short extra group.
     """
-    m, d_vocab = logits.shape
+    *lead, d_vocab = logits.shape
     k = min(k, d_vocab)
-    B = max(16, 1 << int(round(np.log2(np.sqrt(d_vocab)))))       # ~sqrt(d_vocab): 256 for 50257
-    n_full = d_vocab // B
-    block_max = logits[:, :n_full * B].reshape(m, n_full, B).max(-1)  # [m, n_full]
-    if n_full * B < d_vocab:                                        # the short last block
-        block_max = np.concatenate([block_max, logits[:, n_full * B:].max(-1, keepdims=True)], axis=1)
-    row_max = block_max.max(1)                                      # [m]
-    n_blocks = block_max.shape[1]
-    if k * B >= d_vocab or k >= n_blocks:                           # small vocabulary: partition it all
-        cols = np.broadcast_to(np.arange(d_vocab), (m, d_vocab))
-        cand = logits
+    G = 32                                                          # group size: k * G = 160 candidates for top-5
+    n_groups = d_vocab // G
+    if k * G >= d_vocab or k >= n_groups:                           # small vocabulary: partition it all
+        cols = np.broadcast_to(np.arange(d_vocab), logits.shape)
+        cand, row_max = logits, logits.max(-1)
     else:
-        blocks = np.argpartition(-block_max, k - 1, axis=1)[:, :k]   # [m, k]
-        cols = (blocks[:, :, None] * B + np.arange(B)).reshape(m, k * B)  # [m, k * B] vocabulary ids
-        outside = cols >= d_vocab                                   # only the short last block overhangs
+        covered = G * n_groups
+        group_max = logits[..., :covered].reshape(*lead, G, n_groups).max(-2)        # [..., n_groups]
+        if covered < d_vocab:                                       # the short extra group: columns covered..
+            group_max = np.concatenate([group_max, logits[..., covered:].max(-1, keepdims=True)], axis=-1)
+        row_max = group_max.max(-1)                                 # [...]
+        groups = np.argpartition(-group_max, k - 1, axis=-1)[..., :k, None]          # [..., k, 1]
+        i = np.arange(G)
+        cols = np.where(groups == n_groups, covered + i, groups + n_groups * i)     # [..., k, G] vocabulary ids
+        cols = cols.reshape(*lead, k * G)
+        outside = cols >= d_vocab                                   # only the short extra group overhangs
         cols = np.minimum(cols, d_vocab - 1)
-        cand = np.take_along_axis(logits, cols, axis=1)
+        cand = np.take_along_axis(logits, cols, axis=-1)            # [..., k * G]
         cand[outside] = -np.inf
-    best = np.argpartition(-cand, k - 1, axis=1)[:, :k] if k < cand.shape[1] else \
-        np.broadcast_to(np.arange(k), (m, k))
-    values = np.take_along_axis(cand, best, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")             # the k winners, largest first
-    ids = np.take_along_axis(np.take_along_axis(cols, best, axis=1), order, axis=1)
-    return ids, np.take_along_axis(values, order, axis=1), row_max
+    best = np.argpartition(-cand, k - 1, axis=-1)[..., :k] if k < cand.shape[-1] else \
+        np.broadcast_to(np.arange(k), (*lead, k))
+    values = np.take_along_axis(cand, best, axis=-1)
+    order = np.argsort(-values, axis=-1, kind="stable")            # the k winners, largest first
+    ids = np.take_along_axis(np.take_along_axis(cols, best, axis=-1), order, axis=-1)
+    return ids, np.take_along_axis(values, order, axis=-1), row_max
 
 
-def block_statistics(logits: np.ndarray, target: np.ndarray, k: int, exp_out: np.ndarray | None = None) -> dict:
-    """Top-k, the target's logit/log-prob/rank, entropy and log Z of each row.  [m, d_vocab], [m] -> dict of [m](, k)
+def position_statistics(logits: np.ndarray, target: np.ndarray, k: int, exp_out: np.ndarray) -> dict:
+    """Every lens statistic for a few positions, over all rows; the last row is final_post.
 
-    Overwrites ``logits`` with the shifted logits (logits - row max) to save a buffer; the caller
-    uses them for the KL divergence. log p = shifted - log Z, with Z = sum(exp(shifted)).
-    ``exp_out``, if given, is the reused buffer that receives exp(shifted).
+    logits [R, n_pos, d_vocab], target [n_pos] -> top_ids, top_probs [R, n_pos, k]; the rest [R, n_pos]
+
+    Overwrites ``logits`` with the shifted logits (logits - row max) to save a buffer, and
+    ``exp_out`` (same shape) receives exp(shifted). log p = shifted - log Z, Z = sum(exp(shifted)).
     """
-    m = len(logits)
-    rows = np.arange(m)
-    top_ids, top_logits, row_max = top_k_by_block_maxima(logits, k)
-    target_logit = logits[rows, target].copy()
+    top_ids, top_logits, row_max = top_k_by_group_maxima(logits, k)
+    target_logit = np.take_along_axis(logits, np.broadcast_to(target[:, None], (len(logits), len(target), 1)),
+                                      axis=-1)[..., 0]                                   # [R, n_pos]
+    rank = np.empty(target_logit.shape, dtype=np.int64)             # tokens strictly above the target
+    for i in np.ndindex(rank.shape):                                # row by row: count_nonzero over a whole
+        rank[i] = np.count_nonzero(logits[i] > target_logit[i])     # row is 4x faster than with axis=-1
     shifted = logits
-    shifted -= row_max[:, None]                                     # <= 0, so exp cannot overflow
-    target_shifted = shifted[rows, target]
-    rank = np.count_nonzero(shifted > target_shifted[:, None], axis=1)  # tokens strictly above the target
+    shifted -= row_max[..., None]                                   # <= 0, so exp cannot overflow
     e = np.exp(shifted, out=exp_out)                                # the one exp pass
-    Z = e.sum(1)
-    log_Z = np.log(Z)
-    mean_shifted = np.einsum("ij,ij->i", e, shifted) / Z            # E_p[shifted]
-    return dict(top_ids=top_ids, top_probs=np.exp(top_logits - row_max[:, None] - log_Z[:, None]),
-                target_logit=target_logit, target_prob=np.exp(target_shifted - log_Z), target_rank=rank,
-                entropy=log_Z - mean_shifted,                       # H = -sum p log p = log Z - E_p[shifted]
-                log_Z=log_Z, exp=e, Z=Z, shifted=shifted)
-
-
-def block_statistics_threaded(pool: ThreadPoolExecutor | None, logits: np.ndarray, target: np.ndarray, k: int,
-                              exp_out: np.ndarray) -> dict:
-    """block_statistics on STAT_THREADS slices of rows at once; the same numbers as one call."""
-    m = len(logits)
-    if pool is None or m < 2 * STAT_THREADS:
-        return block_statistics(logits, target, k, exp_out)
-    edges = np.linspace(0, m, STAT_THREADS + 1).astype(int)
-    parts = list(pool.map(lambda a, b: block_statistics(logits[a:b], target[a:b], k, exp_out[a:b]),
-                          edges[:-1], edges[1:]))
-    merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]
-              if name not in ("exp", "shifted")}
-    merged["exp"], merged["shifted"] = exp_out, logits          # each slice wrote its rows in place
-    return merged
+    Z = e.sum(-1)
+    log_Z = np.log(Z)                                               # [R, n_pos]
+    p_final = e[-1] / Z[-1][:, None]                                # [n_pos, d_vocab]
+    # E_p[shifted] of each row's own p (for the entropy) and of the final row's p (for the KL):
+    E_self = np.einsum("rjv,rjv->rj", e, shifted) / Z
+    E_final = np.einsum("rjv,jv->rj", shifted, p_final)
+    return dict(top_ids=top_ids, top_probs=np.exp(top_logits - (row_max + log_Z)[..., None]),
+                target_logit=target_logit, target_prob=np.exp(target_logit - row_max - log_Z), target_rank=rank,
+                entropy=log_Z - E_self,                             # H = -sum p log p = log Z - E_p[shifted]
+                # KL(p_f || p_r) = sum p_f (log p_f - log p_r) = E_f[shifted_f] - E_f[shifted_r] - log Z_f + log Z_r
+                kl_to_final=E_final[-1] - E_final - log_Z[-1] + log_Z)
 
 
 # ------------------------------------------------------------------------------------------
@@ -306,6 +306,13 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
     # The logits and their exp live in two buffers allocated once and reused by every chunk.
     logits_buf = np.empty((R * min(chunk, n_pos), d_vocab), dtype=trace.logits.dtype)
     exp_buf = np.empty_like(logits_buf)
+    results = dict(out, top_ids=top_ids, top_probs=top_probs)      # each [R, n_pos](, k)
+
+    def statistics(logits: np.ndarray, exp: np.ndarray, at: slice) -> None:
+        """The statistics of logits [R, n, d_vocab] at positions ``at``, written into ``results``."""
+        for name, value in position_statistics(logits, targets[at], k, exp).items():
+            results[name][:, at] = value
+
     pool = ThreadPoolExecutor(STAT_THREADS) if STAT_THREADS > 1 else None
     for start in range(0, n_pos, chunk):
         p = pos[start:start + chunk]
@@ -317,19 +324,12 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
         logits = logits_buf[:R * c]                                 # [R * c, d_vocab]
         lens_logits(model, stacked.reshape((R - 1) * c, d_model), out=logits[:(R - 1) * c])
         logits[(R - 1) * c:] = trace.logits[p]
-        s = block_statistics_threaded(pool, logits, np.tile(targets[start:start + c], R), k, exp_buf[:R * c])
-        sl = slice(start, start + c)
-        for name in out:
-            if name != "kl_to_final":
-                out[name][:, sl] = s[name].reshape(R, c)
-        top_ids[:, sl], top_probs[:, sl] = s["top_ids"].reshape(R, c, k), s["top_probs"].reshape(R, c, k)
-        # KL(p_f || p_r) = sum p_f (log p_f - log p_r) = E_f[shifted_f] - E_f[shifted_r] - log Z_f + log Z_r.
-        shifted = s["shifted"].reshape(R, c, d_vocab)
-        p_final = s["exp"].reshape(R, c, d_vocab)[-1]                                      # [c, d_vocab]
-        p_final /= s["Z"].reshape(R, c)[-1][:, None]                # in place: the final row's exp is not needed again
-        E_f = np.stack([np.einsum("jv,jv->j", shifted_r, p_final) for shifted_r in shifted])  # [R, c], no copies
-        log_Z = s["log_Z"].reshape(R, c)
-        out["kl_to_final"][:, sl] = E_f[-1] - E_f - log_Z[-1] + log_Z
+        logits3, exp3 = logits.reshape(R, c, d_vocab), exp_buf[:R * c].reshape(R, c, d_vocab)
+        # The statistics make several passes over the logits. Done a few positions at a time, each
+        # piece (all rows) stays in cache between passes, and the pieces run in STAT_THREADS threads.
+        pieces = [(logits3[:, a:a + STAT_POSITIONS], exp3[:, a:a + STAT_POSITIONS],
+                   slice(start + a, start + min(a + STAT_POSITIONS, c))) for a in range(0, c, STAT_POSITIONS)]
+        list((pool.map if pool is not None else map)(statistics, *zip(*pieces)))
     if pool is not None:
         pool.shutdown()
     return LensResult(labels=np.array([label for label, _ in rows]), positions=pos, top_ids=top_ids,

@@ -110,6 +110,7 @@ def test_lens_statistics_in_threads_equal_one_thread(gpt2, monkeypatch):
     monkeypatch.setattr(lens, "STAT_THREADS", 1)
     one = ml.logit_lens(trace, target=5, top_k=3)
     monkeypatch.setattr(lens, "STAT_THREADS", 3)
+    monkeypatch.setattr(lens, "STAT_POSITIONS", 3)                            # pieces of 3 positions, uneven last
     three = ml.logit_lens(trace, target=5, top_k=3)
     for name in ("top_ids", "top_probs", "target_logit", "target_prob", "target_rank", "entropy", "kl_to_final"):
         assert np.array_equal(getattr(one, name), getattr(three, name)), f"threaded lens statistics differ in {name}"

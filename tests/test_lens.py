@@ -14,7 +14,7 @@ torch, transformers = import_torch()
 
 import minilens as ml  # noqa: E402
 from minilens.bench import HookedAutoConfig, HookedAutoModel  # noqa: E402
-from minilens.lens import top_k_by_block_maxima  # noqa: E402
+from minilens.lens import top_k_by_group_maxima  # noqa: E402
 
 VARIANTS = {
     "gpt2-tied": ("gpt2", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=300, n_positions=64)),
@@ -172,9 +172,24 @@ def test_top_k_handles_ties_and_the_tail_block():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 5, size=(6, 1003)).astype(np.float32)  # many ties; 1003 = 31 blocks of 32 + 11
     x[:, -1] = 9                                                # the winner sits in the short tail block
-    ids, vals, row_max = top_k_by_block_maxima(x, 4)
+    ids, vals, row_max = top_k_by_group_maxima(x, 4)
     assert (ids[:, 0] == 1002).all() and (row_max == 9).all()
     np.testing.assert_array_equal(vals, -np.sort(-x, axis=1)[:, :4])
+
+
+@pytest.mark.parametrize("d_vocab", [7, 100, 1003, 50257])
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_k_by_group_maxima_equals_a_full_sort(d_vocab, k):
+    """Exact against np.sort, on [rows, positions, d_vocab] input as the lens passes it, with ties."""
+    rng = np.random.default_rng(d_vocab + k)
+    x = rng.standard_normal((3, 2, d_vocab)).astype(np.float32)
+    x[0, 0, ::3] = 2.5                                          # a row full of ties
+    ids, vals, row_max = top_k_by_group_maxima(x, k)
+    k = min(k, d_vocab)
+    np.testing.assert_array_equal(vals, -np.sort(-x, axis=-1)[..., :k])
+    np.testing.assert_array_equal(np.take_along_axis(x, ids, axis=-1), vals)   # the ids point at those values
+    assert all(len(set(row)) == k for row in ids.reshape(-1, k)), "an id is repeated"
+    np.testing.assert_array_equal(row_max, x.max(-1))
 
 
 def test_bad_inputs_raise_input_errors():

@@ -2,8 +2,8 @@
 
 2,000 positions on a 50257-token vocabulary with 2 layers: 3 rows of logits would take
 3 * 2000 * 50257 * 4 bytes = 1.2 GB in float32. The lens works on chunks of at most
-CHUNK_ELEMENTS logits (64 MB) in two buffers reused by every chunk (the logits and their exp) plus a
-boolean mask a quarter that size; measured peak: about 150 MB. The bound asserted is 3 x 64 MB = 201 MB,
+CHUNK_ELEMENTS logits (64 MB) in two buffers reused by every chunk (the logits and their exp), plus
+small per-piece temporaries; measured peak: about 157 MB. The bound asserted is 3 x 64 MB = 201 MB,
 a sixth of the full array. No timing is measured.
 """
 import tracemalloc
