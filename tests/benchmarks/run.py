@@ -194,7 +194,7 @@ def section_forward(args, rows: list):
     import minilens as ml
     for label, folder in (("GPT-2-small", checkpoints.gpt2_small()), ("Llama-small", checkpoints.llama_small())):
         model = ml.load(folder)
-        list(model.layers)                                    # widen every layer once, before timing
+        # No list(model.layers) here: the warm-up round widens every layer, in the order a user's first run does.
         eager, sdpa = load_hf(folder, "eager"), load_hf(folder, "sdpa")
         for n_seq in args.seq:
             ids = np.random.default_rng(n_seq).integers(0, model.cfg.d_vocab, n_seq)
