@@ -97,7 +97,7 @@ def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.fl
     the [n_seq, n_heads, d_head] layout that W_O reads. The full pattern is never kept here: the
     trace derives it from q and k with ``attention_pattern`` when it is first read. Keeping it would
     mean 150 MB of fresh memory per forward pass on GPT-2-small at 512 tokens (600 MB at 1024), and
-    first-touching that memory cost as much as a fifth of the whole forward pass (issue 6).
+    first-touching that memory cost 0.13 s of a 0.79 s forward pass at 2 threads (issue 6).
     """
     *lead, n_heads, n_seq, d_head = q.shape
     scratch = np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)

@@ -31,7 +31,7 @@ key                     shape                                  meaning
 queries at a time, and the trace recomputes a layer's pattern from its recorded q and k, by the same
 blocks and the same function, the first time ``trace["pattern", l]`` is read (then keeps it). The
 result is bit for bit the pattern that z was made from (tests/test_fast_paths.py). This keeps a
-full trace at 512 tokens of GPT-2-small 150 MB lighter and about a fifth faster (issue 6).
+full trace at 512 tokens of GPT-2-small 150 MB lighter and 0.13 s faster (0.79 -> 0.66 s; issue 6).
 """
 
 from __future__ import annotations
