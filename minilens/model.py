@@ -141,7 +141,8 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
 
     # Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
     group = cfg.n_heads // cfg.n_kv_heads
-    k, v = np.repeat(k, group, axis=-2), np.repeat(v, group, axis=-2)                 # [n_seq, n_heads, d_head]
+    if group > 1:  # (np.repeat copies even when group is 1)
+        k, v = np.repeat(k, group, axis=-2), np.repeat(v, group, axis=-2)             # [n_seq, n_heads, d_head]
 
     q = np.swapaxes(q, -3, -2)                                                         # [n_heads, n_seq, d_head]
     k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))  # [n_heads, d_head, n_seq]; a contiguous copy is ~2x faster than a view

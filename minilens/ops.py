@@ -9,14 +9,8 @@ import numpy as np
 from .config import RopeConfig
 
 
-def layer_norm_scale(x: np.ndarray, eps: float) -> np.ndarray:
-    """s = sqrt(var(x) + eps), the LayerNorm divisor.  [..., d_model] -> [..., 1]"""
-    centred = x - x.mean(-1, keepdims=True)
-    return np.sqrt((centred * centred).mean(-1, keepdims=True) + eps)
-
-
 def rms_norm_scale(x: np.ndarray, eps: float) -> np.ndarray:
-    """s = sqrt(mean(x^2) + eps), the RMSNorm divisor.  [..., d_model] -> [..., 1]"""
+    """s = sqrt(mean(x^2) + eps), the RMSNorm divisor (the LayerNorm one on centred x).  [..., d_model] -> [..., 1]"""
     return np.sqrt((x * x).mean(-1, keepdims=True) + eps)
 
 
@@ -32,14 +26,24 @@ def rms_norm(x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, kind: str,
               eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Either norm, also returning its divisor s, which attribution freezes.  -> [..., d_model], [..., 1]"""
+    """Either norm, also returning its divisor s, which attribution freezes.  -> [..., d_model], [..., 1]
+
+    LayerNorm: y = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).
+    RMSNorm:   y = x / s * gamma,                    s = sqrt(mean(x^2) + eps).
+    Both are computed in place on the one fresh array y: a norm runs twice per layer, and each
+    extra [n_seq, d_model] temporary is memory to fault in and pass over (issue 6).
+    """
     if kind == "layernorm":
-        x = x - x.mean(-1, keepdims=True)
-        s = np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+        y = x - x.mean(-1, keepdims=True)                   # centred: var(x) = mean(y^2)
+        s = rms_norm_scale(y, eps)
+        y /= s
     else:
         s = rms_norm_scale(x, eps)
-    y = x / s * gamma
-    return (y if beta is None else y + beta), s
+        y = x / s
+    y *= gamma
+    if beta is not None:
+        y += beta
+    return y, s
 
 
 def gelu_new(x: np.ndarray) -> np.ndarray:
