@@ -2,7 +2,7 @@
 
 Every lens row must equal lm_head(norm(hidden_states[l])), computed by transformers on the
 same checkpoint (hidden_states[l] is resid_pre[l] for l < L; its last entry is already normed,
-so final_post is compared with the model's logits). The statistics (top-k through block maxima,
+so final_post is compared with the model's logits). The statistics (top-k through group maxima,
 rank, entropy, KL) are checked against a plain softmax over the whole vocabulary.
 """
 import numpy as np
