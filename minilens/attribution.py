@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
+from .model import gqa_repeat
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -170,7 +171,7 @@ def head_readout(trace: "Trace", l: int, position: int, w_read: np.ndarray) -> t
     if w.b_V is None:
         b_V = np.zeros((cfg.n_heads, cfg.d_head))
     else:
-        b_V = np.repeat(w.b_V.reshape(cfg.n_kv_heads, cfg.d_head), group, axis=0)  # [n_heads, d_head]
+        b_V = gqa_repeat(w.b_V.reshape(cfg.n_kv_heads, cfg.d_head), group)          # [n_heads, d_head]
     bias = float(np.einsum("hd,hd->", b_V, W_O_read))                             # sum_h b_V[h] W_O[h] w_read
     if w.b_O is not None:
         bias += float(w.b_O @ w_read)
@@ -190,7 +191,7 @@ def token_parts(trace: "Trace", position: int, l: int, w_read: np.ndarray) -> tu
     cfg = trace.model.cfg
     W_O_read, b_V, bias = head_readout(trace, l, position, w_read)
     group = cfg.n_heads // cfg.n_kv_heads
-    v = np.repeat(trace["v", l][:position + 1], group, axis=1) - b_V               # [k, n_heads, d_head]
+    v = gqa_repeat(trace["v", l][:position + 1], group) - b_V                      # [k, n_heads, d_head]
     v_read = np.einsum("khd,hd->kh", v, W_O_read)                                  # [k, n_heads]
     pattern = trace["pattern", l][:, position, :position + 1]                      # [n_heads, k]
     return np.einsum("hk,kh->k", pattern, v_read), bias

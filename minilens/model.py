@@ -125,6 +125,29 @@ def attention_pattern(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softca
     return pattern
 
 
+def gqa_repeat(x: np.ndarray, group: int) -> np.ndarray:
+    """Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
+
+    [n_seq, n_kv_heads, d_head] -> [n_seq, n_heads, d_head]. (np.repeat copies even when group is 1.)
+    """
+    return np.repeat(x, group, axis=-2) if group > 1 else x
+
+
+def keys_T(k: np.ndarray, group: int) -> np.ndarray:
+    """k^T per query head, as a contiguous copy (about 2x faster in the score products than a view).
+
+    [n_seq, n_kv_heads, d_head] -> [n_heads, d_head, n_seq]
+    """
+    return np.ascontiguousarray(np.moveaxis(gqa_repeat(k, group), -3, -1))
+
+
+def recorded_pattern(q: np.ndarray, k: np.ndarray, group: int, scale: np.floating, softcap: float | None,
+                     window: int | None) -> np.ndarray:
+    """The attention pattern from a trace's q [n_seq, n_heads, d_head] and k [n_seq, n_kv_heads, d_head],
+    in the same layouts and blocks as the forward pass.  -> [n_heads, n_seq(q), n_seq(k)]"""
+    return attention_pattern(np.swapaxes(q, -3, -2), keys_T(k, group), scale, softcap, window)
+
+
 def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
               rec: Recorder, l: int) -> np.ndarray:
     """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]"""
@@ -139,19 +162,14 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
         q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
     rec("q", l, q), rec("k", l, k), rec("v", l, v)
 
-    # Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
     group = cfg.n_heads // cfg.n_kv_heads
-    if group > 1:  # (np.repeat copies even when group is 1)
-        k, v = np.repeat(k, group, axis=-2), np.repeat(v, group, axis=-2)             # [n_seq, n_heads, d_head]
-
-    q = np.swapaxes(q, -3, -2)                                                         # [n_heads, n_seq, d_head]
-    k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))  # [n_heads, d_head, n_seq]; a contiguous copy is ~2x faster than a view
-    v = np.swapaxes(v, -3, -2)                                                         # [n_heads, n_seq, d_head]
     scale = x.dtype.type(cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head))
     window = cfg.layer_windows[l] if cfg.layer_windows else None
-    z = causal_attention(q, k_T, v, scale, cfg.attn_softcap, window)
-    # [n_heads, n_seq(q), n_seq(k)], computed from q and k_T when the trace is first asked for it.
-    rec.derived("pattern", l, attention_pattern, (q, k_T), scale, cfg.attn_softcap, window)
+    q_heads = np.swapaxes(q, -3, -2)                                                   # [n_heads, n_seq, d_head]
+    v_heads = np.swapaxes(gqa_repeat(v, group), -3, -2)                                # [n_heads, n_seq, d_head]
+    z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window)
+    # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
+    rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
     rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
     return linear(z.reshape(*lead, n_seq, cfg.n_heads * cfg.d_head), w.W_O, w.b_O)     # [n_seq, d_model]
 
