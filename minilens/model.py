@@ -25,6 +25,7 @@ from . import ops
 from .config import ModelConfig
 from .errors import CheckpointError, InputError, TokenizerMissingError
 from .tokenizer import Tokenizer
+from .memory import ArrayPool
 from .trace import Recorder, Trace
 from .weights import (LAYOUTS, Checkpoint, GlobalParams, LayerParams, LazyLayers, blas_ready,
                       find_safetensors, resolve)
@@ -34,17 +35,19 @@ from .weights import (LAYOUTS, Checkpoint, GlobalParams, LayerParams, LazyLayers
 # The math
 # ------------------------------------------------------------------------------------------
 
-def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """x @ W + b.  [..., d_in] -> [..., d_out]"""
-    y = x @ W
+def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
+    """x @ W + b, into out if given.  [..., d_in] -> [..., d_out]"""
+    y = np.matmul(x, W, out=out)
     if b is not None:
         y += b
     return y
 
 
-def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The family's norm, and its divisor s (recorded: attribution freezes it).  -> [n_seq, d_model], [n_seq, 1]"""
-    return ops.normalize(x, gamma, beta, cfg.norm, cfg.norm_eps)
+def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, cfg: ModelConfig,
+         out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The family's norm (into out if given), and its divisor s (recorded: attribution freezes it).
+    -> [n_seq, d_model], [n_seq, 1]"""
+    return ops.normalize(x, gamma, beta, cfg.norm, cfg.norm_eps, out)
 
 
 def causal_mask(n_seq: int, window: int | None = None) -> np.ndarray:
@@ -86,7 +89,7 @@ def pattern_rows(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: fl
 
 
 def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.floating, softcap: float | None,
-                     window: int | None) -> np.ndarray:
+                     window: int | None, out: np.ndarray | None = None) -> np.ndarray:
     """z = pattern v, with pattern = softmax(q k^T * scale + causal mask).
 
     q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq], v [n_heads, n_seq, d_head]
@@ -101,7 +104,7 @@ def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.fl
     """
     *lead, n_heads, n_seq, d_head = q.shape
     scratch = np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)
-    z = np.empty((*lead, n_seq, n_heads, d_head), dtype=q.dtype)
+    z = np.empty((*lead, n_seq, n_heads, d_head), dtype=q.dtype) if out is None else out
     z_heads = np.swapaxes(z, -3, -2)                               # a view of z: [n_heads, n_seq, d_head]
     mask = causal_mask(n_seq, window)
     for start, stop, lo in attention_blocks(n_seq, window):
@@ -148,60 +151,78 @@ def recorded_pattern(q: np.ndarray, k: np.ndarray, group: int, scale: np.floatin
     return attention_pattern(np.swapaxes(q, -3, -2), keys_T(k, group), scale, softcap, window)
 
 
+def split_heads(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, n_heads: int, d_head: int,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """x W + b, one d_head slice per head, into out if given.  [n_seq, d_model] -> [n_seq, n_heads, d_head]"""
+    flat_out = None if out is None else out.reshape(*out.shape[:-2], n_heads * d_head)
+    return linear(x, W, b, flat_out).reshape(*x.shape[:-1], n_heads, d_head)
+
+
 def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
               rec: Recorder, l: int) -> np.ndarray:
-    """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]"""
-    *lead, n_seq, _ = x.shape
-    q = linear(x, w.W_Q, w.b_Q).reshape(*lead, n_seq, cfg.n_heads, cfg.d_head)     # [n_seq, n_heads, d_head]
-    k = linear(x, w.W_K, w.b_K).reshape(*lead, n_seq, cfg.n_kv_heads, cfg.d_head)  # [n_seq, n_kv_heads, d_head]
-    v = linear(x, w.W_V, w.b_V).reshape(*lead, n_seq, cfg.n_kv_heads, cfg.d_head)  # [n_seq, n_kv_heads, d_head]
-    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE
-        q = ops.rms_norm(q, w.q_norm_w, cfg.norm_eps)
-        k = ops.rms_norm(k, w.k_norm_w, cfg.norm_eps)
-    if rope is not None:
-        q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
-    rec("q", l, q), rec("k", l, k), rec("v", l, v)
+    """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]
 
-    group = cfg.n_heads // cfg.n_kv_heads
-    scale = x.dtype.type(cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.d_head))
+    (``rec.empty(name, ...)`` is memory for a value the trace keeps; see Recorder.empty.)
+    """
+    *lead, n_seq, _ = x.shape
+    H, H_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    q = split_heads(x, w.W_Q, w.b_Q, H, d_head, rec.empty("q", (*lead, n_seq, H, d_head), x.dtype))
+    k = split_heads(x, w.W_K, w.b_K, H_kv, d_head, rec.empty("k", (*lead, n_seq, H_kv, d_head), x.dtype))
+    v = split_heads(x, w.W_V, w.b_V, H_kv, d_head, rec.empty("v", (*lead, n_seq, H_kv, d_head), x.dtype))
+    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE (in place)
+        ops.rms_norm(q, w.q_norm_w, cfg.norm_eps, out=q), ops.rms_norm(k, w.k_norm_w, cfg.norm_eps, out=k)
+    if rope is not None:  # rotated in place
+        ops.apply_rope(q, *rope, out=q), ops.apply_rope(k, *rope, out=k)
+    rec("q", l, q), rec("k", l, k), rec("v", l, v)    # [n_seq, n_heads, d_head], k and v: [n_seq, n_kv_heads, d_head]
+
+    group = H // H_kv
+    scale = x.dtype.type(cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(d_head))
     window = cfg.layer_windows[l] if cfg.layer_windows else None
     q_heads = np.swapaxes(q, -3, -2)                                                   # [n_heads, n_seq, d_head]
     v_heads = np.swapaxes(gqa_repeat(v, group), -3, -2)                                # [n_heads, n_seq, d_head]
-    z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window)
+    z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window,
+                         out=rec.empty("z", (*lead, n_seq, H, d_head), x.dtype))
     # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
     rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
     rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
-    return linear(z.reshape(*lead, n_seq, cfg.n_heads * cfg.d_head), w.W_O, w.b_O)     # [n_seq, d_model]
+    out = None if cfg.sandwich_norms else rec.empty("attn_out", x.shape, x.dtype)
+    return linear(z.reshape(*lead, n_seq, H * d_head), w.W_O, w.b_O, out)               # [n_seq, d_model]
 
 
 def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) -> np.ndarray:
     """act(x W_in + b_in) W_out + b_out, or the gated form act(x W_gate) * (x W_in).  [n_seq, d_model] -> same"""
     act = ops.ACTIVATIONS[cfg.act]
     pre = linear(x, w.W_in, w.b_in)                                                    # [n_seq, d_mlp]
-    mlp_post = act(linear(x, w.W_gate, w.b_gate)) * pre if cfg.gated_mlp else act(pre)
+    kept = rec.empty("mlp_post", pre.shape, pre.dtype)
+    if cfg.gated_mlp:
+        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), pre, out=kept)
+    else:
+        mlp_post = act(pre, out=kept)
     rec("mlp_post", l, mlp_post)
-    return linear(mlp_post, w.W_out, w.b_out)                                          # [n_seq, d_model]
+    out = None if cfg.sandwich_norms else rec.empty("mlp_out", x.shape, x.dtype)
+    return linear(mlp_post, w.W_out, w.b_out, out)                                     # [n_seq, d_model]
 
 
 def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
           rec: Recorder, l: int) -> np.ndarray:
     """One transformer block.  [n_seq, d_model] -> [n_seq, d_model]"""
+    shape, dtype = resid_pre.shape, resid_pre.dtype
     rec("resid_pre", l, resid_pre)
     normed, scale_ln1 = norm(resid_pre, w.ln1_w, w.ln1_b, cfg)
     rec("scale_ln1", l, scale_ln1)
     attn_out = attention(normed, w, cfg, rope, rec, l)
     if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
-        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg)
+        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg, out=rec.empty("attn_out", shape, dtype))
         rec("scale_ln1_post", l, scale_ln1_post)
-    resid_mid = resid_pre + attn_out
+    resid_mid = np.add(resid_pre, attn_out, out=rec.empty("resid_mid", shape, dtype))
     # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
     normed, scale_ln2 = norm(resid_pre if cfg.parallel_residual else resid_mid, w.ln2_w, w.ln2_b, cfg)
     rec("scale_ln2", l, scale_ln2)
     mlp_out = mlp(normed, w, cfg, rec, l)
     if cfg.sandwich_norms:
-        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg)
+        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg, out=rec.empty("mlp_out", shape, dtype))
         rec("scale_ln2_post", l, scale_ln2_post)
-    resid_post = resid_mid + mlp_out
+    resid_post = np.add(resid_mid, mlp_out, out=rec.empty("resid_post", shape, dtype))
     rec("attn_out", l, attn_out), rec("resid_mid", l, resid_mid)
     rec("mlp_out", l, mlp_out), rec("resid_post", l, resid_post)
     return resid_post
@@ -225,9 +246,10 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Rec
     for l in range(cfg.n_layers):
         x = block(x, layers[l], cfg, rope, rec, l)
     rec("resid_final", None, x)
-    normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg)
+    normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty("normalized", x.shape, x.dtype))
     rec("scale_final", None, scale_final), rec("normalized", None, normalized)
-    logits = linear(normalized, g.W_U, g.b_U)                                          # [n_seq, d_vocab]
+    out = None if cfg.final_softcap else rec.empty("logits", (*x.shape[:-1], cfg.d_vocab), x.dtype)
+    logits = linear(normalized, g.W_U, g.b_U, out)                                     # [n_seq, d_vocab]
     if cfg.final_softcap:  # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
         rec("logits_precap", None, logits)
         logits = ops.softcap(logits, cfg.final_softcap)
@@ -250,6 +272,7 @@ class Model:
         self.tokenizer = tokenizer
         self.folder = folder
         self.files = files
+        self.pool = ArrayPool()           # the memory of dropped traces, for the next run (memory.py)
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -340,7 +363,7 @@ class Model:
         ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are always kept.
         """
         ids = self.check_ids(ids)
-        rec = Recorder(names)
+        rec = Recorder(names, self.pool)
         logits = forward(ids, self.params, self.layers, self.cfg, rec)
         return Trace(self, ids, rec.store, logits)
 
@@ -352,10 +375,17 @@ class Model:
         """
         ids = self.check_ids(ids, allow_batch=True)
         ids = ids[None] if ids.ndim == 1 else ids
-        rec = Recorder(names)
+        rec = Recorder(names, self.pool)
         logits = forward(ids, self.params, self.layers, self.cfg, rec)
         return [Trace(self, ids[b], {key: value[b] for key, value in rec.store.items()}, logits[b])
                 for b in range(len(ids))]
+
+    def free_memory(self) -> None:
+        """Give the memory of dropped traces back to the operating system (see minilens/memory.py).
+
+        A model keeps up to 1 GiB of it, so that its next run does not have to fault in new memory.
+        """
+        self.pool.clear()
 
     def __call__(self, ids) -> np.ndarray:
         """The logits only.  -> [n_seq, d_vocab]"""

@@ -19,42 +19,43 @@ def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, eps: f
     return normalize(x, gamma, beta, "layernorm", eps)[0]
 
 
-def rms_norm(x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
+def rms_norm(x: np.ndarray, gamma: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
     """N(x) = gamma * x / sqrt(mean(x^2) + eps).  [..., d_model] -> [..., d_model]"""
-    return normalize(x, gamma, None, "rmsnorm", eps)[0]
+    return normalize(x, gamma, None, "rmsnorm", eps, out)[0]
 
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, kind: str,
-              eps: float) -> tuple[np.ndarray, np.ndarray]:
+              eps: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Either norm, also returning its divisor s, which attribution freezes.  -> [..., d_model], [..., 1]
 
     LayerNorm: y = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).
     RMSNorm:   y = x / s * gamma,                    s = sqrt(mean(x^2) + eps).
-    Both are computed in place on the one fresh array y: a norm runs twice per layer, and each
-    extra [n_seq, d_model] temporary is memory to fault in and pass over (issue 6).
+    Both are computed in place on the one array y (fresh, or out; out may be x itself): a norm
+    runs twice per layer, and each extra [n_seq, d_model] temporary is memory to fault in and
+    pass over (issue 6).
     """
     if kind == "layernorm":
-        y = x - x.mean(-1, keepdims=True)                   # centred: var(x) = mean(y^2)
+        y = np.subtract(x, x.mean(-1, keepdims=True), out=out)  # centred: var(x) = mean(y^2)
         s = rms_norm_scale(y, eps)
         y /= s
     else:
         s = rms_norm_scale(x, eps)
-        y = x / s
+        y = np.divide(x, s, out=out)
     y *= gamma
     if beta is not None:
         y += beta
     return y, s
 
 
-def gelu_new(x: np.ndarray) -> np.ndarray:
+def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
-    Fused in place into one buffer: written with temporaries it allocates eight [n_seq, d_mlp]
+    Fused in place into one buffer (fresh, or out): written with temporaries it allocates eight [n_seq, d_mlp]
     arrays; this way costs about a quarter of the time (issue 6). The inner term is factored as
     x (c + c 0.044715 x^2), which equals c (x + 0.044715 x^3) up to rounding.
     """
     c = x.dtype.type(math.sqrt(2.0 / math.pi))
-    y = np.multiply(x, x)                                   # x^2
+    y = np.multiply(x, x, out=out)                          # x^2
     y *= c * x.dtype.type(0.044715)
     y += c
     y *= x                                                  # c (x + 0.044715 x^3)
@@ -100,9 +101,9 @@ def erf(x: np.ndarray) -> np.ndarray:
     return (np.sign(x) * magnitude).astype(np.result_type(x, np.float32), copy=False)
 
 
-def gelu(x: np.ndarray) -> np.ndarray:
+def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """The exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))."""
-    return 0.5 * x * (1.0 + erf(x * x.dtype.type(1.0 / math.sqrt(2.0))))
+    return np.multiply(0.5 * x, 1.0 + erf(x * x.dtype.type(1.0 / math.sqrt(2.0))), out=out)
 
 
 def softcap(x: np.ndarray, cap: float) -> np.ndarray:
@@ -111,13 +112,13 @@ def softcap(x: np.ndarray, cap: float) -> np.ndarray:
     return c * np.tanh(x / c)
 
 
-def silu(x: np.ndarray) -> np.ndarray:
+def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """SiLU (swish): x * sigmoid(x) = x / (1 + exp(-x))."""
-    return x / (1.0 + np.exp(-x))
+    return np.divide(x, 1.0 + np.exp(-x), out=out)
 
 
-def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.maximum(x, 0, out=out)
 
 
 ACTIVATIONS = {"gelu_new": gelu_new, "gelu_tanh": gelu_new, "gelu_pytorch_tanh": gelu_new,
@@ -191,16 +192,23 @@ def rope_tables(rope: RopeConfig, n_seq: int, dtype: np.dtype) -> tuple[np.ndarr
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """Rotate each head's first rotary_dim dims by position.  [..., n_seq, n_heads, d_head] -> same
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rotate each head's first rotary_dim dims by position, into out (which may be x itself).
 
-    Hugging Face checkpoints use the half-split ("rotate_half") layout: dimension i pairs with
-    i + rotary_dim/2, not with its neighbour i+1 as in Meta's interleaved layout.
+    [..., n_seq, n_heads, d_head] -> same. x_rot -> x_rot * cos + rotate_half(x_rot) * sin; the
+    dims past rotary_dim pass unchanged. Hugging Face checkpoints use the half-split ("rotate_half")
+    layout: dimension i pairs with i + rotary_dim/2, not with its neighbour i+1 as in Meta's
+    interleaved layout.
     """
     r = cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
+    x_rot = x[..., :r]
     half = r // 2
-    rotated_half = np.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)  # rotate_half(x)
+    rotated_half = np.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)  # rotate_half(x): a copy
     cos, sin = cos[:, None, :], sin[:, None, :]                                       # broadcast over heads
-    out = x_rot * cos + rotated_half * sin
-    return out if x_pass.shape[-1] == 0 else np.concatenate([out, x_pass], axis=-1)
+    if out is None:
+        out = np.empty_like(x)
+    if out is not x:
+        out[..., r:] = x[..., r:]
+    out_rot = np.multiply(x_rot, cos, out=out[..., :r])
+    out_rot += rotated_half * sin
+    return out

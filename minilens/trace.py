@@ -43,6 +43,7 @@ import numpy as np
 from .errors import InputError, NotRecordedError
 
 if TYPE_CHECKING:
+    from .memory import ArrayPool
     from .model import Model
 
 LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post", "resid_mid",
@@ -66,9 +67,12 @@ class Derived:
 
 
 class Recorder:
-    """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``."""
+    """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``.
 
-    def __init__(self, names: Iterable[str] | None):
+    ``rec.empty(name, shape, dtype)`` gives the forward pass recycled memory for a value it will keep.
+    """
+
+    def __init__(self, names: Iterable[str] | None, pool: "ArrayPool | None" = None):
         if isinstance(names, str) or (names is not None and not hasattr(names, "__iter__")):
             raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, got {names!r}.")
         self.names = None if names is None else set(names)
@@ -76,6 +80,13 @@ class Recorder:
         if unknown:  # a typo would otherwise record nothing, and fail only later
             raise InputError(f"unknown trace key {unknown[0]} in names; keys are {', '.join(ALL_KEYS)}.")
         self.store: dict[tuple[str, int | None], np.ndarray] = {}
+        self.pool = pool
+
+    def empty(self, name: str, shape: tuple, dtype) -> np.ndarray | None:
+        """Memory for a value that the trace will keep, from the model's pool (memory.py), for the
+        forward pass to write into; None, meaning a fresh temporary, if the value will not be kept."""
+        kept = self.wants(name) or name == "logits" or (name == "resid_post" and self.wants("resid_pre"))
+        return self.pool.empty(shape, dtype) if kept and self.pool is not None else None
 
     def wants(self, name: str) -> bool:
         return self.names is None or name in self.names

@@ -85,6 +85,36 @@ def test_in_place_softmax_equals_softmax():
     assert np.array_equal(ops.softmax_in_place(x.copy()), expected)
 
 
+@pytest.mark.parametrize("rotary_dim", [8, 4])                  # full and partial rotation of d_head 8
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rope_in_place_and_into_out_equal_the_textbook_rotation(rotary_dim, dtype):
+    """apply_rope writes into out, which the forward pass makes the array the trace keeps (out=x)."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 11, 3, 8)).astype(dtype)            # [batch, n_seq, n_heads, d_head]
+    angles = np.outer(np.arange(11), rng.uniform(0.1, 1.0, rotary_dim // 2))
+    cos, sin = (np.concatenate([f(angles)] * 2, axis=-1).astype(dtype) for f in (np.cos, np.sin))
+    half, r = rotary_dim // 2, rotary_dim
+    x1, x2 = x[..., :half], x[..., half:r]
+    c, s = cos[:, None, :], sin[:, None, :]
+    textbook = np.concatenate([x1 * c[..., :half] - x2 * s[..., :half],
+                               x2 * c[..., half:] + x1 * s[..., half:], x[..., r:]], axis=-1)
+    fresh = ops.apply_rope(x, cos, sin)
+    in_place = x.copy()
+    assert ops.apply_rope(in_place, cos, sin, out=in_place) is in_place
+    # The rotation is x_rot * cos + rotate_half(x_rot) * sin, rounded the same way in every form.
+    assert np.array_equal(fresh, textbook), "RoPE: does dim i pair with i + rotary_dim / 2 (half-split)?"
+    assert np.array_equal(in_place, fresh), "in-place RoPE: was rotate_half(x) copied before x was overwritten?"
+    assert fresh.dtype == dtype
+
+
+@pytest.mark.parametrize("act", sorted(ops.ACTIVATIONS))
+def test_activations_into_out_equal_the_fresh_result(act):
+    x = np.linspace(-6, 6, 301, dtype=np.float32).reshape(7, 43)
+    out = np.empty_like(x)
+    assert ops.ACTIVATIONS[act](x, out=out) is out
+    assert np.array_equal(out, ops.ACTIVATIONS[act](x)) and out.dtype == np.float32
+
+
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
     from factories import make_gpt2

@@ -248,3 +248,10 @@ def test_random_models_keep_their_invariants(family, data):
         # 4. saved and reloaded: bit-identical
         again = ml.load(resave(folder, Path(tmp) / "again", n_shards=1 + n_shards % 3))
         assert np.array_equal(again(batch[0]), logits32), "a re-saved copy of the checkpoint gives other numbers"
+
+        # 5. the model's pool of recycled memory (memory.py) changes no number: bit-identical without it
+        pooled = m32.run(batch[0])
+        m32.pool = None
+        plain = m32.run(batch[0])
+        for key in plain.keys():
+            assert np.array_equal(pooled[key], plain[key]), f"{key} differs when written into the pool's memory"

@@ -1,0 +1,86 @@
+"""Recycled memory for the arrays a trace keeps (issue 6).
+
+A full trace of GPT-2-small at 512 tokens keeps about 320 MB: a hundred arrays of 1.5 MB, twelve
+of 6 MB and the 100 MB of logits. Memory that is new to the process is faulted in by the kernel,
+4 KB page by 4 KB page, when it is first written. Whether glibc's malloc hands a dropped trace's
+memory back to the kernel, so that the next run pays those faults again, depends on the history of
+the whole process. The same full-trace forward pass measured 0.76 s in one benchmark process and
+0.95 s in another; the logits alone took 0.72 and 0.69 s (tests/benchmarks/README.md).
+
+So each model keeps the memory of the traces that have been dropped, and hands it to its next run.
+The arrays a trace keeps live in anonymous memory maps owned by the model's ``ArrayPool``. When such
+an array and every view of it have been garbage-collected, its map goes back to the pool instead of
+to the kernel. PyTorch's caching allocators do the same. The pool keeps at most ``MAX_FREE_BYTES``
+of unused maps; ``model.free_memory()`` gives them back to the kernel.
+
+Only memory is recycled, never values: an array goes back to the pool only when nothing in the
+program can reach it any more. A kept slice such as ``trace["resid_pre", 3][-1]`` keeps its whole
+array out of the pool. tracemalloc does not see this memory (it is not malloc's); the peak RSS does.
+"""
+
+from __future__ import annotations
+
+import mmap
+import threading
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+
+# Unused memory a model's pool keeps: a full trace of GPT-2-small at 1024 tokens is about 650 MB.
+MAX_FREE_BYTES = 1 << 30
+# numpy asks the kernel for transparent huge pages from this size up; so does the pool.
+HUGE_PAGES_FROM = 4 << 20
+
+
+class ArrayPool:
+    """Hands out uninitialised arrays whose memory comes back to the pool when they are dropped."""
+
+    def __init__(self, max_free_bytes: int = MAX_FREE_BYTES):
+        self.max_free_bytes = max_free_bytes
+        self.free_bytes = 0
+        self._free: OrderedDict[int, list[mmap.mmap]] = OrderedDict()   # nbytes -> unused maps; oldest size first
+        self._lock = threading.RLock()   # re-entrant: a garbage collection inside empty() may give memory back
+
+    def empty(self, shape: tuple, dtype) -> np.ndarray:
+        """Like np.empty(shape, dtype), in recycled memory when the pool has a map of this size."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes == 0:
+            return np.empty(shape, dtype)
+        with self._lock:
+            maps = self._free.get(nbytes)
+            buf = maps.pop() if maps else None
+            if buf is not None:
+                self.free_bytes -= nbytes
+                if not maps:
+                    del self._free[nbytes]
+        if buf is None:
+            buf = mmap.mmap(-1, nbytes)
+            if nbytes >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
+                buf.madvise(mmap.MADV_HUGEPAGE)
+        array = np.ndarray(shape, dtype, buffer=buf)
+        # Every view of `array` has `array` as its base, because array's own base is the map, not an
+        # ndarray. So this runs only once the array and all of its views are unreachable.
+        weakref.finalize(array, self._give_back, nbytes, buf)
+        return array
+
+    def _give_back(self, nbytes: int, buf: mmap.mmap) -> None:
+        if nbytes > self.max_free_bytes:
+            return                                    # not kept: the map is unmapped when `buf` is collected
+        with self._lock:
+            self._free.setdefault(nbytes, []).append(buf)
+            self._free.move_to_end(nbytes)
+            self.free_bytes += nbytes
+            while self.free_bytes > self.max_free_bytes:  # forget the sizes that were used longest ago
+                oldest, maps = next(iter(self._free.items()))
+                maps.pop(0)
+                self.free_bytes -= oldest
+                if not maps:
+                    del self._free[oldest]
+
+    def clear(self) -> None:
+        """Give every unused map back to the kernel."""
+        with self._lock:
+            self._free.clear()
+            self.free_bytes = 0
