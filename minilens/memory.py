@@ -33,6 +33,14 @@ MAX_FREE_BYTES = 1 << 30
 HUGE_PAGES_FROM = 4 << 20
 
 
+def anonymous_map(nbytes: int) -> mmap.mmap:
+    """nbytes of new memory, zero until written. Private: a forked child gets a copy, never a share
+    (Python's default for mmap(-1, ...) on Unix is MAP_SHARED)."""
+    if hasattr(mmap, "MAP_PRIVATE"):
+        return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+    return mmap.mmap(-1, nbytes)                       # Windows: anonymous maps are private to the process
+
+
 class ArrayPool:
     """Hands out uninitialised arrays whose memory comes back to the pool when they are dropped."""
 
@@ -56,13 +64,13 @@ class ArrayPool:
                 if not maps:
                     del self._free[nbytes]
         if buf is None:
-            buf = mmap.mmap(-1, nbytes)
+            buf = anonymous_map(nbytes)
             if nbytes >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
                 buf.madvise(mmap.MADV_HUGEPAGE)
         array = np.ndarray(shape, dtype, buffer=buf)
         # Every view of `array` has `array` as its base, because array's own base is the map, not an
         # ndarray. So this runs only once the array and all of its views are unreachable.
-        weakref.finalize(array, self._give_back, nbytes, buf)
+        weakref.finalize(array, self._give_back, nbytes, buf).atexit = False
         return array
 
     def _give_back(self, nbytes: int, buf: mmap.mmap) -> None:

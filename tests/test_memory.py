@@ -7,6 +7,7 @@ for bit what the forward pass computes without a pool. No timing is measured her
 """
 import gc
 import mmap
+import os
 
 import numpy as np
 import pytest
@@ -116,3 +117,26 @@ def test_the_pool_keeps_no_more_than_its_bound_and_clears():
     pool.clear()
     assert pool.free_bytes == 0
     assert pool.empty((0, 3), np.float64).shape == (0, 3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is a Unix call")
+def test_a_forked_child_writes_to_its_own_copy(models):
+    """mmap(-1, n) is MAP_SHARED by default on Unix: a child's runs would write into the parent's arrays."""
+    m = models["gpt2"]
+    trace = m.run(IDS)
+    want = trace["resid_post", 0].copy()
+    del_me = m.run(IDS)
+    del del_me
+    gc.collect()                                        # the pool now holds free maps the child will draw on
+    pid = os.fork()
+    if pid == 0:                                        # the child: overwrite everything it can reach, then leave
+        try:
+            trace["resid_post", 0][...] = 7.0
+            for _ in range(2):
+                m.run(IDS[::-1].copy())
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert np.array_equal(trace["resid_post", 0], want), "the child's writes reached the parent's trace"
+    again = m.run(IDS)
+    assert np.array_equal(again["resid_post", 0], want)
