@@ -162,13 +162,13 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
               rec: Recorder, l: int) -> np.ndarray:
     """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]
 
-    (``rec.empty(name, ...)`` is memory for a value the trace keeps; see Recorder.empty.)
+    (``rec.empty(...)`` is memory that the model recycles, for each value that has a trace key.)
     """
     *lead, n_seq, _ = x.shape
     H, H_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    q = split_heads(x, w.W_Q, w.b_Q, H, d_head, rec.empty("q", (*lead, n_seq, H, d_head), x.dtype))
-    k = split_heads(x, w.W_K, w.b_K, H_kv, d_head, rec.empty("k", (*lead, n_seq, H_kv, d_head), x.dtype))
-    v = split_heads(x, w.W_V, w.b_V, H_kv, d_head, rec.empty("v", (*lead, n_seq, H_kv, d_head), x.dtype))
+    q = split_heads(x, w.W_Q, w.b_Q, H, d_head, rec.empty((*lead, n_seq, H, d_head), x.dtype))
+    k = split_heads(x, w.W_K, w.b_K, H_kv, d_head, rec.empty((*lead, n_seq, H_kv, d_head), x.dtype))
+    v = split_heads(x, w.W_V, w.b_V, H_kv, d_head, rec.empty((*lead, n_seq, H_kv, d_head), x.dtype))
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE (in place)
         ops.rms_norm(q, w.q_norm_w, cfg.norm_eps, out=q), ops.rms_norm(k, w.k_norm_w, cfg.norm_eps, out=k)
     if rope is not None:  # rotated in place
@@ -181,11 +181,11 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     q_heads = np.swapaxes(q, -3, -2)                                                   # [n_heads, n_seq, d_head]
     v_heads = np.swapaxes(gqa_repeat(v, group), -3, -2)                                # [n_heads, n_seq, d_head]
     z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window,
-                         out=rec.empty("z", (*lead, n_seq, H, d_head), x.dtype))
+                         out=rec.empty((*lead, n_seq, H, d_head), x.dtype))
     # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
     rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
     rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
-    out = None if cfg.sandwich_norms else rec.empty("attn_out", x.shape, x.dtype)
+    out = None if cfg.sandwich_norms else rec.empty(x.shape, x.dtype)
     return linear(z.reshape(*lead, n_seq, H * d_head), w.W_O, w.b_O, out)               # [n_seq, d_model]
 
 
@@ -193,13 +193,13 @@ def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) 
     """act(x W_in + b_in) W_out + b_out, or the gated form act(x W_gate) * (x W_in).  [n_seq, d_model] -> same"""
     act = ops.ACTIVATIONS[cfg.act]
     pre = linear(x, w.W_in, w.b_in)                                                    # [n_seq, d_mlp]
-    kept = rec.empty("mlp_post", pre.shape, pre.dtype)
+    out = rec.empty(pre.shape, pre.dtype)
     if cfg.gated_mlp:
-        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), pre, out=kept)
+        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), pre, out=out)
     else:
-        mlp_post = act(pre, out=kept)
+        mlp_post = act(pre, out=out)
     rec("mlp_post", l, mlp_post)
-    out = None if cfg.sandwich_norms else rec.empty("mlp_out", x.shape, x.dtype)
+    out = None if cfg.sandwich_norms else rec.empty(x.shape, x.dtype)
     return linear(mlp_post, w.W_out, w.b_out, out)                                     # [n_seq, d_model]
 
 
@@ -212,17 +212,17 @@ def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple |
     rec("scale_ln1", l, scale_ln1)
     attn_out = attention(normed, w, cfg, rope, rec, l)
     if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
-        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg, out=rec.empty("attn_out", shape, dtype))
+        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg, out=rec.empty(shape, dtype))
         rec("scale_ln1_post", l, scale_ln1_post)
-    resid_mid = np.add(resid_pre, attn_out, out=rec.empty("resid_mid", shape, dtype))
+    resid_mid = np.add(resid_pre, attn_out, out=rec.empty(shape, dtype))
     # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
     normed, scale_ln2 = norm(resid_pre if cfg.parallel_residual else resid_mid, w.ln2_w, w.ln2_b, cfg)
     rec("scale_ln2", l, scale_ln2)
     mlp_out = mlp(normed, w, cfg, rec, l)
     if cfg.sandwich_norms:
-        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg, out=rec.empty("mlp_out", shape, dtype))
+        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg, out=rec.empty(shape, dtype))
         rec("scale_ln2_post", l, scale_ln2_post)
-    resid_post = np.add(resid_mid, mlp_out, out=rec.empty("resid_post", shape, dtype))
+    resid_post = np.add(resid_mid, mlp_out, out=rec.empty(shape, dtype))
     rec("attn_out", l, attn_out), rec("resid_mid", l, resid_mid)
     rec("mlp_out", l, mlp_out), rec("resid_post", l, resid_post)
     return resid_post
@@ -246,9 +246,9 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Rec
     for l in range(cfg.n_layers):
         x = block(x, layers[l], cfg, rope, rec, l)
     rec("resid_final", None, x)
-    normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty("normalized", x.shape, x.dtype))
+    normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
     rec("scale_final", None, scale_final), rec("normalized", None, normalized)
-    out = None if cfg.final_softcap else rec.empty("logits", (*x.shape[:-1], cfg.d_vocab), x.dtype)
+    out = None if cfg.final_softcap else rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype)
     logits = linear(normalized, g.W_U, g.b_U, out)                                     # [n_seq, d_vocab]
     if cfg.final_softcap:  # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
         rec("logits_precap", None, logits)
