@@ -8,9 +8,9 @@ the whole process. The same full-trace forward pass measured 0.76 s in one bench
 0.95 s in another; the logits alone took 0.72 and 0.69 s (tests/benchmarks/README.md).
 
 So each model keeps the memory of the traces that have been dropped, and hands it to its next run.
-Every value that has a trace key (q, k, v, z, attn_out, resid_mid, mlp_post, mlp_out, resid_post,
+Every value that a trace can keep (q, k, v, z, attn_out, resid_mid, mlp_post, mlp_out, resid_post,
 normalized, logits) is written into an anonymous memory map owned by the model's ``ArrayPool``,
-whether or not the trace keeps it. When such an array and every view of it have been
+whether or not this trace keeps it. When such an array and every view of it have been
 garbage-collected, its map goes back to the pool instead of to the kernel. PyTorch's caching allocators do the same. The pool keeps at most ``MAX_FREE_BYTES``
 of unused maps; ``model.free_memory()`` gives them back to the kernel.
 

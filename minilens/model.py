@@ -162,7 +162,7 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
               rec: Recorder, l: int) -> np.ndarray:
     """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]
 
-    (``rec.empty(...)`` is memory that the model recycles, for each value that has a trace key.)
+    (``rec.empty(shape, dtype)`` is memory that the model recycles; see Recorder.empty.)
     """
     *lead, n_seq, _ = x.shape
     H, H_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
@@ -185,8 +185,7 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
     rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
     rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
-    out = None if cfg.sandwich_norms else rec.empty(x.shape, x.dtype)
-    return linear(z.reshape(*lead, n_seq, H * d_head), w.W_O, w.b_O, out)               # [n_seq, d_model]
+    return linear(z.reshape(*lead, n_seq, H * d_head), w.W_O, w.b_O, rec.empty(x.shape, x.dtype))  # [n_seq, d_model]
 
 
 def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) -> np.ndarray:
@@ -199,8 +198,7 @@ def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) 
     else:
         mlp_post = act(pre, out=out)
     rec("mlp_post", l, mlp_post)
-    out = None if cfg.sandwich_norms else rec.empty(x.shape, x.dtype)
-    return linear(mlp_post, w.W_out, w.b_out, out)                                     # [n_seq, d_model]
+    return linear(mlp_post, w.W_out, w.b_out, rec.empty(x.shape, x.dtype))             # [n_seq, d_model]
 
 
 def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
@@ -248,8 +246,7 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Rec
     rec("resid_final", None, x)
     normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
     rec("scale_final", None, scale_final), rec("normalized", None, normalized)
-    out = None if cfg.final_softcap else rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype)
-    logits = linear(normalized, g.W_U, g.b_U, out)                                     # [n_seq, d_vocab]
+    logits = linear(normalized, g.W_U, g.b_U, rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype))  # [n_seq, d_vocab]
     if cfg.final_softcap:  # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
         rec("logits_precap", None, logits)
         logits = ops.softcap(logits, cfg.final_softcap)

@@ -86,10 +86,11 @@ class Recorder:
         self.pool = pool
 
     def empty(self, shape: tuple, dtype) -> np.ndarray | None:
-        """Memory from the model's pool (memory.py) for a value that has a trace key, for the forward
-        pass to write it into (None, a fresh array, when there is no pool). It goes back to the pool
-        when the value is dropped: with the trace if the trace keeps it, else as soon as the forward
-        pass is done with it. So ``model(ids)``, which keeps only the logits, recycles memory too."""
+        """Memory from the model's pool (memory.py) for the forward pass to write one of its values
+        into: the ones a trace can keep, and the output of W_O, W_out and a Gemma 2 post-norm (None,
+        meaning a fresh array, when there is no pool). It goes back to the pool when the value is
+        dropped: with the trace if the trace keeps it, else as soon as the forward pass is done with
+        it. So ``model(ids)``, which keeps only the logits, recycles its memory too."""
         return None if self.pool is None else self.pool.empty(shape, dtype)
 
     def wants(self, name: str) -> bool:

@@ -1,11 +1,13 @@
-"""Why the same forward pass takes 0.65 s or 0.75 s: page faults, counted (issue 6).
+"""Why the same forward pass took 0.65 s or 0.8 s: page faults, counted, with and without the pool (issue 6).
 
 A forward pass allocates and frees a few hundred MB of activations. Whether glibc's malloc hands
 that memory back to the kernel between runs (and the next run faults it in again, page by page)
 depends on what the process did before: glibc adapts its mmap and trim thresholds to the sizes it
-has seen freed. This script runs minilens's GPT-2-small forward at 512 tokens in three states of
-the same process history, each in a fresh subprocess, and reports the median wall time and the
-minor page faults per forward (getrusage):
+has seen freed. Each model therefore recycles that memory itself (minilens/memory.py). This script
+runs minilens's GPT-2-small forward at 512 tokens in three states of the same process history,
+each in a fresh subprocess, once with the model's pool and once with ``model.pool = None`` (every
+value a fresh numpy array, as before the pool), and reports the median wall time and the minor
+page faults per forward (getrusage):
 
 - fresh:         load, then run (what a script or a notebook does first)
 - widened first: load, ``list(model.layers)`` (all layers widened before the first run), then run
@@ -18,7 +20,7 @@ too small for numpy to ask for huge pages) against the same bytes as 18 stacked
 
 Run by hand:  python tests/benchmarks/page_faults.py [--threads 2] [--repeats 5]
 With ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment,
-glibc's thresholds are fixed and every state runs without re-faulting.
+glibc's thresholds are fixed, and even without the pool every state runs without re-faulting.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ harness.pin_threads({threads})
 import minilens as ml
 state, repeats = {state!r}, {repeats}
 model = ml.load(checkpoints.gpt2_small())
+if not {pool!r}:
+    model.pool = None
 if state == "widened first":
     list(model.layers)
 ids = np.random.default_rng(512).integers(0, model.cfg.d_vocab, 512)
@@ -108,13 +112,17 @@ def main() -> None:
     args = ap.parse_args()
     malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
     print(f"# GPT-2-small, 512 tokens, {args.threads} threads; malloc env: {malloc_env or 'glibc defaults'}")
-    print("| process state | forward | median s | minor faults per forward |")
-    print("|---|---|---:|---:|")
+    print("| process state | forward | with the pool: median s | minor faults | model.pool = None: median s | minor faults |")
+    print("|---|---|---:|---:|---:|---:|")
     for state in ("fresh", "widened first", "holding"):
-        code = CHILD.format(here=str(HERE), threads=args.threads, state=state, repeats=args.repeats)
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        for what, (seconds, faults) in json.loads(res.stdout.strip().splitlines()[-1]).items():
-            print(f"| {state} | {what} | {seconds:.3f} | {faults} |", flush=True)
+        results = []
+        for pool in (True, False):
+            code = CHILD.format(here=str(HERE), threads=args.threads, state=state, repeats=args.repeats, pool=pool)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            results.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        for what in results[0]:
+            (s1, f1), (s0, f0) = results[0][what], results[1][what]
+            print(f"| {state} | {what} | {s1:.3f} | {f1} | {s0:.3f} | {f0} |", flush=True)
     code = FRESH_MEMORY.format(here=str(HERE), threads=args.threads, repeats=args.repeats)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     print("\n| 320 MB of fresh memory, written once (widened first) | median s | minor faults |")
