@@ -11,8 +11,12 @@ So each model keeps the memory of the traces that have been dropped, and hands i
 Every value that a trace can keep (q, k, v, z, attn_out, resid_mid, mlp_post, mlp_out, resid_post,
 normalized, logits) is written into an anonymous memory map owned by the model's ``ArrayPool``,
 whether or not this trace keeps it. When such an array and every view of it have been
-garbage-collected, its map goes back to the pool instead of to the kernel. PyTorch's caching allocators do the same. The pool keeps at most ``MAX_FREE_BYTES``
-of unused maps; ``model.free_memory()`` gives them back to the kernel.
+garbage-collected, its map goes back to the pool instead of to the kernel. PyTorch's caching allocators do the same.
+
+The pool keeps no more unused memory than one run asked of it: the larger of the current run's and
+the previous run's total, and never more than ``MAX_FREE_BYTES``. So repeated runs of one length
+find everything they need, while a sequence that grows run by run (``model.generate``) does not pile
+up maps of every length it went through. ``model.free_memory()`` gives all of it back to the kernel.
 
 Only memory is recycled, never values: an array goes back to the pool only when nothing in the
 program can reach it any more. A kept slice such as ``trace["resid_pre", 3][-1]`` keeps its whole
@@ -48,8 +52,17 @@ class ArrayPool:
     def __init__(self, max_free_bytes: int = MAX_FREE_BYTES):
         self.max_free_bytes = max_free_bytes
         self.free_bytes = 0
+        self.run_bytes = self.last_run_bytes = 0         # what this run and the one before asked for
         self._free: OrderedDict[int, list[mmap.mmap]] = OrderedDict()   # nbytes -> unused maps; oldest size first
         self._lock = threading.RLock()   # re-entrant: a garbage collection inside empty() may give memory back
+
+    def begin_run(self) -> None:
+        """A forward pass starts: what the last one asked for becomes the measure of what to keep."""
+        with self._lock:
+            self.last_run_bytes, self.run_bytes = self.run_bytes, 0
+
+    def keep_limit(self) -> int:
+        return min(self.max_free_bytes, max(self.run_bytes, self.last_run_bytes))
 
     def empty(self, shape: tuple, dtype) -> np.ndarray:
         """Like np.empty(shape, dtype), in recycled memory when the pool has a map of this size."""
@@ -58,6 +71,7 @@ class ArrayPool:
         if nbytes == 0:
             return np.empty(shape, dtype)
         with self._lock:
+            self.run_bytes += nbytes
             maps = self._free.get(nbytes)
             buf = maps.pop() if maps else None
             if buf is not None:
@@ -75,13 +89,13 @@ class ArrayPool:
         return array
 
     def _give_back(self, nbytes: int, buf: mmap.mmap) -> None:
-        if nbytes > self.max_free_bytes:
-            return                                    # not kept: the map is unmapped when `buf` is collected
         with self._lock:
+            if nbytes > self.keep_limit():
+                return                                # not kept: the map is unmapped when `buf` is collected
             self._free.setdefault(nbytes, []).append(buf)
             self._free.move_to_end(nbytes)
             self.free_bytes += nbytes
-            while self.free_bytes > self.max_free_bytes:  # forget the sizes that were used longest ago
+            while self.free_bytes > self.keep_limit():   # forget the sizes that were used longest ago
                 oldest, maps = next(iter(self._free.items()))
                 maps.pop(0)
                 self.free_bytes -= oldest

@@ -84,6 +84,8 @@ class Recorder:
             raise InputError(f"unknown trace key {unknown[0]} in names; keys are {', '.join(ALL_KEYS)}.")
         self.store: dict[tuple[str, int | None], np.ndarray] = {}
         self.pool = pool
+        if pool is not None:
+            pool.begin_run()                            # one Recorder per forward pass
 
     def empty(self, shape: tuple, dtype) -> np.ndarray | None:
         """Memory from the model's pool (memory.py) for the forward pass to write one of its values

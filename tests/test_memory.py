@@ -142,3 +142,22 @@ def test_a_forked_child_writes_to_its_own_copy(models):
     assert np.array_equal(trace["resid_post", 0], want), "the child's writes reached the parent's trace"
     again = m.run(IDS)
     assert np.array_equal(again["resid_post", 0], want)
+
+
+def test_a_growing_sequence_does_not_pile_up_memory(models):
+    """model.generate runs one token longer each time: the pool keeps about one run's worth, not every length's."""
+    m = models["gpt2"]
+    m.free_memory()
+    for n in range(5, 40):
+        m(IDS[:n])
+        gc.collect()
+        assert m.pool.free_bytes <= max(m.pool.run_bytes, m.pool.last_run_bytes)
+    one_run = m.pool.run_bytes
+    assert 0 < m.pool.free_bytes <= one_run, f"the pool keeps {m.pool.free_bytes} bytes after runs of {one_run}"
+    sizes = m.pool.free_bytes
+    m(IDS[:39])                                            # the same length again: served from the pool
+    gc.collect()
+    assert m.pool.free_bytes == sizes
+    m.generate(IDS[:5], n_new=10)
+    gc.collect()
+    assert m.pool.free_bytes <= m.pool.run_bytes
