@@ -380,7 +380,8 @@ class Model:
     def free_memory(self) -> None:
         """Give the memory of dropped traces back to the operating system (see minilens/memory.py).
 
-        A model keeps up to 1 GiB of it, so that its next run does not have to fault in new memory.
+        A model keeps as much as its last run asked for (at most 1 GiB), so that a run like the last one
+        does not have to fault in new memory.
         """
         self.pool.clear()
 
