@@ -1,4 +1,4 @@
-"""Recycled memory for the arrays a trace keeps (issue 6).
+"""Recycled memory for the forward pass's values and the traces that keep them (issue 6).
 
 A full trace of GPT-2-small at 512 tokens keeps about 320 MB: a hundred arrays of 1.5 MB, twelve
 of 6 MB and the 100 MB of logits. Memory that is new to the process is faulted in by the kernel,
@@ -11,7 +11,8 @@ So each model keeps the memory of the traces that have been dropped, and hands i
 Every value that a trace can keep (q, k, v, z, attn_out, resid_mid, mlp_post, mlp_out, resid_post,
 normalized, logits) is written into an anonymous memory map owned by the model's ``ArrayPool``,
 whether or not this trace keeps it. When such an array and every view of it have been
-garbage-collected, its map goes back to the pool instead of to the kernel. PyTorch's caching allocators do the same.
+garbage-collected, its map goes back to the pool instead of to the kernel. PyTorch's caching
+allocators do the same.
 
 The pool keeps no more unused memory than one run asked of it: the larger of the current run's and
 the previous run's total, and never more than ``MAX_FREE_BYTES``. So repeated runs of one length
