@@ -381,9 +381,10 @@ class Model:
         """Give the memory of dropped traces back to the operating system (see minilens/memory.py).
 
         A model keeps as much as its last run asked for (at most 1 GiB), so that a run like the last one
-        does not have to fault in new memory.
+        does not have to fault in new memory. ``model.pool = None`` switches the recycling off.
         """
-        self.pool.clear()
+        if self.pool is not None:                       # None: recycling switched off by the user
+            self.pool.clear()
 
     def __call__(self, ids) -> np.ndarray:
         """The logits only.  -> [n_seq, d_vocab]"""
