@@ -21,8 +21,7 @@ from random_checkpoints import gpt2_config, llama_config, write_checkpoint
 def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("memory")
     gpt2 = ml.load(write_checkpoint(tmp / "gpt2", gpt2_config(n_layers=3, d_model=32, n_heads=4)))
-    llama = ml.load(write_checkpoint(tmp / "llama", llama_config(n_layers=3, n_heads=4, n_kv_heads=2,
-                                                                 rope={"partial_rotary_factor": 0.5})))
+    llama = ml.load(write_checkpoint(tmp / "llama", llama_config(n_layers=3, n_heads=4, n_kv_heads=2)))
     return {"gpt2": gpt2, "llama": llama}
 
 
