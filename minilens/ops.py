@@ -51,8 +51,8 @@ def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 
     Fused in place into one buffer (fresh, or out): written with temporaries it allocates eight
-    [n_seq, d_mlp] arrays; this way costs about a quarter of the time (issue 6). The inner term is factored as
-    x (c + c 0.044715 x^2), which equals c (x + 0.044715 x^3) up to rounding.
+    [n_seq, d_mlp] arrays; this way costs about a quarter of the time (issue 6). The inner term is
+    factored as x (c + c 0.044715 x^2), which equals c (x + 0.044715 x^3) up to rounding.
     """
     c = x.dtype.type(math.sqrt(2.0 / math.pi))
     y = np.multiply(x, x, out=out)                          # x^2
