@@ -59,11 +59,32 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
         if name == "__metadata__":
             continue
         infos[name] = _validate_entry(path, name, entry, data_bytes, fix)
-    spans = sorted((i.begin, i.end, i.name) for i in infos.values() if i.end > i.begin)
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap in the data block. {fix}")
+    _check_coverage(path, infos, data_bytes, fix)
     return infos
+
+
+def _check_coverage(path: Path, infos: dict[str, TensorInfo], data_bytes: int, fix: str) -> None:
+    """The tensors must tile the data block exactly: no overlap, no gap, no trailing byte.
+
+    The reference library requires the same ("file not fully covered"). Without it, a header
+    length lowered by a few bytes (one bit flip) still parses, because headers are padded with
+    spaces, and every tensor is then read a few bytes off: finite, wrong weights, no error.
+    """
+    covered_to, previous = 0, None  # bytes [0, covered_to) belong to tensors seen so far
+    for info in sorted(infos.values(), key=lambda i: (i.begin, i.end)):
+        if info.begin < covered_to:
+            raise CheckpointError(f"{path}: tensors {previous!r} and {info.name!r} overlap in the data block. {fix}")
+        if info.begin > covered_to:
+            raise CheckpointError(
+                f"{path}: bytes [{covered_to}, {info.begin}) of the data block belong to no tensor "
+                f"(a gap before {info.name!r}); the header and the data disagree. {fix}"
+            )
+        covered_to, previous = info.end, info.name
+    if covered_to != data_bytes:
+        raise CheckpointError(
+            f"{path}: bytes [{covered_to}, {data_bytes}) of the data block belong to no tensor "
+            f"(the header's length or offsets are wrong, so every tensor may be read off by some bytes). {fix}"
+        )
 
 
 def _read_raw_header(path: Path, fix: str) -> tuple[int, int, bytes]:

@@ -311,6 +311,63 @@ def test_safetensors_offsets_overlap(gpt2):
         ml.load(gpt2)
 
 
+@pytest.mark.parametrize("lowered_by", [1, 2, 3, 4, 5, 6, 8])
+def test_safetensors_header_length_lowered(gpt2, lowered_by):
+    """Reliability finding 1: a header length lowered by a few bytes (n - 4 is one bit flip) loaded
+    with every tensor read a few bytes off, and logits wrong by about 30 with no error. The header
+    is padded with spaces, as safetensors pads it, so the shorter header still parses as JSON."""
+    path = gpt2 / "model.safetensors"
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header, data = blob[8:8 + n].rstrip() + b" " * 16, blob[8 + n:]
+    path.write_bytes(st_bytes(header, data, n_header=len(header) - lowered_by))
+    with expect(CheckpointError, "model.safetensors", f"bytes [{len(data)}, {len(data) + lowered_by})",
+                "belong to no tensor", "download it again"):
+        ml.load(gpt2)
+
+
+def test_safetensors_trailing_bytes(gpt2):
+    path = gpt2 / "model.safetensors"
+    blob = path.read_bytes()
+    n_data = len(blob) - 8 - struct.unpack("<Q", blob[:8])[0]
+    path.write_bytes(blob + b"\0" * 7)
+    with expect(CheckpointError, "model.safetensors", f"bytes [{n_data}, {n_data + 7})", "belong to no tensor"):
+        ml.load(gpt2)
+
+
+def test_safetensors_gap_between_tensors(gpt2):
+    """Two tensors moved 4 bytes on leave bytes that no tensor covers, in the middle of the block."""
+    moved = {}
+
+    def change(h):
+        last = max((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])
+        begin, end = h[last]["data_offsets"]
+        h[last]["data_offsets"] = [begin + 4, end + 4]
+        moved.update(name=last, begin=begin)
+    path = gpt2 / "model.safetensors"
+    rewrite_header(gpt2, change)
+    path.write_bytes(path.read_bytes() + b"\0" * 4)
+    with expect(CheckpointError, "model.safetensors", f"bytes [{moved['begin']}, {moved['begin'] + 4})",
+                f"a gap before {moved['name']!r}"):
+        ml.load(gpt2)
+
+
+def test_safetensors_coverage_agrees_with_the_reference_library(gpt2):
+    """The reference library refuses the same lowered header; and it and minilens accept the original."""
+    from safetensors.numpy import load_file
+
+    path = gpt2 / "model.safetensors"
+    load_file(path)
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = blob[8:8 + n].rstrip() + b" " * 16
+    path.write_bytes(st_bytes(header, blob[8 + n:], n_header=len(header) - 4))
+    with pytest.raises(Exception, match="not fully covered"):  # safetensors_rust.SafetensorError
+        load_file(path)
+    with expect(CheckpointError, "belong to no tensor"):
+        ml.load(gpt2)
+
+
 def test_safetensors_offsets_disagree_with_shape(gpt2):
     def change(h):
         name = first_tensor(h)
