@@ -27,6 +27,7 @@ from .errors import CheckpointError, InputError, TokenizerMissingError
 from .tokenizer import Tokenizer
 from .memory import ArrayPool
 from .trace import Recorder, Trace
+from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf
 from .weights import (LAYOUTS, Checkpoint, GlobalParams, LayerParams, LazyLayers, blas_ready,
                       find_safetensors, resolve)
 
@@ -426,9 +427,15 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     if dtype not in (np.float32, np.float64):
         raise InputError(f"dtype must be float32 or float64 (np.float32, np.float64), got {dtype or 'something else'}.")
     folder = resolve(path_or_name)
-    cfg = ModelConfig.from_file(folder / "config.json")
-    files = find_safetensors(folder)
-    ckpt = Checkpoint(files, LAYOUTS[cfg.family])
+    gguf_path = find_gguf(folder)
+    if gguf_path is not None:
+        hf, ckpt = open_gguf(gguf_path)
+        cfg = ModelConfig.from_hf(hf, source=f"{gguf_path} (its GGUF metadata)")
+        folder, files = gguf_path.parent, [gguf_path]
+    else:
+        cfg = ModelConfig.from_file(folder / "config.json")
+        files = find_safetensors(folder)
+        ckpt = Checkpoint(files, LAYOUTS[cfg.family])
     ckpt.validate(cfg)
     if check_finite:
         check_weights_finite(ckpt)
@@ -440,8 +447,11 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     if cache_layers is None:
         cache_layers = ckpt.layer_elements(cfg) * dtype.itemsize <= CACHE_LAYERS_MAX_BYTES
     layers = LazyLayers(ckpt, cfg, dtype, cache=cache_layers)
-    tok_path = folder / "tokenizer.json"
-    tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
+    if gguf_path is not None:
+        tokenizer = gguf_tokenizer(ckpt.gguf, cfg)
+    else:
+        tok_path = folder / "tokenizer.json"
+        tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
     return Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
 
 

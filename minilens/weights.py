@@ -398,11 +398,14 @@ class Checkpoint:
         unexpected = [n for n in self.infos if n not in used and n not in self.layout.optional
                       and not n.endswith(self.layout.ignored)]
         if unexpected:
-            info = self.infos[unexpected[0]]
-            raise CheckpointError(
-                f"unexpected tensor {unexpected[0]!r} in {info.file} ({len(unexpected)} unexpected in all). "
-                f"config.json does not describe this checkpoint (check num_hidden_layers, biases, model_type)."
-            )
+            raise self.unexpected_error(unexpected)
+
+    def unexpected_error(self, names: list[str]) -> CheckpointError:
+        info = self.infos[names[0]]
+        return CheckpointError(
+            f"unexpected tensor {names[0]!r} in {info.file} ({len(names)} unexpected in all). "
+            f"config.json does not describe this checkpoint (check num_hidden_layers, biases, model_type)."
+        )
 
     def n_bytes(self) -> int:
         return sum(i.end - i.begin for i in self.infos.values())

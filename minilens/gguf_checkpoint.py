@@ -1,0 +1,324 @@
+"""A GGUF file as a minilens checkpoint: its metadata as a config, its tensors under HF names.
+
+llama.cpp's converter (convert_hf_to_gguf.py) renames every tensor, changes a few of them, and
+writes the config as `{arch}.*` metadata. This module undoes exactly that, and nothing more, so
+that the rest of minilens (the family layouts in weights.py, the config readers in config.py)
+serves GGUF files and Hugging Face folders alike:
+
+- names:  `blk.3.attn_q.weight` -> `layers.3.self_attn.q_proj.weight`, per architecture;
+- values: the converter permutes the rows of `attn_q`/`attn_k` for `llama` into interleaved rotary
+  pairs, adds 1 to Gemma's norm weights, and transposes GPT-2's Conv1D weights. Each is undone here;
+- config: `llama.block_count` -> `num_hidden_layers`, and so on, into a config.json dict.
+
+Tensors are dequantized (quants.py) when the forward pass first asks for a layer, as bf16 is
+widened for safetensors; the quantized bytes stay memory-mapped until then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import CheckpointError, UnsupportedModelError
+from .gguf_io import GGUFFile
+from .safetensors_io import TensorInfo
+from .weights import LAYOUTS, Checkpoint, Getter
+
+# ----------------------------------------------------------------------------------------------
+# Names: GGUF tensor name -> Hugging Face name (without the "model." / "transformer." prefix)
+# ----------------------------------------------------------------------------------------------
+
+LLAMA_BLOCK = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+LLAMA_GLOBALS = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
+
+BLOCK_NAMES: dict[str, dict[str, str]] = {
+    "llama": LLAMA_BLOCK,
+    "qwen2": LLAMA_BLOCK,
+    "qwen3": {**LLAMA_BLOCK, "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"},
+    "gemma": LLAMA_BLOCK,
+    # Gemma 2 names its four norms by position; "post_attention_layernorm" is the sandwich norm.
+    "gemma2": {**LLAMA_BLOCK, "ffn_norm": "pre_feedforward_layernorm",
+               "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+    # Phi-3 keeps its fused projections: attn_qkv = q | k | v, ffn_up = gate | up.
+    "phi3": {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "attn_qkv": "self_attn.qkv_proj", "attn_output": "self_attn.o_proj",
+             "ffn_up": "mlp.gate_up_proj", "ffn_down": "mlp.down_proj"},
+    "gpt2": {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
+             "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"},
+}
+GLOBAL_NAMES: dict[str, dict[str, str]] = {
+    arch: LLAMA_GLOBALS for arch in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
+}
+GLOBAL_NAMES["gpt2"] = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f", "output": "lm_head"}
+BLOCK_PREFIX = {"gpt2": "h."}  # GPT-2's blocks are "h.{l}.", the others' "layers.{l}."
+
+ARCHITECTURES = tuple(BLOCK_NAMES)
+
+
+def hf_name(arch: str, name: str) -> str | None:
+    """`blk.3.attn_q.weight` -> `layers.3.self_attn.q_proj.weight`; None for a name the arch lacks."""
+    stem, dot, kind = name.rpartition(".")          # kind: "weight" or "bias"
+    if not dot or kind not in ("weight", "bias"):
+        return None
+    if stem.startswith("blk."):
+        _, layer, part = stem.split(".", 2) if stem.count(".") >= 2 else (None, None, None)
+        if layer is None or not layer.isdigit() or part not in BLOCK_NAMES[arch]:
+            return None
+        return f"{BLOCK_PREFIX.get(arch, 'layers.')}{int(layer)}.{BLOCK_NAMES[arch][part]}.{kind}"
+    if stem in GLOBAL_NAMES[arch]:
+        return f"{GLOBAL_NAMES[arch][stem]}.{kind}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Values: undo what the converter did to a tensor
+# ----------------------------------------------------------------------------------------------
+
+def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Interleaved rotary pairs -> rotate-half, along the rows (the output dim) of attn_q/attn_k.
+
+    Hugging Face's Llama rotates dim i of each head with dim i + d_head/2 ("rotate_half"). Meta's
+    original code, and llama.cpp, rotate dims 2i and 2i+1. So llama.cpp's converter reorders each
+    head's rows from [first half | second half] to [pair 0 | pair 1 | ...]; this is its inverse.
+    """
+    rows = w.shape[0]                                          # n_heads * d_head
+    w = w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])  # [n_heads, d_head/2, 2, ...]
+    return w.swapaxes(1, 2).reshape(rows, *w.shape[3:])        # [n_heads, 2, d_head/2, ...] -> [rows, ...]
+
+
+def value_transform(arch: str, name: str, hf: dict) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What to apply to tensor ``name`` (an HF name) after dequantizing it, or None."""
+    if arch == "llama" and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
+        return lambda w: unpermute_rows(w, hf["num_attention_heads"])
+    if arch == "llama" and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
+        return lambda w: unpermute_rows(w, hf["num_key_value_heads"])
+    if arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
+        # The converter stores Gemma's (1 + gamma) as llama.cpp multiplies by it; HF stores gamma.
+        return lambda w: w - np.float32(1)
+    if arch == "gpt2" and name.endswith(".weight") and name.split(".")[-2] in ("c_attn", "c_proj", "c_fc"):
+        return lambda w: w.T                                   # back to Conv1D's [in, out]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: GGUF metadata -> a config.json dict
+# ----------------------------------------------------------------------------------------------
+
+REQUIRED = object()
+
+
+class _Meta:
+    """Typed access to `{arch}.*` metadata; a wrong type or range names the GGUF key and the file."""
+
+    def __init__(self, gguf: GGUFFile, arch: str):
+        self.meta, self.arch, self.path = gguf.metadata, arch, gguf.path
+
+    def bad(self, key: str, value: Any, want: str) -> CheckpointError:
+        shown = repr(value) if not isinstance(value, (list, np.ndarray)) else f"an array of {len(value)}"
+        return CheckpointError(f"{self.path}: metadata {key!r} is {shown}; it must be {want}. "
+                               f"The file was written by a broken converter, or is damaged.")
+
+    def int(self, key: str, default: Any = REQUIRED, minimum: int = 1) -> Any:
+        full = f"{self.arch}.{key}"
+        if full not in self.meta:
+            if default is REQUIRED:
+                raise CheckpointError(f"{self.path}: the GGUF metadata has no {full!r}, which minilens needs "
+                                      f"to build the model. The file is incomplete or not a language model.")
+            return default
+        value = self.meta[full]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or value > 2**31:
+            raise self.bad(full, value, f"an integer from {minimum} to 2**31")
+        return int(value)
+
+    def float(self, key: str, default: Any = REQUIRED, positive: bool = True) -> Any:
+        full = f"{self.arch}.{key}"
+        if full not in self.meta:
+            if default is REQUIRED:
+                raise CheckpointError(f"{self.path}: the GGUF metadata has no {full!r}.")
+            return default
+        value = self.meta[full]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+                or (positive and value <= 0):
+            raise self.bad(full, value, "a positive finite number" if positive else "a finite number")
+        return float(value)
+
+    def str(self, key: str, default: Any = None) -> Any:
+        value = self.meta.get(f"{self.arch}.{key}", default)
+        if value is not default and not isinstance(value, str):
+            raise self.bad(f"{self.arch}.{key}", value, "a string")
+        return value
+
+
+def hf_config(gguf: GGUFFile) -> dict:
+    """The config.json that describes this GGUF file, in Hugging Face's own field names."""
+    arch = gguf.metadata.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{gguf.path}: GGUF architecture {arch!r} is not supported; minilens reads "
+            f"{', '.join(ARCHITECTURES)} (Mistral-style models are written as 'llama')."
+        )
+    m = _Meta(gguf, arch)
+    n_heads = m.int("attention.head_count")
+    d_model = m.int("embedding_length")
+    d_head = m.int("attention.key_length", d_model // n_heads)
+    n_vocab = gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors else None
+    hf: dict[str, Any] = {
+        "model_type": arch,
+        "num_hidden_layers": m.int("block_count"), "hidden_size": d_model,
+        "intermediate_size": m.int("feed_forward_length"),
+        "num_attention_heads": n_heads, "num_key_value_heads": m.int("attention.head_count_kv", n_heads),
+        "head_dim": d_head,
+        "vocab_size": m.int("vocab_size", n_vocab),
+        "max_position_embeddings": m.int("context_length", None),
+        "tie_word_embeddings": "output.weight" not in gguf.tensors,
+        "bos_token_id": gguf.metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": gguf.metadata.get("tokenizer.ggml.eos_token_id"),
+    }
+    if arch == "gpt2":
+        return {"model_type": "gpt2", "n_layer": hf["num_hidden_layers"], "n_embd": d_model, "n_head": n_heads,
+                "n_inner": hf["intermediate_size"], "vocab_size": hf["vocab_size"],
+                "n_positions": m.int("context_length"),
+                "layer_norm_epsilon": m.float("attention.layer_norm_epsilon", 1e-5),
+                "activation_function": "gelu_new", "tie_word_embeddings": hf["tie_word_embeddings"],
+                "bos_token_id": hf["bos_token_id"], "eos_token_id": hf["eos_token_id"]}
+    hf["rms_norm_eps"] = m.float("attention.layer_norm_rms_epsilon", 1e-6)
+    hf["rope_theta"] = m.float("rope.freq_base", 10000.0)
+    hf["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
+    hf["mlp_bias"] = "blk.0.ffn_up.bias" in gguf.tensors
+    scaling = m.str("rope.scaling.type")
+    if scaling not in (None, "none"):
+        if scaling != "linear":
+            raise UnsupportedModelError(f"{gguf.path}: {arch}.rope.scaling.type {scaling!r} is not supported; "
+                                        f"minilens implements linear scaling for GGUF files.")
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": m.float("rope.scaling.factor")}
+    if "rope_freqs.weight" in gguf.tensors:
+        # Llama 3.1's rope scaling, stored as per-frequency divisors rather than as metadata.
+        raise UnsupportedModelError(f"{gguf.path}: holds 'rope_freqs.weight' (Llama 3.1-style rope scaling), "
+                                    f"which minilens does not read from GGUF yet. Load the safetensors "
+                                    f"checkpoint of the same model instead.")
+    if arch == "qwen2":
+        hf["use_sliding_window"] = False
+    if arch in ("gemma", "gemma2"):
+        hf["hidden_activation"] = "gelu_pytorch_tanh"
+    if arch == "gemma2":
+        hf["attn_logit_softcapping"] = m.float("attn_logit_softcapping", None)
+        hf["final_logit_softcapping"] = m.float("final_logit_softcapping", None)
+        hf["sliding_window"] = m.int("attention.sliding_window", 4096)
+        # llama.cpp scales Gemma 2's queries by 1/sqrt(d_head), except for the 27B (46 layers), whose
+        # query_pre_attn_scalar is d_model / n_heads; GGUF stores no field for it.
+        hf["query_pre_attn_scalar"] = d_model // n_heads if hf["num_hidden_layers"] == 46 else d_head
+    if arch == "phi3":
+        rotary = m.int("rope.dimension_count", d_head)
+        hf["partial_rotary_factor"] = rotary / d_head
+        hf["sliding_window"] = m.int("attention.sliding_window", None)
+        if "rope_factors_long.weight" in gguf.tensors:
+            raise UnsupportedModelError(f"{gguf.path}: a Phi-3 with LongRoPE ('rope_factors_long.weight'); "
+                                        f"minilens implements the 4k-context Phi-3 only.")
+    elif arch != "gpt2" and m.int("rope.dimension_count", d_head) != d_head:
+        raise UnsupportedModelError(f"{gguf.path}: {arch}.rope.dimension_count is "
+                                    f"{m.int('rope.dimension_count')}, not d_head = {d_head}; partial "
+                                    f"rotary embeddings are supported for phi3 only.")
+    return hf
+
+
+# ----------------------------------------------------------------------------------------------
+# The checkpoint
+# ----------------------------------------------------------------------------------------------
+
+class GGUFCheckpoint(Checkpoint):
+    """The tensors of one GGUF file under Hugging Face names, dequantized when asked for."""
+
+    def __init__(self, gguf: GGUFFile, hf: dict):
+        arch = gguf.metadata["general.architecture"]
+        self.gguf, self.hf, self.arch = gguf, hf, arch
+        self.layout = LAYOUTS[hf["model_type"]]
+        self.infos: dict[str, TensorInfo] = {}
+        self.gguf_names: dict[str, str] = {}
+        for name, t in gguf.tensors.items():
+            hf_n = hf_name(arch, name)
+            if hf_n is None:
+                raise CheckpointError(f"{gguf.path}: unexpected tensor {name!r} for architecture {arch!r}. "
+                                      f"The file's architecture and its tensors do not belong together.")
+            transposed = arch == "gpt2" and value_transform(arch, hf_n, hf) is not None
+            shape = t.shape[::-1] if transposed else t.shape
+            self.infos[hf_n] = TensorInfo(hf_n, t.qtype.name, tuple(shape), t.offset, t.offset + t.n_bytes,
+                                          gguf.path)
+            self.gguf_names[hf_n] = name
+
+    def _info(self, name: str, shape: tuple) -> TensorInfo:
+        if name not in self.infos:
+            raise CheckpointError(f"{self.gguf.path}: tensor {_gguf_name_of(self.arch, name)!r} is missing. The file is incomplete, "
+                                  f"or its metadata does not describe it (block_count, biases).")
+        info = self.infos[name]
+        if info.shape != tuple(shape):
+            raise CheckpointError(
+                f"{self.gguf.path}: tensor {self.gguf_names[name]!r} has shape {list(info.shape)} (numpy order), "
+                f"but the GGUF metadata implies {list(shape)}. The metadata and the tensors do not belong together."
+            )
+        return info
+
+    def getter(self, dtype: np.dtype) -> Getter:
+        def get(name: str, shape: tuple) -> np.ndarray:
+            self._info(name, shape)
+            w = self.gguf.dequantize(self.gguf_names[name])
+            transform = value_transform(self.arch, name, self.hf)
+            if transform is not None:
+                w = transform(w)
+            return w.astype(dtype, copy=False)
+        return get
+
+    def unexpected_error(self, names: list[str]) -> CheckpointError:
+        return CheckpointError(f"{self.gguf.path}: unexpected tensor {self.gguf_names[names[0]]!r} "
+                               f"({len(names)} unexpected in all): the GGUF metadata does not describe it "
+                               f"(check block_count and the architecture).")
+
+
+def _gguf_name_of(arch: str, hf_n: str) -> str:
+    """The GGUF name of an HF name, for messages: the inverse of hf_name."""
+    for prefix in (BLOCK_PREFIX.get(arch, "layers."),):
+        if hf_n.startswith(prefix):
+            layer, rest = hf_n[len(prefix):].split(".", 1)
+            stem, kind = rest.rsplit(".", 1)
+            part = next((g for g, h in BLOCK_NAMES[arch].items() if h == stem), stem)
+            return f"blk.{layer}.{part}.{kind}"
+    stem, kind = hf_n.rsplit(".", 1)
+    part = next((g for g, h in GLOBAL_NAMES[arch].items() if h == stem), stem)
+    return f"{part}.{kind}"
+
+
+def open_gguf(path: Path) -> tuple[dict, GGUFCheckpoint]:
+    """(config.json dict, checkpoint) for one GGUF file."""
+    gguf = GGUFFile(path)
+    hf = hf_config(gguf)
+    return hf, GGUFCheckpoint(gguf, hf)
+
+
+def find_gguf(path: Path) -> Path | None:
+    """The GGUF file to load: ``path`` itself, or the one .gguf in a folder without config.json."""
+    if path.is_file():
+        return path
+    if (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob("*.gguf"))
+    if len(found) > 1:
+        raise CheckpointError(f"{path} holds {len(found)} GGUF files ({', '.join(f.name for f in found[:5])}); "
+                              f"pass the one you want: minilens.load({str(found[0])!r}).")
+    return found[0] if found else None
+
+
+def gguf_tokenizer(gguf: GGUFFile, cfg) -> "Tokenizer | None":
+    """The tokenizer the file's `tokenizer.ggml.*` metadata describes, or None (the model runs on ids)."""
+    from .gguf_tokenizer import gguf_add_bos, tokenizer_from_gguf
+    from .tokenizer import Tokenizer
+
+    if "tokenizer.ggml.model" not in gguf.metadata:
+        return None
+    hf_tok = tokenizer_from_gguf(gguf.metadata, str(gguf.path))
+    return Tokenizer.from_hf_tokenizer(hf_tok, cfg.bos_token_id, gguf_add_bos(gguf.metadata), str(gguf.path))
