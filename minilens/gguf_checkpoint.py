@@ -315,10 +315,10 @@ def find_gguf(path: Path) -> Path | None:
 
 def gguf_tokenizer(gguf: GGUFFile, cfg) -> "Tokenizer | None":
     """The tokenizer the file's `tokenizer.ggml.*` metadata describes, or None (the model runs on ids)."""
+    if "tokenizer.ggml.model" not in gguf.metadata:
+        return None
     from .gguf_tokenizer import gguf_add_bos, tokenizer_from_gguf
     from .tokenizer import Tokenizer
 
-    if "tokenizer.ggml.model" not in gguf.metadata:
-        return None
     hf_tok = tokenizer_from_gguf(gguf.metadata, str(gguf.path))
     return Tokenizer.from_hf_tokenizer(hf_tok, cfg.bos_token_id, gguf_add_bos(gguf.metadata), str(gguf.path))

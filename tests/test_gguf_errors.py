@@ -1,0 +1,266 @@
+"""Bad GGUF files get a CheckpointError that names the file and the field, and cost kilobytes.
+
+The files are written byte by byte here (``gguf_bytes``), so that each test can break exactly one
+field: lengths, counts, offsets, types, the architecture, the metadata. A valid file made the same
+way loads and runs, which shows that the writer is right and that each refusal is the one field's.
+"""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minilens as ml
+from minilens import CheckpointError, MinilensError, UnsupportedModelError
+
+U32, F32, STR, ARR = 4, 6, 8, 9
+GGML_F32 = 0
+
+
+def string(s: str | bytes) -> bytes:
+    raw = s.encode() if isinstance(s, str) else s
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def kv(key: str, vtype: int, value) -> bytes:
+    if vtype == U32:
+        body = struct.pack("<I", value)
+    elif vtype == F32:
+        body = struct.pack("<f", value)
+    elif vtype == STR:
+        body = string(value)
+    else:
+        raise ValueError(vtype)
+    return string(key) + struct.pack("<I", vtype) + body
+
+
+def tiny_llama(n_layers=1, d=32, heads=4, kv_heads=2, d_mlp=64, vocab=64) -> tuple[list, list]:
+    """(metadata pairs, [(name, numpy shape, array)]) of a random 1-layer llama, all F32."""
+    rng = np.random.default_rng(0)
+    meta = [("general.architecture", STR, "llama"), ("llama.block_count", U32, n_layers),
+            ("llama.embedding_length", U32, d), ("llama.feed_forward_length", U32, d_mlp),
+            ("llama.attention.head_count", U32, heads), ("llama.attention.head_count_kv", U32, kv_heads),
+            ("llama.context_length", U32, 128), ("llama.rope.freq_base", F32, 10000.0),
+            ("llama.attention.layer_norm_rms_epsilon", F32, 1e-5)]
+    d_kv = d // heads * kv_heads
+    shapes = {"token_embd.weight": (vocab, d), "output_norm.weight": (d,)}
+    for l in range(n_layers):
+        shapes |= {f"blk.{l}.attn_norm.weight": (d,), f"blk.{l}.attn_q.weight": (d, d),
+                   f"blk.{l}.attn_k.weight": (d_kv, d), f"blk.{l}.attn_v.weight": (d_kv, d),
+                   f"blk.{l}.attn_output.weight": (d, d), f"blk.{l}.ffn_norm.weight": (d,),
+                   f"blk.{l}.ffn_gate.weight": (d_mlp, d), f"blk.{l}.ffn_up.weight": (d_mlp, d),
+                   f"blk.{l}.ffn_down.weight": (d, d_mlp)}
+    tensors = [(n, s, (rng.standard_normal(s) * 0.2 + (1 if len(s) == 1 else 0)).astype(np.float32))
+               for n, s in shapes.items()]
+    return meta, tensors
+
+
+def gguf_bytes(meta, tensors, *, version=3, alignment=32, types=None, offsets=None) -> bytes:
+    """A GGUF file: header, metadata, tensor infos (dims fastest-first), padding, data."""
+    infos, data, offset = b"", b"", 0
+    for i, (name, shape, array) in enumerate(tensors):
+        raw = array.astype("<f4").tobytes()
+        off = offset if offsets is None or offsets[i] is None else offsets[i]
+        infos += string(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape[::-1])
+        infos += struct.pack("<IQ", GGML_F32 if types is None else types[i], off)
+        data += raw + b"\0" * (-len(raw) % alignment)
+        offset += len(raw) + (-len(raw) % alignment)
+    head = b"GGUF" + struct.pack("<IQQ", version, len(tensors), len(meta))
+    head += b"".join(kv(*m) for m in meta) + infos
+    return head + b"\0" * (-len(head) % alignment) + data
+
+
+def expect(tmp_path: Path, blob: bytes, exc=CheckpointError, *fragments):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(blob)
+    with pytest.raises(exc) as info:
+        ml.load(path)
+    assert isinstance(info.value, MinilensError)
+    message = str(info.value)
+    for fragment in ("model.gguf",) + fragments:
+        assert fragment in message, f"the message lacks {fragment!r}:\n{message}"
+    return message
+
+
+def test_the_valid_file_loads_and_runs(tmp_path):
+    meta, tensors = tiny_llama()
+    path = tmp_path / "model.gguf"
+    path.write_bytes(gguf_bytes(meta, tensors))
+    model = ml.load(path)
+    logits = model(np.arange(10))
+    assert logits.shape == (10, 64) and np.isfinite(logits).all()
+    # and the same from the folder that holds it
+    assert np.array_equal(ml.load(tmp_path)(np.arange(10)), logits)
+
+
+def test_truncated_file(tmp_path):
+    meta, tensors = tiny_llama()
+    blob = gguf_bytes(meta, tensors)
+    expect(tmp_path, blob[:-100], CheckpointError, "blk.0.ffn_down.weight", "past the end of the file",
+           "download it again")
+
+
+@pytest.mark.parametrize("cut", [10, 30, 200])
+def test_truncated_inside_the_header(tmp_path, cut):
+    meta, tensors = tiny_llama()
+    expect(tmp_path, gguf_bytes(meta, tensors)[:cut], CheckpointError, "download it again")
+
+
+def test_not_a_gguf_file(tmp_path):
+    expect(tmp_path, b"GGML" + b"\0" * 100, CheckpointError, "GGUF magic")
+
+
+def test_unsupported_version(tmp_path):
+    meta, tensors = tiny_llama()
+    expect(tmp_path, gguf_bytes(meta, tensors, version=1), CheckpointError, "version 1", "versions 2 and 3")
+
+
+def test_big_endian_file_is_named(tmp_path):
+    meta, tensors = tiny_llama()
+    blob = bytearray(gguf_bytes(meta, tensors))
+    blob[4:8] = struct.pack(">I", 3)
+    expect(tmp_path, bytes(blob), CheckpointError, "big-endian")
+
+
+def test_string_length_past_the_end(tmp_path):
+    meta, tensors = tiny_llama()
+    blob = bytearray(gguf_bytes(meta, tensors))
+    # the first metadata key's length field sits right after the 24-byte header
+    blob[24:32] = struct.pack("<Q", len(blob))
+    expect(tmp_path, bytes(blob), CheckpointError, "metadata key 0", "past the end of the file")
+
+
+def test_string_length_of_2_to_the_60(tmp_path):
+    meta, tensors = tiny_llama()
+    blob = bytearray(gguf_bytes(meta, tensors))
+    blob[24:32] = struct.pack("<Q", 2**60)
+    expect(tmp_path, bytes(blob), CheckpointError, "metadata key 0", "claims")
+
+
+@pytest.mark.parametrize("field, at", [("the tensor count", 8), ("the metadata count", 16)])
+def test_counts_of_2_to_the_60(tmp_path, field, at):
+    meta, tensors = tiny_llama()
+    blob = bytearray(gguf_bytes(meta, tensors))
+    blob[at:at + 8] = struct.pack("<Q", 2**60)
+    expect(tmp_path, bytes(blob), CheckpointError, field, "more than the")
+
+
+def test_array_count_of_2_to_the_60(tmp_path):
+    meta, tensors = tiny_llama()
+    arr = string("tokenizer.ggml.scores") + struct.pack("<IIQ", ARR, F32, 2**60)
+    blob = gguf_bytes(meta, tensors)
+    # splice a hostile array in as an extra metadata pair
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta) + 1)
+    blob = head + arr + blob[24:]
+    expect(tmp_path, blob, CheckpointError, "tokenizer.ggml.scores", "more than the")
+
+
+def test_hostile_header_costs_kilobytes(tmp_path):
+    """Refusing 2**60 counts and lengths allocates nothing of their size (as for safetensors)."""
+    meta, tensors = tiny_llama()
+    blobs = []
+    for at in (8, 16, 24):
+        b = bytearray(gguf_bytes(meta, tensors))
+        b[at:at + 8] = struct.pack("<Q", 2**60)
+        blobs.append(bytes(b))
+    for i, blob in enumerate(blobs):
+        path = tmp_path / f"hostile{i}.gguf"
+        path.write_bytes(blob)
+        tracemalloc.start()
+        with pytest.raises(CheckpointError):
+            ml.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 256 * 1024, f"refusing a hostile header allocated {peak} bytes"
+
+
+def test_tensor_offset_outside_the_data(tmp_path):
+    meta, tensors = tiny_llama()
+    offsets = [None] * len(tensors)
+    offsets[-1] = 1 << 40
+    expect(tmp_path, gguf_bytes(meta, tensors, offsets=offsets), CheckpointError, "blk.0.ffn_down.weight",
+           "data offset")
+
+
+def test_tensor_offset_misaligned(tmp_path):
+    meta, tensors = tiny_llama()
+    offsets = [None] * len(tensors)
+    offsets[1] = 4
+    expect(tmp_path, gguf_bytes(meta, tensors, offsets=offsets), CheckpointError, "output_norm.weight",
+           "starts at data offset 4")
+
+
+def test_unknown_quantization_type(tmp_path):
+    meta, tensors = tiny_llama()
+    types = [GGML_F32] * len(tensors)
+    types[0] = 16  # IQ2_XXS: a real ggml type that minilens does not read
+    message = expect(tmp_path, gguf_bytes(meta, tensors, types=types), CheckpointError, "token_embd.weight")
+    assert "IQ2_XXS" in message, message
+
+
+def test_undefined_quantization_type(tmp_path):
+    meta, tensors = tiny_llama()
+    types = [GGML_F32] * len(tensors)
+    types[0] = 999
+    expect(tmp_path, gguf_bytes(meta, tensors, types=types), CheckpointError, "token_embd.weight", "999")
+
+
+def test_unknown_architecture(tmp_path):
+    meta, tensors = tiny_llama()
+    meta[0] = ("general.architecture", STR, "mamba")
+    expect(tmp_path, gguf_bytes(meta, tensors), UnsupportedModelError, "'mamba'", "llama", "qwen2", "gpt2")
+
+
+def test_metadata_disagrees_with_tensor_shapes(tmp_path):
+    meta, tensors = tiny_llama()
+    meta[4] = ("llama.attention.head_count", U32, 8)   # 8 heads of 4 over 2 kv heads: q is still 32 wide
+    meta[2] = ("llama.embedding_length", U32, 48)
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "token_embd.weight", "GGUF metadata implies")
+
+
+def test_missing_tensor_named_by_its_gguf_name(tmp_path):
+    meta, tensors = tiny_llama()
+    tensors = [t for t in tensors if t[0] != "blk.0.ffn_up.weight"]
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'blk.0.ffn_up.weight' is missing")
+
+
+def test_metadata_of_the_wrong_type(tmp_path):
+    meta, tensors = tiny_llama()
+    meta[1] = ("llama.block_count", STR, "one")
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.block_count'", "'one'", "integer")
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_rope_base_must_be_positive_and_finite(tmp_path, value):
+    meta, tensors = tiny_llama()
+    meta[7] = ("llama.rope.freq_base", F32, value)
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.rope.freq_base'", "positive finite")
+
+
+def test_missing_required_metadata(tmp_path):
+    meta, tensors = tiny_llama()
+    meta = [m for m in meta if m[0] != "llama.block_count"]
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.block_count'")
+
+
+def test_a_folder_with_two_gguf_files(tmp_path):
+    meta, tensors = tiny_llama()
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).write_bytes(gguf_bytes(meta, tensors))
+    with pytest.raises(CheckpointError, match="holds 2 GGUF files"):
+        ml.load(tmp_path)
+
+
+def test_the_file_is_never_written(tmp_path):
+    meta, tensors = tiny_llama()
+    path = tmp_path / "model.gguf"
+    path.write_bytes(gguf_bytes(meta, tensors))
+    path.chmod(0o444)
+    before = path.read_bytes()
+    model = ml.load(path)
+    model(np.arange(5))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
