@@ -87,7 +87,8 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int) -> np.ndarray:
         raise CheckpointError(
             f"{qtype.name}: {n_elements} weights take {n_blocks} blocks of {qtype.type_size} "
             f"bytes = {n_blocks * qtype.type_size} bytes, but the tensor's data has {raw.size}")
-    blocks = raw.reshape(n_blocks, qtype.type_size)   # [n_bytes] -> [n_blocks, type_size]
+    # np.asarray: a plain-ndarray view of an np.memmap, so that no result is typed memmap.
+    blocks = np.asarray(raw).reshape(n_blocks, qtype.type_size)  # -> [n_blocks, type_size]
     return _DEQUANTIZERS[qtype.name](blocks).reshape(n_elements)
 
 
@@ -116,8 +117,9 @@ def dequantize_f16(blocks):                      # [n, 2] uint8 -> [n, 1] float3
 
 # A bfloat16 is the top half of a float32: same sign and 8-bit exponent, 7 mantissa bits.
 def dequantize_bf16(blocks):                     # [n, 2] uint8 -> [n, 1] float32
-    top_half = blocks.view("<u2").astype(np.uint32)
-    return (top_half << 16).view(np.float32)
+    bits = blocks.view("<u2").astype(np.uint32)  # the 16 bits, in the low half of a 32-bit word
+    bits <<= 16                                  # moved to the top half, the low half zero
+    return bits.view(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,7 +170,10 @@ def dequantize_q8_0(blocks):                     # [n, 34] uint8 -> [n, 32] floa
 
 def _nibbles(qs):                                # [n, 16] uint8 -> [n, 32] uint8
     """Weights 0..15 in the low nibbles of qs[0..15], weights 16..31 in the high nibbles."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+    q = np.empty((qs.shape[0], 32), dtype=np.uint8)
+    np.bitwise_and(qs, 0x0F, out=q[:, :16])
+    np.right_shift(qs, 4, out=q[:, 16:])
+    return q
 
 
 def _bits(qh):                                   # [n, 4] uint8 -> [n, 32] uint8, 0 or 1

@@ -243,12 +243,15 @@ def test_q4_k_scales_by_hand():
 # The API's promises
 
 @pytest.mark.parametrize("name", list(HINTS))
-def test_result_is_a_new_float32_array(name):
+def test_result_is_a_new_float32_array(name, tmp_path):
+    """From a read-only np.memmap of a file, as the GGUF loader calls it: a new, writable,
+    plain ndarray, never a view of the file."""
     t = quants.GGML_TYPES[TYPE_IDS[name]]
-    raw = random_blocks(name, 3, seed=1).reshape(-1)
-    raw.flags.writeable = False                     # like a read-only np.memmap of the file
+    path = tmp_path / "tensor.bin"
+    path.write_bytes(b"\x00" * 8 + random_blocks(name, 3, seed=1).tobytes())
+    raw = np.memmap(path, dtype=np.uint8, mode="r")[8:]
     w = quants.dequantize(raw, TYPE_IDS[name], 3 * t.block_size)
-    assert w.dtype == np.float32 and w.shape == (3 * t.block_size,)
+    assert type(w) is np.ndarray and w.dtype == np.float32 and w.shape == (3 * t.block_size,)
     assert not np.shares_memory(w, raw), f"{name}: the result must not be a view of the file"
     assert w.flags.writeable and w.flags.c_contiguous
 
