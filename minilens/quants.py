@@ -9,7 +9,10 @@ give every sub-block its own small integer scale, itself scaled by the block's f
 Every function below reads one type. It takes ``blocks: [n_blocks, type_size] uint8`` and
 returns ``[n_blocks, block_size] float32``, and the comment above it draws the block's bytes.
 The arithmetic is float32 in the same order as llama.cpp's reference (gguf-py's
-``gguf.quants``), so the results are bit for bit the same (tests/test_quants.py).
+``gguf.quants``), and the results are bit for bit the same (tests/test_quants.py). In fact
+every product here is exact in float32: a float16 has 11 significant bits, and the integers
+multiplied into it add at most 12 more (Q6_K: 7 for its int8 scale, 5 for q - 32), inside
+float32's 24. Only a final ``+ m`` or ``- dmin * min`` rounds.
 
 GGUF is little-endian, so every multi-byte field is read with an explicit "<" dtype.
 """
@@ -104,21 +107,28 @@ def _f16(blocks: np.ndarray, offset: int) -> np.ndarray:
     return two_bytes.view(F16).astype(np.float32)                     # [n_blocks, 1]
 
 
+# Shift amounts shaped [k, 1]: `x[..., None, :] >> SHIFTS` puts field k of every byte on axis -2.
+NIBBLE_SHIFTS = np.array([[0], [4]], dtype=np.uint8)             # two 4-bit fields per byte
+CRUMB_SHIFTS = np.array([[0], [2], [4], [6]], dtype=np.uint8)    # four 2-bit fields per byte
+BIT_SHIFTS = np.arange(8, dtype=np.uint8)[:, None]               # eight 1-bit fields per byte
+NIBBLE_SHIFTS.flags.writeable = CRUMB_SHIFTS.flags.writeable = BIT_SHIFTS.flags.writeable = False
+
+
 # ----------------------------------------------------------------------------------------------
 # Unquantized types: one weight per "block".
 
-def dequantize_f32(blocks):                      # [n, 4] uint8 -> [n, 1] float32
+def dequantize_f32(blocks):                      # [n_blocks, 4] uint8 -> [n_blocks, 1] float32
     return blocks.view("<f4").astype(np.float32)   # a copy, never a view of the file
 
 
-def dequantize_f16(blocks):                      # [n, 2] uint8 -> [n, 1] float32
+def dequantize_f16(blocks):                      # [n_blocks, 2] uint8 -> [n_blocks, 1] float32
     return blocks.view(F16).astype(np.float32)
 
 
-# A bfloat16 is the top half of a float32: same sign and 8-bit exponent, 7 mantissa bits.
-def dequantize_bf16(blocks):                     # [n, 2] uint8 -> [n, 1] float32
+# A bfloat16 is the top half of a float32: the same sign and 8-bit exponent, 7 mantissa bits.
+def dequantize_bf16(blocks):                     # [n_blocks, 2] uint8 -> [n_blocks, 1] float32
     bits = blocks.view("<u2").astype(np.uint32)  # the 16 bits, in the low half of a 32-bit word
-    bits <<= 16                                  # moved to the top half, the low half zero
+    bits <<= 16                                  # moved to the top half; the low half is zero
     return bits.view(np.float32)
 
 
@@ -127,17 +137,17 @@ def dequantize_bf16(blocks):                     # [n, 2] uint8 -> [n, 1] float3
 
 # Q4_0 block, 18 bytes, 32 weights: d (f16) | qs[16]: weight i in the low nibble of qs[i],
 # weight i+16 in the high nibble;  w = d * (q - 8), so q = 0..15 stands for -8..7 steps of d.
-def dequantize_q4_0(blocks):                     # [n, 18] uint8 -> [n, 32] float32
-    d = _f16(blocks, 0)                          # [n, 1]
-    q = _nibbles(blocks[:, 2:18])                # [n, 32] uint8, 0..15
+def dequantize_q4_0(blocks):                     # [n_blocks, 18] uint8 -> [n_blocks, 32] float32
+    d = _f16(blocks, 0)                          # [n_blocks, 1]
+    q = _nibbles(blocks[:, 2:18])                # [n_blocks, 32] uint8, 0..15
     return d * (q.view(np.int8) - np.int8(8))
 
 
 # Q4_1 block, 20 bytes, 32 weights: d (f16) | m (f16) | qs[16]: weight i in the low nibble of
 # qs[i], weight i+16 in the high nibble;  w = d * q + m, where m is the block's smallest weight.
-def dequantize_q4_1(blocks):                     # [n, 20] uint8 -> [n, 32] float32
-    d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n, 1] each
-    q = _nibbles(blocks[:, 4:20])                # [n, 32] uint8, 0..15
+def dequantize_q4_1(blocks):                     # [n_blocks, 20] uint8 -> [n_blocks, 32] float32
+    d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n_blocks, 1] each
+    q = _nibbles(blocks[:, 4:20])                # [n_blocks, 32] uint8, 0..15
     w = d * q
     w += m
     return w
@@ -145,30 +155,30 @@ def dequantize_q4_1(blocks):                     # [n, 20] uint8 -> [n, 32] floa
 
 # Q5_0 block, 22 bytes, 32 weights: d (f16) | qh (u32) | qs[16]: the low 4 bits of weights
 # i and i+16 as in Q4_0, the 5th bit of weight i is bit i of qh;  w = d * (q - 16).
-def dequantize_q5_0(blocks):                     # [n, 22] uint8 -> [n, 32] float32
-    d = _f16(blocks, 0)                          # [n, 1]
-    q = _nibbles(blocks[:, 6:22]) | (_bits(blocks[:, 2:6]) << 4)   # [n, 32] uint8, 0..31
+def dequantize_q5_0(blocks):                     # [n_blocks, 22] uint8 -> [n_blocks, 32] float32
+    d = _f16(blocks, 0)                          # [n_blocks, 1]
+    q = _nibbles(blocks[:, 6:22]) | (_bits(blocks[:, 2:6]) << 4)   # [n_blocks, 32] uint8, 0..31
     return d * (q.view(np.int8) - np.int8(16))
 
 
 # Q5_1 block, 24 bytes, 32 weights: d (f16) | m (f16) | qh (u32) | qs[16], bits as in Q5_0;
 # w = d * q + m.
-def dequantize_q5_1(blocks):                     # [n, 24] uint8 -> [n, 32] float32
-    d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n, 1] each
-    q = _nibbles(blocks[:, 8:24]) | (_bits(blocks[:, 4:8]) << 4)   # [n, 32] uint8, 0..31
+def dequantize_q5_1(blocks):                     # [n_blocks, 24] uint8 -> [n_blocks, 32] float32
+    d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n_blocks, 1] each
+    q = _nibbles(blocks[:, 8:24]) | (_bits(blocks[:, 4:8]) << 4)   # [n_blocks, 32] uint8, 0..31
     w = d * q
     w += m
     return w
 
 
 # Q8_0 block, 34 bytes, 32 weights: d (f16) | qs[32] (int8);  w = d * q.
-def dequantize_q8_0(blocks):                     # [n, 34] uint8 -> [n, 32] float32
-    d = _f16(blocks, 0)                          # [n, 1]
-    q = blocks[:, 2:34].view(np.int8)            # [n, 32] int8, -128..127
+def dequantize_q8_0(blocks):                     # [n_blocks, 34] uint8 -> [n_blocks, 32] float32
+    d = _f16(blocks, 0)                          # [n_blocks, 1]
+    q = blocks[:, 2:34].view(np.int8)            # [n_blocks, 32] int8, -128..127
     return d * q
 
 
-def _nibbles(qs):                                # [n, 16] uint8 -> [n, 32] uint8
+def _nibbles(qs):                                # [n_blocks, 16] uint8 -> [n_blocks, 32] uint8
     """Weights 0..15 in the low nibbles of qs[0..15], weights 16..31 in the high nibbles."""
     q = np.empty((qs.shape[0], 32), dtype=np.uint8)
     np.bitwise_and(qs, 0x0F, out=q[:, :16])
@@ -176,65 +186,67 @@ def _nibbles(qs):                                # [n, 16] uint8 -> [n, 32] uint
     return q
 
 
-def _bits(qh):                                   # [n, 4] uint8 -> [n, 32] uint8, 0 or 1
-    """Bit i of the little-endian 32-bit word qh, for i = 0..31 (bit i is 1 << (i % 8) of byte
-    i // 8)."""
+def _bits(qh):                                   # [n_blocks, 4] uint8 -> [n_blocks, 32] 0 or 1
+    """Bit i of the little-endian 32-bit word qh, i = 0..31: bit i % 8 of byte i // 8."""
     return np.unpackbits(qh, axis=1, bitorder="little")
 
 
 # ----------------------------------------------------------------------------------------------
 # K-quants: super-blocks of 256 weights in sub-blocks of 16 or 32. Each sub-block has a small
-# integer scale (and some a min), and the float16 d (and dmin) scale those integers in turn:
-# a sub-block's step is d * scale. The step is computed first, then multiplied by q, as ggml does.
+# integer scale (and some a min), and the block's float16 d (and dmin) scale those in turn: a
+# sub-block's step is d * scale, computed first and then multiplied by q, as ggml does.
 
 # Q2_K block, 84 bytes, 256 weights in 16 sub-blocks of 16:
 #   scales[16] | qs[64] | d (f16) | dmin (f16)
 #   scales[s]: the low nibble is sub-block s's scale, the high nibble its min (both 0..15).
 #   qs: two halves of 32 bytes. Weight 128*h + 32*k + j is bits 2k, 2k+1 of qs[32*h + j].
 #   w = (d * scale) * q - (dmin * min),  q = 0..3.
-def dequantize_q2_k(blocks):                     # [n, 84] uint8 -> [n, 256] float32
-    n = blocks.shape[0]
+def dequantize_q2_k(blocks):                     # [n_blocks, 84] uint8 -> [n_blocks, 256] float32
+    n_blocks = blocks.shape[0]
     scales = blocks[:, 0:16]
-    d, dmin = _f16(blocks, 80), _f16(blocks, 82)                     # [n, 1] each
-    step = d * (scales & 0x0F)                                        # [n, 16] float32
-    low = dmin * (scales >> 4)                                        # [n, 16] float32
-    qs = blocks[:, 16:80].reshape(n, 2, 1, 32)                        # [n, half, 1, j]
-    q = (qs >> _CRUMB_SHIFTS) & 0x03                                  # [n, half, k, j] 0..3
-    w = step[:, :, None] * q.reshape(n, 16, 16)                       # [n, sub-block, 16]
+    d, dmin = _f16(blocks, 80), _f16(blocks, 82)                # [n_blocks, 1] each
+    step = d * (scales & 0x0F)                                   # [n_blocks, 16] float32
+    low = dmin * (scales >> 4)                                   # [n_blocks, 16] float32
+    qs = blocks[:, 16:80].reshape(n_blocks, 2, 1, 32)            # [n_blocks, h, 1, j]
+    q = (qs >> CRUMB_SHIFTS) & 0x03                              # [n_blocks, h, k, j] 0..3
+    w = step[:, :, None] * q.reshape(n_blocks, 16, 16)           # [n_blocks, sub-block, 16]
     w -= low[:, :, None]
-    return w.reshape(n, 256)
+    return w.reshape(n_blocks, 256)
 
 
 # Q3_K block, 110 bytes, 256 weights in 16 sub-blocks of 16:
 #   hmask[32] | qs[64] | scales[12] | d (f16)
 #   qs: the low 2 bits of each weight, laid out as in Q2_K.
-#   hmask: the 3rd bit of weight 32*k + j is bit k of hmask[j]; when it is *clear*, q loses 4,
-#     so q = low2 - 4 * (1 - bit) runs over -4..3.
-#   scales: 16 6-bit scales, stored minus 32 (so -32..31). The low 4 bits of scale s are the
-#     low nibble of scales[s] for s < 8, the high nibble of scales[s - 8] for s >= 8; the top
-#     2 bits of scale s are bits 2*(s // 4), 2*(s // 4) + 1 of scales[8 + s % 4].
+#   hmask: the high bit of weight 32*k + j is bit k of hmask[j]. When it is *clear*, q loses 4:
+#     q = low2 - 4 * (1 - bit), so q runs over -4..3.
+#   scales: 16 6-bit numbers, scale + 32 (0..63), so scale = stored - 32 runs over -32..31.
+#     The low 4 bits of number s are the low nibble of scales[s] for s < 8 and the high nibble
+#     of scales[s - 8] for s >= 8; its top 2 bits are bits 2*(s // 4), 2*(s // 4) + 1 of
+#     scales[8 + s % 4].
 #   w = (d * scale) * q.
-def dequantize_q3_k(blocks):                     # [n, 110] uint8 -> [n, 256] float32
-    n = blocks.shape[0]
+def dequantize_q3_k(blocks):                     # [n_blocks, 110] uint8 -> [n_blocks, 256] float32
+    n_blocks = blocks.shape[0]
     hmask, packed = blocks[:, 0:32], blocks[:, 96:108]
-    d = _f16(blocks, 108)                                             # [n, 1]
-    low4 = np.concatenate([packed[:, 0:8] & 0x0F, packed[:, 0:8] >> 4], axis=1)   # [n, 16]
-    top2 = (packed[:, None, 8:12] >> _CRUMB_SHIFTS) & 0x03  # [n, s // 4, s % 4]
-    scale = (low4 | (top2.reshape(n, 16) << 4)).view(np.int8) - np.int8(32)    # [n, 16]
-    step = d * scale                                                  # [n, 16] float32
-    qs = blocks[:, 32:96].reshape(n, 2, 1, 32)
-    low2 = (qs >> _CRUMB_SHIFTS) & 0x03                               # [n, half, k, j] 0..3
-    high = (hmask[:, None, :] >> _BIT_SHIFTS) & 0x01         # [n, k, j]: bit k
-    q = low2.reshape(n, 256).view(np.int8) - ((high.reshape(n, 256) ^ 1) << 2).view(np.int8)
-    w = step[:, :, None] * q.reshape(n, 16, 16)                       # [n, sub-block, 16]
-    return w.reshape(n, 256)
+    d = _f16(blocks, 108)                                                  # [n_blocks, 1]
+    low4 = np.concatenate([packed[:, 0:8] & 0x0F, packed[:, 0:8] >> 4], axis=1)  # [n_blocks, s]
+    top2 = (packed[:, None, 8:12] >> CRUMB_SHIFTS) & 0x03       # [n_blocks, s // 4, s % 4]
+    stored = low4 | (top2.reshape(n_blocks, 16) << 4)            # [n_blocks, 16] 0..63
+    scale = stored.view(np.int8) - np.int8(32)                   # -32..31
+    step = d * scale                                             # [n_blocks, 16] float32
+    qs = blocks[:, 32:96].reshape(n_blocks, 2, 1, 32)            # [n_blocks, h, 1, j]
+    low2 = (qs >> CRUMB_SHIFTS) & 0x03                           # [n_blocks, h, k, j] 0..3
+    high = (hmask[:, None, :] >> BIT_SHIFTS) & 0x01              # [n_blocks, k, j]: bit k
+    minus_4 = (high.reshape(n_blocks, 256) ^ 1) << 2             # 4 where the bit is clear
+    q = low2.reshape(n_blocks, 256).view(np.int8) - minus_4.view(np.int8)   # -4..3
+    w = step[:, :, None] * q.reshape(n_blocks, 16, 16)           # [n_blocks, sub-block, 16]
+    return w.reshape(n_blocks, 256)
 
 
-# The 6-bit scales and mins of Q4_K and Q5_K, 8 of each in 12 bytes:
-#   bytes 0-3:  scale s (s < 4) in the low 6 bits of byte s;  its top 2 bits: bits 4,5 of scale s+4
-#   bytes 4-7:  min s   (s < 4) in the low 6 bits of byte 4+s; its top 2 bits: bits 4,5 of min s+4
-#   bytes 8-11: low nibble: bits 0-3 of scale s+4;  high nibble: bits 0-3 of min s+4
-def _scales_and_mins_k4(packed):                 # [n, 12] uint8 -> ([n, 8], [n, 8]) uint8 0..63
+# The 6-bit scales and mins of Q4_K and Q5_K, 8 of each in 12 bytes. For s < 4:
+#   byte s:     scale s in its low 6 bits; its top 2 bits are bits 4, 5 of scale s+4
+#   byte 4+s:   min s in its low 6 bits;   its top 2 bits are bits 4, 5 of min s+4
+#   byte 8+s:   its low nibble is bits 0-3 of scale s+4, its high nibble bits 0-3 of min s+4
+def _scales_and_mins_k4(packed):         # [n_blocks, 12] uint8 -> 2 x [n_blocks, 8] uint8 0..63
     s_lo, m_lo, mixed = packed[:, 0:4], packed[:, 4:8], packed[:, 8:12]
     scale = np.concatenate([s_lo & 0x3F, (mixed & 0x0F) | ((s_lo >> 6) << 4)], axis=1)
     min_ = np.concatenate([m_lo & 0x3F, (mixed >> 4) | ((m_lo >> 6) << 4)], axis=1)
@@ -244,67 +256,58 @@ def _scales_and_mins_k4(packed):                 # [n, 12] uint8 -> ([n, 8], [n,
 # Q4_K block, 144 bytes, 256 weights in 8 sub-blocks of 32:
 #   d (f16) | dmin (f16) | scales[12]: 8 6-bit scales and 8 6-bit mins (above) | qs[128]
 #   qs: four chunks of 32 bytes; chunk c holds sub-block 2c in its low nibbles and 2c+1 in its
-#   high nibbles: weight 64*c + j is the low nibble of qs[32*c + j], weight 64*c + 32 + j the high.
-#   w = (d * scale) * q - (dmin * min),  q = 0..15.
-def dequantize_q4_k(blocks):                     # [n, 144] uint8 -> [n, 256] float32
-    n = blocks.shape[0]
-    d, dmin = _f16(blocks, 0), _f16(blocks, 2)                        # [n, 1] each
-    scale, min_ = _scales_and_mins_k4(blocks[:, 4:16])                # [n, 8] each
-    step, low = d * scale, dmin * min_                                # [n, 8] float32
-    q = _k_nibbles(blocks[:, 16:144])                                 # [n, 8, 32] 0..15
+#   high nibbles: weight 64*c + j is the low nibble of qs[32*c + j], weight 64*c + 32 + j the
+#   high one.  w = (d * scale) * q - (dmin * min),  q = 0..15.
+def dequantize_q4_k(blocks):                     # [n_blocks, 144] uint8 -> [n_blocks, 256] float32
+    n_blocks = blocks.shape[0]
+    d, dmin = _f16(blocks, 0), _f16(blocks, 2)                   # [n_blocks, 1] each
+    scale, min_ = _scales_and_mins_k4(blocks[:, 4:16])           # [n_blocks, 8] each
+    step, low = d * scale, dmin * min_                           # [n_blocks, 8] float32
+    q = _k_nibbles(blocks[:, 16:144])                            # [n_blocks, 8, 32] 0..15
     w = step[:, :, None] * q
     w -= low[:, :, None]
-    return w.reshape(n, 256)
+    return w.reshape(n_blocks, 256)
 
 
 # Q5_K block, 176 bytes, 256 weights in 8 sub-blocks of 32:
-#   d (f16) | dmin (f16) | scales[12] (as Q4_K) | qh[32] | qs[128] (low 4 bits, as Q4_K)
+#   d (f16) | dmin (f16) | scales[12] (as Q4_K) | qh[32] | qs[128] (the low 4 bits, as Q4_K)
 #   qh: the 5th bit of weight 32*s + j is bit s of qh[j].
 #   w = (d * scale) * q - (dmin * min),  q = 0..31.
-def dequantize_q5_k(blocks):                     # [n, 176] uint8 -> [n, 256] float32
-    n = blocks.shape[0]
-    d, dmin = _f16(blocks, 0), _f16(blocks, 2)                        # [n, 1] each
-    scale, min_ = _scales_and_mins_k4(blocks[:, 4:16])                # [n, 8] each
-    step, low = d * scale, dmin * min_                                # [n, 8] float32
-    high = (blocks[:, None, 16:48] >> _BIT_SHIFTS) & 0x01    # [n, s, j]: bit s
-    q = _k_nibbles(blocks[:, 48:176]) | (high << 4)                   # [n, 8, 32] 0..31
+def dequantize_q5_k(blocks):                     # [n_blocks, 176] uint8 -> [n_blocks, 256] float32
+    n_blocks = blocks.shape[0]
+    d, dmin = _f16(blocks, 0), _f16(blocks, 2)                   # [n_blocks, 1] each
+    scale, min_ = _scales_and_mins_k4(blocks[:, 4:16])           # [n_blocks, 8] each
+    step, low = d * scale, dmin * min_                           # [n_blocks, 8] float32
+    high = (blocks[:, None, 16:48] >> BIT_SHIFTS) & 0x01         # [n_blocks, s, j]: bit s
+    q = _k_nibbles(blocks[:, 48:176]) | (high << 4)              # [n_blocks, 8, 32] 0..31
     w = step[:, :, None] * q
     w -= low[:, :, None]
-    return w.reshape(n, 256)
+    return w.reshape(n_blocks, 256)
 
 
 # Q6_K block, 210 bytes, 256 weights in 16 sub-blocks of 16:
 #   ql[128] | qh[64] | scales[16] (int8) | d (f16)
-#   Two halves of 128 weights; half h uses ql[64h : 64h+64] and qh[32h : 32h+32]:
-#   weight 128*h + j (j < 64) has its low 4 bits in the low nibble of ql[64h + j],
-#   weight 128*h + 64 + j in the high nibble; its top 2 bits: weight 128*h + 32*k + j (j < 32)
-#   has them at bits 2k, 2k+1 of qh[32h + j].  w = (d * scale) * (q - 32), q = 0..63.
-def dequantize_q6_k(blocks):                     # [n, 210] uint8 -> [n, 256] float32
-    n = blocks.shape[0]
-    d = _f16(blocks, 208)                                             # [n, 1]
-    step = d * blocks[:, 192:208].view(np.int8)                       # [n, 16] float32
-    ql = blocks[:, 0:128].reshape(n, 2, 1, 64)                        # [n, half, 1, j]
-    low4 = (ql >> _NIBBLE_SHIFTS) & 0x0F                              # [n, half, nibble, j]
-    qh = blocks[:, 128:192].reshape(n, 2, 1, 32)                      # [n, half, 1, j]
-    top2 = (qh >> _CRUMB_SHIFTS) & 0x03                               # [n, half, k, j]
-    q = (low4.reshape(n, 256) | (top2.reshape(n, 256) << 4)).view(np.int8) - np.int8(32)
-    w = step[:, :, None] * q.reshape(n, 16, 16)                       # [n, sub-block, 16]
-    return w.reshape(n, 256)
+#   Two halves of 128 weights; half h uses ql[64h : 64h+64] and qh[32h : 32h+32].
+#   The low 4 bits: weight 128*h + j (j < 64) in the low nibble of ql[64h + j], weight
+#   128*h + 64 + j in the high nibble. The top 2 bits: weight 128*h + 32*k + j (j < 32) at
+#   bits 2k, 2k+1 of qh[32h + j].  w = (d * scale) * (q - 32),  q = 0..63.
+def dequantize_q6_k(blocks):                     # [n_blocks, 210] uint8 -> [n_blocks, 256] float32
+    n_blocks = blocks.shape[0]
+    d = _f16(blocks, 208)                                        # [n_blocks, 1]
+    step = d * blocks[:, 192:208].view(np.int8)                  # [n_blocks, 16] float32
+    ql = blocks[:, 0:128].reshape(n_blocks, 2, 1, 64)            # [n_blocks, h, 1, j]
+    low4 = (ql >> NIBBLE_SHIFTS) & 0x0F                          # [n_blocks, h, nibble, j]
+    qh = blocks[:, 128:192].reshape(n_blocks, 2, 1, 32)          # [n_blocks, h, 1, j]
+    top2 = (qh >> CRUMB_SHIFTS) & 0x03                           # [n_blocks, h, k, j]
+    q = low4.reshape(n_blocks, 256) | (top2.reshape(n_blocks, 256) << 4)   # 0..63
+    w = step[:, :, None] * (q.view(np.int8) - np.int8(32)).reshape(n_blocks, 16, 16)
+    return w.reshape(n_blocks, 256)
 
 
-def _k_nibbles(qs):                              # [n, 128] uint8 -> [n, 8, 32] uint8
+def _k_nibbles(qs):                              # [n_blocks, 128] uint8 -> [n_blocks, 8, 32]
     """Sub-block 2c in the low nibbles of the c-th 32 bytes, sub-block 2c+1 in the high ones."""
-    n = qs.shape[0]
-    chunks = qs.reshape(n, 4, 1, 32)
-    return ((chunks >> _NIBBLE_SHIFTS) & 0x0F).reshape(n, 8, 32)
-
-
-# Shift amounts, shaped [k, 1]: `x[..., None, :] >> shifts` puts field k of every byte on axis -2.
-_NIBBLE_SHIFTS = np.array([[0], [4]], dtype=np.uint8)             # two 4-bit fields per byte
-_CRUMB_SHIFTS = np.array([[0], [2], [4], [6]], dtype=np.uint8)    # four 2-bit fields per byte
-_BIT_SHIFTS = np.arange(8, dtype=np.uint8)[:, None]               # eight 1-bit fields per byte
-_NIBBLE_SHIFTS.flags.writeable = _CRUMB_SHIFTS.flags.writeable = False
-_BIT_SHIFTS.flags.writeable = False
+    chunks = qs.reshape(qs.shape[0], 4, 1, 32)                   # [n_blocks, c, 1, j]
+    return ((chunks >> NIBBLE_SHIFTS) & 0x0F).reshape(qs.shape[0], 8, 32)
 
 
 _DEQUANTIZERS = {
