@@ -118,6 +118,9 @@ def hf_to_gguf(hf_folder: Path, out_path: Path, *, types: dict[str, str] | str =
         raise NotImplementedError(f"{hf_folder}: model_type {model_type!r}; this factory writes "
                                   f"{', '.join(sorted(ARCH))}")
     arch = ARCH[model_type]
+    for qtype in [types] if isinstance(types, str) else types.values():
+        if qtype not in TYPES:
+            raise ValueError(f"type {qtype!r} is not one of {', '.join(TYPES)}")
     tensors = read_safetensors(hf_folder)
     if tied_output and "lm_head.weight" not in tensors:
         key = "transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight"
@@ -341,6 +344,8 @@ def _write_tokenizer(w: gguf.GGUFWriter, hf: dict) -> None:
         return value if isinstance(value, int) and 0 <= value < n_vocab else 0
     w.add_bos_token_id(special("bos_token_id"))
     w.add_eos_token_id(special("eos_token_id"))
+    if hf.get("pad_token_id") is not None:
+        w.add_pad_token_id(special("pad_token_id"))
     w.add_add_bos_token(False)
 
 
@@ -378,8 +383,6 @@ def _storage_type(types: dict[str, str] | str, gguf_name: str, values: np.ndarra
         qtype = "F32" if leaf == "position_embd" else types
     else:
         qtype = types.get(leaf, "F32" if leaf == "position_embd" else types.get("*", "F32"))
-    if qtype not in TYPES:
-        raise ValueError(f"{gguf_name}: type {qtype!r} is not one of {', '.join(TYPES)}")
     block = gguf.GGML_QUANT_SIZES[QType[qtype]][0]
     if values.shape[-1] % block:
         raise ValueError(f"{gguf_name}: {qtype} blocks run along d_in, which must be a multiple "
