@@ -75,7 +75,8 @@ _LAYER_NAMES = {
     "gemma": _DECODER,
     # Gemma 2 norms both sides of each sublayer: its "post_attention_layernorm" is not the ffn norm.
     "gemma2": {**_DECODER, "post_attention_layernorm": "post_attention_norm",
-               "pre_feedforward_layernorm": "ffn_norm", "post_feedforward_layernorm": "post_ffw_norm"},
+               "pre_feedforward_layernorm": "ffn_norm",
+               "post_feedforward_layernorm": "post_ffw_norm"},
     # Phi-3 keeps q, k, v fused and gate, up fused: the converter writes them as they are.
     "phi3": {"input_layernorm": "attn_norm", "self_attn.qkv_proj": "attn_qkv",
              "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
@@ -83,7 +84,8 @@ _LAYER_NAMES = {
     "gpt2": {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
              "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"},
 }
-_GLOBAL_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+_GLOBAL_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm",
+                 "lm_head": "output"}
 _GPT2_GLOBAL_NAMES = {"transformer.wte": "token_embd", "transformer.wpe": "position_embd",
                       "transformer.ln_f": "output_norm", "lm_head": "output"}
 
@@ -121,10 +123,17 @@ def hf_to_gguf(hf_folder: Path, out_path: Path, *, types: dict[str, str] | str =
     for qtype in [types] if isinstance(types, str) else types.values():
         if qtype not in TYPES:
             raise ValueError(f"type {qtype!r} is not one of {', '.join(TYPES)}")
+    if isinstance(types, dict):
+        leaves = {*_LAYER_NAMES[arch].values(), *(_GPT2_GLOBAL_NAMES if arch == "gpt2"
+                                                  else _GLOBAL_NAMES).values(), "*"}
+        if unknown := sorted(set(types) - leaves):
+            raise ValueError(f"types names {unknown}, which arch {arch!r} does not have; "
+                             f"its tensors are {', '.join(sorted(leaves - {'*'}))}")
     tensors = read_safetensors(hf_folder)
     if tied_output and "lm_head.weight" not in tensors:
-        key = "transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight"
-        tensors["lm_head.weight"] = tensors[_canonical(arch, key)]
+        embed = "transformer.wte.weight" if arch == "gpt2" else "model.embed_tokens.weight"
+        tensors["lm_head.weight"] = next(w for n, w in tensors.items()
+                                         if _canonical(arch, n) == embed)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out_path), arch)
@@ -144,7 +153,8 @@ def hf_to_gguf(hf_folder: Path, out_path: Path, *, types: dict[str, str] | str =
         values = _to_gguf_layout(arch, hf, hf_name, values)
         qtype = _storage_type(types, gguf_name, values)
         data = _encode(values, qtype, gguf_name, seed)
-        writer.add_tensor(gguf_name, data, raw_dtype=None if qtype in ("F32", "F16") else QType[qtype])
+        raw_dtype = None if qtype in ("F32", "F16") else QType[qtype]   # F32/F16: numpy dtype
+        writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -158,6 +168,8 @@ def gguf_tensor_name(arch: str, hf_name: str) -> str | None:
     hf_name = _canonical(arch, hf_name)
     if arch in ("gemma", "gemma2") and hf_name == "lm_head.weight":
         return None                              # Gemma is always tied; llama.cpp has no output
+    if hf_name.endswith((".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")):
+        return None                              # buffers, not weights: prepare_tensors skips them
     if arch == "gpt2" and hf_name.endswith((".attn.bias", ".attn.masked_bias")):
         return None                              # causal-mask buffers of old GPT-2 checkpoints
     stem, _, suffix = hf_name.rpartition(".")
@@ -199,12 +211,14 @@ def rotary_interleave(w: np.ndarray, n_heads: int) -> np.ndarray:
     HF Llama rotates the half-split pairs (i, i + d_head/2); Meta's and llama.cpp's kernels
     rotate adjacent pairs (2i, 2i+1), so the converter reorders the q and k rows to match.
     """
-    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def rotary_deinterleave(w: np.ndarray, n_heads: int) -> np.ndarray:
     """The inverse of rotary_interleave: back to HF's half-split rows."""
-    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def _n_kv_heads(hf: dict) -> int:
@@ -251,8 +265,8 @@ def _write_hparams(w: gguf.GGUFWriter, arch: str, model_type: str, hf: dict,
         if rope["rope_type"] not in ("default", None):
             raise NotImplementedError(f"phi3 rope {rope['rope_type']!r} (long-rope factors)")
         partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
-        original = rope.get("original_max_position_embeddings",
-                            hf.get("original_max_position_embeddings", hf["max_position_embeddings"]))
+        original = rope.get("original_max_position_embeddings") or hf.get(
+            "original_max_position_embeddings", hf["max_position_embeddings"])
         w.add_context_length(hf["max_position_embeddings"])
         w.add_rope_scaling_orig_ctx_len(original)
         w.add_embedding_length(d_model)
@@ -447,9 +461,10 @@ def random_k_blocks(shape: tuple, qtype: str, std: float, rng: np.random.Generat
 # ---------------------------------------------------------------------------------------------
 
 def gguf_hf_tensors(gguf_path: Path) -> dict[str, np.ndarray]:
-    """The effective float32 tensors of a GGUF file under their HF names: dequantized with
-    gguf-py and with the converter's transforms undone. Generated tensors (rope_freqs) are left
-    out; a file without ``output`` gives no ``lm_head.weight``, like a tied checkpoint."""
+    """The effective float32 tensors of a GGUF file under transformers' names (``model.*``,
+    ``transformer.*``, ``lm_head.weight``): dequantized with gguf-py, the converter's transforms
+    undone. Generated tensors (rope_freqs) are left out; a file without ``output`` gives no
+    ``lm_head.weight``, like a tied checkpoint."""
     reader = gguf.GGUFReader(str(gguf_path))
     arch = reader.get_field("general.architecture").contents()
     inverse = {v: k for k, v in (_GPT2_GLOBAL_NAMES if arch == "gpt2" else _GLOBAL_NAMES).items()}
@@ -521,8 +536,9 @@ def read_safetensors(folder: Path) -> dict[str, np.ndarray]:
         header.pop("__metadata__", None)
         for key, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             start, end = info["data_offsets"]
-            data = np.frombuffer(blob, _ST_DTYPES[info["dtype"]], offset=8 + n + start,
-                                 count=(end - start) // np.dtype(_ST_DTYPES[info["dtype"]]).itemsize)
+            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+            data = np.frombuffer(blob, dtype, offset=8 + n + start,
+                                 count=(end - start) // dtype.itemsize)
             if info["dtype"] == "BF16":
                 data = (data.astype(np.uint32) << 16).view(np.float32)
             out[key] = data.reshape(info["shape"]).copy()

@@ -303,11 +303,28 @@ def test_rope_scaling_metadata(tmp_path):
     assert ((factors > 1) & (factors < 8)).any(), "the interpolated middle band is empty"
 
 
+def test_numpy_bf16_and_sharded_checkpoints(tmp_path):
+    """The factory reads what random_checkpoints writes (no transformers), and bf16 shards."""
+    from factories import make_llama
+    from random_checkpoints import gpt2_config, write_checkpoint
+    gpt2 = write_checkpoint(tmp_path / "gpt2", gpt2_config(d_model=32, n_heads=4))
+    back = gguf_hf_tensors(hf_to_gguf(gpt2, tmp_path / "gpt2.gguf", tokenizer=True))
+    for name, w in read_safetensors(gpt2).items():
+        assert np.array_equal(back[name], w), name
+    folder, model = make_llama(tmp_path, dtype="bfloat16", shard=True)
+    assert (folder / "model.safetensors.index.json").exists()
+    back = gguf_hf_tensors(hf_to_gguf(folder, tmp_path / "bf16.gguf"))
+    for name, p in model.to(torch.bfloat16).state_dict().items():
+        assert np.array_equal(back[name], p.float().numpy()), f"{name}: bf16 is widened exactly"
+
+
 def test_bad_block_rows_are_refused(source, tmp_path):
     with pytest.raises(ValueError, match="multiple of 256"):
         convert(source("llama"), tmp_path, "llama", types="Q4_K")      # d_in 64
     with pytest.raises(ValueError, match="not one of"):
         convert(source("llama"), tmp_path, "llama", types="IQ2_XS")
+    with pytest.raises(ValueError, match="does not have"):
+        convert(source("llama"), tmp_path, "llama", types={"attn_qkv": "Q8_0"})
 
 
 def test_transformers_limits_are_known():
