@@ -22,8 +22,9 @@ The references, strongest first:
   The F32 weights are bit-identical, so the tolerance, 1e-4 of max(1, max |logit|), only
   covers eps stored as float32 in GGUF and float reordering.
 - tensors: transformers' reverse mapping (``load_gguf_checkpoint`` with its tensor processors)
-  against the checkpoint's tensors, exactly. It covers llama_bias, whose logits transformers
-  cannot reproduce (its GGUF config has no ``attention_bias``, so it drops the biases).
+  against the checkpoint's tensors (exactly; Gemma norms to one float32 rounding). It covers
+  llama_bias, whose logits transformers cannot reproduce (its GGUF config has no
+  ``attention_bias``, so it drops the biases).
 - round trip: gguf-py's reader and dequantizer plus our inverse (``gguf_hf_tensors``) give back
   every tensor at F32, for all cases (gemma too, which transformers cannot read at all), and our
   GGUF names equal gguf-py's TensorNameMap for every HF name.
@@ -31,7 +32,10 @@ The references, strongest first:
   HF twin (``write_hf_twin``): Q8_0 (llama), Q4_1 (qwen2), and every K-quant at once (qwen3).
   The non-K types must also stay close to the checkpoint's own weights, which a wrong
   orientation or permutation would not.
-What transformers cannot check is listed in test_transformers_limits_are_known.
+Besides: metadata spot checks against the converter's set_gguf_parameters (which keys, which
+are absent, F32 norms and position_embd in a Q8_0 file), linear and llama3 rope, inputs from
+random_checkpoints (no transformers) and bf16 shards, refused types and block sizes. What
+transformers cannot check is listed in test_transformers_limits_are_known. About 10 s.
 """
 
 from __future__ import annotations
@@ -76,12 +80,11 @@ CASES = {
 # Logits and transformers' tensors: the cases whose arch transformers reads, minus llama_bias.
 LOADABLE = [c for c in CASES if ARCH[CASES[c][0]] in GGUF_SUPPORTED_ARCHITECTURES]
 
-_sources: dict[str, object] = {}
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """case -> the folder of a random checkpoint, made once per module."""
+    _sources = {}
+
     def get(case: str):
         if case not in _sources:
             model_type, kwargs, _ = CASES[case]
