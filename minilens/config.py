@@ -34,6 +34,7 @@ class RopeConfig:
     high_freq_factor: float = 4.0                  # llama3
     original_max_position_embeddings: int | None = None  # llama3
     max_position_embeddings: int | None = None     # dynamic: the length beyond which theta grows
+    freq_factors: tuple = ()                       # "factors": each frequency divided by its factor (GGUF rope_freqs)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ widened for safetensors; the quantized bytes stay memory-mapped until then.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -198,11 +199,6 @@ def hf_config(gguf: GGUFFile) -> dict:
             raise UnsupportedModelError(f"{gguf.path}: {arch}.rope.scaling.type {scaling!r} is not supported; "
                                         f"minilens implements linear scaling for GGUF files.")
         hf["rope_scaling"] = {"rope_type": "linear", "factor": m.float("rope.scaling.factor")}
-    if "rope_freqs.weight" in gguf.tensors:
-        # Llama 3.1's rope scaling, stored as per-frequency divisors rather than as metadata.
-        raise UnsupportedModelError(f"{gguf.path}: holds 'rope_freqs.weight' (Llama 3.1-style rope scaling), "
-                                    f"which minilens does not read from GGUF yet. Load the safetensors "
-                                    f"checkpoint of the same model instead.")
     if arch == "qwen2":
         hf["use_sliding_window"] = False
     if arch in ("gemma", "gemma2"):
@@ -232,6 +228,19 @@ def hf_config(gguf: GGUFFile) -> dict:
 # The checkpoint
 # ----------------------------------------------------------------------------------------------
 
+def rope_freq_factors(gguf: GGUFFile, cfg):
+    """Llama 3's rope scaling, which llama.cpp stores as per-frequency divisors (the `rope_freqs`
+    tensor) rather than as metadata: ``cfg`` with its rope set to divide by them."""
+    if "rope_freqs.weight" not in gguf.tensors:
+        return cfg
+    factors = gguf.dequantize("rope_freqs.weight")
+    if factors.shape != (cfg.rope.rotary_dim // 2,) or not (np.isfinite(factors).all() and (factors > 0).all()):
+        raise CheckpointError(f"{gguf.path}: tensor 'rope_freqs.weight' must hold {cfg.rope.rotary_dim // 2} "
+                              f"positive finite numbers (one per rotary frequency); it does not.")
+    rope = dataclasses.replace(cfg.rope, kind="factors", freq_factors=tuple(float(f) for f in factors))
+    return cfg.replace(rope=rope)
+
+
 class GGUFCheckpoint(Checkpoint):
     """The tensors of one GGUF file under Hugging Face names, dequantized when asked for."""
 
@@ -242,6 +251,8 @@ class GGUFCheckpoint(Checkpoint):
         self.infos: dict[str, TensorInfo] = {}
         self.gguf_names: dict[str, str] = {}
         for name, t in gguf.tensors.items():
+            if name == "rope_freqs.weight":   # part of the config (rope_freq_factors), not a weight
+                continue
             hf_n = hf_name(arch, name)
             if hf_n is None:
                 raise CheckpointError(f"{gguf.path}: unexpected tensor {name!r} for architecture {arch!r}. "

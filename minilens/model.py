@@ -27,7 +27,7 @@ from .errors import CheckpointError, InputError, TokenizerMissingError
 from .tokenizer import Tokenizer
 from .memory import ArrayPool
 from .trace import Recorder, Trace
-from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf
+from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
 from .weights import (LAYOUTS, Checkpoint, GlobalParams, LayerParams, LazyLayers, blas_ready,
                       find_safetensors, resolve)
 
@@ -430,7 +430,7 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     gguf_path = find_gguf(folder)
     if gguf_path is not None:
         hf, ckpt = open_gguf(gguf_path)
-        cfg = ModelConfig.from_hf(hf, source=f"{gguf_path} (its GGUF metadata)")
+        cfg = rope_freq_factors(ckpt.gguf, ModelConfig.from_hf(hf, source=f"{gguf_path} (its GGUF metadata)"))
         folder, files = gguf_path.parent, [gguf_path]
     else:
         cfg = ModelConfig.from_file(folder / "config.json")

@@ -164,6 +164,9 @@ def rope_inv_freq(rope: RopeConfig, n_seq: int) -> np.ndarray:
         inv_freq = inv_freq / rope.factor          # positions are stretched by the factor
     elif rope.kind == "llama3":
         inv_freq = llama3_inv_freq(inv_freq, rope)
+    elif rope.kind == "factors":
+        # llama.cpp stores Llama 3's scaling as one divisor per frequency (GGUF's rope_freqs tensor)
+        inv_freq = inv_freq / np.asarray(rope.freq_factors, dtype=np.float64)
     return inv_freq
 
 
