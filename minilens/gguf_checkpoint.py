@@ -213,7 +213,8 @@ def hf_config(gguf: GGUFFile) -> dict:
     if arch == "phi3":
         rotary = m.int("rope.dimension_count", d_head)
         hf["partial_rotary_factor"] = rotary / d_head
-        hf["sliding_window"] = m.int("attention.sliding_window", None)
+        window = m.int("attention.sliding_window", 0, minimum=0)   # the converter writes 0 for none
+        hf["sliding_window"] = window if window > 0 else None
         if "rope_factors_long.weight" in gguf.tensors:
             raise UnsupportedModelError(f"{gguf.path}: a Phi-3 with LongRoPE ('rope_factors_long.weight'); "
                                         f"minilens implements the 4k-context Phi-3 only.")
