@@ -135,3 +135,26 @@ def test_convert_route_gives_the_same_numbers(model, path, tmp_path_factory):
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
     for text in PROMPTS + GENERATE_PROMPTS:
         assert hf_tok(text).input_ids == model.to_tokens(text).tolist(), f"converted tokenizer differs on {text!r}"
+
+
+# Golden values: the first lens row whose top-1 is " Paris", and the ranks of " Paris" in the last
+# rows. Measured on 2026-12-06 (float32, incl_mid=True) with:
+#   python -c "import minilens as ml; m = ml.load('smollm2'); t = m.run(TEXT); l = ml.logit_lens(t,
+#   target=' Paris', top_k=1, incl_mid=True); print(list(zip(l.labels, l.target_rank[:, -1])))"
+PARIS_GOLDEN = {
+    "The capital of France is": ("final_post", {"27_pre": 33, "28_pre": 6, "29_pre": 2, "29_mid": 2}),
+    "The Eiffel Tower is located in the city of": ("28_pre", {"26_pre": 16, "27_pre": 2, "27_mid": 2}),
+}
+
+
+@pytest.mark.parametrize("text", list(PARIS_GOLDEN))
+def test_where_paris_forms(model, text):
+    """' Paris' is nowhere in the early layers and rises to the top only in the last few."""
+    first_row, ranks = PARIS_GOLDEN[text]
+    lens = ml.logit_lens(model.run(text), target=" Paris", top_k=1, incl_mid=True)
+    paris = model.to_single_token(" Paris")
+    top1 = [str(label) for i, label in enumerate(lens.labels) if lens.top_ids[i, -1, 0] == paris]
+    assert top1 and top1[0] == first_row, f"' Paris' is first top-1 at {top1[:1]}, the golden row is {first_row}"
+    measured = {str(lab): int(r) for lab, r in zip(lens.labels, lens.target_rank[:, -1])}
+    assert {k: measured[k] for k in ranks} == ranks, f"ranks of ' Paris' changed: {measured}"
+    assert min(measured[f"{l}_pre"] for l in range(20)) > 1000, "' Paris' should be far down in layers 0-19"
