@@ -14,11 +14,11 @@ ourselves, so the rule is visible in one place (``bos_rule``):
 A GGUF file has no tokenizer.json; its rule is llama.cpp's (``gguf_tokenizer.gguf_add_bos``) and
 comes in through ``Tokenizer.from_hf_tokenizer``.
 
-transformers 5.24 (the tests' reference) differs in two corners, measured in tests/test_bos.py:
-when tokenizer.json exists it ignores add_bos_token in tokenizer_config.json, and with no
-post-processor it adds nothing whatever the family. Rules (a) and (c) follow transformers 4's
-Llama tokenizer and llama.cpp (whose GGUF converter copies add_bos_token), which the checkpoints
-on the Hub were made with.
+This is the order llama.cpp's converter uses (gguf-py's SpecialVocab: the post-processor, then
+add_bos_token over it; with neither, llama.cpp's default for the tokenizer type). transformers
+5.24, the tests' reference, agrees except in two corners, pinned in tests/test_bos.py: beside a
+tokenizer.json it ignores add_bos_token, and with no post-processor it adds nothing, whatever
+the family.
 """
 
 from __future__ import annotations

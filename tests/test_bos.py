@@ -142,10 +142,12 @@ SETUPS = {
 
 # Set-ups where the rule and transformers 5.24 part: name -> (minilens BOS id, transformers').
 KNOWN_DIFFERENCES = {
-    # (c): transformers 4's LlamaTokenizerFast added BOS by default; 5.24 adds none here
+    # (c): the family's default (llama.cpp too adds BOS to a SentencePiece vocabulary that says
+    # nothing); transformers 5.24 adds none without a post-processor
     "llama2 no post-processor": ((spm_tokenizer, None, LLAMA_TOK_CONFIG, LLAMA_CONFIG, "llama"),
                                  1, None),
-    # (a): 5.24 drops add_bos_token from tokenizer_config.json when tokenizer.json exists
+    # (a): llama.cpp's converter lets add_bos_token overrule the template; transformers 5.24
+    # drops add_bos_token from tokenizer_config.json when tokenizer.json exists
     "llama2 template, add_bos_token false": (
         (spm_tokenizer, template("<s>", 1), {**LLAMA_TOK_CONFIG, "add_bos_token": False},
          LLAMA_CONFIG, "llama"), None, 1),
