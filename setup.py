@@ -1,9 +1,9 @@
 """Build step for the wheel: ship the default weights inside the package.
 
 Everything else is in pyproject.toml. `minilens` with no --model reads weights/shakespeare-llama;
-a wheel has no weights/ folder beside the package, so the build copies that folder to
-minilens/_weights/shakespeare-llama (about 8 MB). An editable install skips the copy and
-minilens/cli.py's default_model_path() finds the repository's weights/ folder instead.
+a wheel has no weights/ folder beside the package, so the build copies the shipped folders to
+minilens/_weights/ (about 8 MB each). An editable install skips the copy and
+minilens/weights.py's shipped_path() finds the repository's weights/ folder instead.
 """
 
 import shutil
@@ -13,7 +13,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SHIPPED = ("shakespeare-llama",)
+SHIPPED = ("shakespeare-llama", "shakespeare-gpt2")
 # The files a Hugging Face folder needs to load (the model card and training log stay in the repo).
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "special_tokens_map.json", "generation_config.json", "README.md", "training_info.json")

@@ -38,18 +38,9 @@ EXIT_USAGE = 2
 # ------------------------------------------------------------------------------------------
 
 def default_model_path() -> Path:
-    """Where the shipped weights are: inside the package when installed from a wheel
-    (minilens/_weights/, put there by setup.py's build step), or the repository's weights/ folder
-    when minilens is an editable install or run from a checkout."""
-    here = Path(__file__).resolve().parent
-    candidates = [here / "_weights" / DEFAULT_MODEL, here.parent / "weights" / DEFAULT_MODEL]
-    for folder in candidates:
-        if (folder / "config.json").is_file():
-            return folder
-    raise CheckpointNotFoundError(
-        f"the shipped weights {DEFAULT_MODEL!r} are not installed (looked in "
-        f"{', '.join(str(c) for c in candidates)}). Pass --model PATH to a Hugging Face folder, "
-        f"or reinstall minilens.")
+    """The shipped default model's folder (weights.shipped_path)."""
+    from .weights import shipped_path
+    return shipped_path(DEFAULT_MODEL)
 
 
 # ------------------------------------------------------------------------------------------

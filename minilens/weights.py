@@ -259,9 +259,27 @@ def hf_cache_dirs() -> list[Path]:
     return [Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface" / "hub"]
 
 
+SHIPPED = ("shakespeare-llama", "shakespeare-gpt2")  # the two small models that come with minilens
+
+
+def shipped_path(name: str) -> Path:
+    """Where a shipped model is: inside the package when installed from a wheel (minilens/_weights/,
+    put there by setup.py's build step), or the repository's weights/ folder in a checkout."""
+    here = Path(__file__).resolve().parent
+    candidates = [here / "_weights" / name, here.parent / "weights" / name]
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return folder
+    raise CheckpointNotFoundError(
+        f"the shipped weights {name!r} are not installed (looked in "
+        f"{', '.join(str(c) for c in candidates)}). Reinstall minilens, or pass the path of a "
+        f"Hugging Face folder.")
+
+
 def resolve(path_or_name: str | os.PathLike) -> Path:
-    """A local folder or .gguf file, a model fetched by ``minilens fetch`` (e.g. "smollm2"), or a
-    model name such as "gpt2" found in the local Hugging Face cache.
+    """A local folder or .gguf file, a shipped model ("shakespeare-llama", "shakespeare-gpt2"), a
+    model fetched by ``minilens fetch`` (e.g. "smollm2"), or a model name such as "gpt2" found in
+    the local Hugging Face cache.
 
     minilens.load never touches the network; only ``minilens fetch`` downloads, and only when asked.
     """
@@ -275,6 +293,8 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         raise CheckpointNotFoundError(f"{path} is a file; minilens.load wants the folder that holds config.json "
                                       f"and the .safetensors files: minilens.load({str(path.parent)!r}).")
     name = str(path_or_name)
+    if name in SHIPPED:
+        return shipped_path(name)
     fetched = fetch.fetched_path(name)
     if fetched is not None:                     # fetched models come before the HF cache
         return fetched

@@ -61,26 +61,29 @@ def test_wheel_ships_the_default_weights_and_resolves_them(tmp_path):
     for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "minilens", src / "minilens", ignore=shutil.ignore_patterns("__pycache__", "_weights"))
-    shutil.copytree(SHIPPED, src / "weights" / "shakespeare-llama")
+    for name in ("shakespeare-llama", "shakespeare-gpt2"):
+        shutil.copytree(SHIPPED.parent / name, src / "weights" / name)
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "-w", str(dist), "--no-deps",
                     "--no-build-isolation", "-q"], check=True, cwd=tmp_path, capture_output=True)
     (wheel,) = dist.glob("minilens-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
-        assert f"minilens/_weights/shakespeare-llama/{f}" in names, f"the wheel lacks the default weights' {f}"
+        for name in ("shakespeare-llama", "shakespeare-gpt2"):
+            assert f"minilens/_weights/{name}/{f}" in names, f"the wheel lacks the shipped {name}'s {f}"
     assert "minilens/cli.py" in names
     assert not any(n.startswith("weights/") for n in names), "weights belong under minilens/_weights in a wheel"
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     env = dict(os.environ, PYTHONPATH=str(unpacked))
     code = ("import minilens, minilens.cli as c; p = c.default_model_path(); print(minilens.__file__); print(p); "
-            "m = minilens.load(p); print(m.cfg.n_layers)")
+            "m = minilens.load(p); print(m.cfg.n_layers); print(minilens.load('shakespeare-gpt2').cfg.family)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out[0].startswith(str(unpacked)), f"imported minilens from {out[0]}, not from the unpacked wheel"
     assert out[1] == str(unpacked / "minilens" / "_weights" / "shakespeare-llama")
     assert int(out[2]) == ml.load(SHIPPED).cfg.n_layers
+    assert out[3] == "gpt2", "ml.load('shakespeare-gpt2') should find the wheel's GPT-2 from any directory"
 
 
 # ------------------------------------------------------------------------------------------

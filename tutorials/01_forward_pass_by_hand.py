@@ -17,9 +17,8 @@
 import numpy as np
 
 import minilens as ml
-from minilens.cli import default_model_path
 
-model = ml.load(default_model_path())
+model = ml.load("shakespeare-llama")
 cfg = model.cfg
 print(model)
 text = "To be, or not to be, that is the"

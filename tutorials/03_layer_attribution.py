@@ -18,9 +18,8 @@ import numpy as np
 
 import minilens as ml
 from minilens import render
-from minilens.cli import default_model_path
 
-model = ml.load(default_model_path())
+model = ml.load("shakespeare-llama")
 g = model.params
 text = "To be, or not to be, that is the"
 trace = model.run(text)

@@ -16,9 +16,8 @@ import numpy as np
 
 import minilens as ml
 from minilens import render
-from minilens.cli import default_model_path
 
-model = ml.load(default_model_path())
+model = ml.load("shakespeare-llama")
 cfg = model.cfg
 text = "My lord, the king is come; the king is"
 trace = model.run(text)

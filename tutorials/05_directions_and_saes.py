@@ -20,9 +20,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 import minilens as ml
-from minilens.cli import default_model_path
 
-model = ml.load(default_model_path())
+model = ml.load("shakespeare-llama")
 cfg, g = model.cfg, model.params
 text = "To be, or not to be, that is the"
 trace = model.run(text)

@@ -21,7 +21,6 @@ import numpy as np
 
 import minilens as ml
 from minilens import quants
-from minilens.cli import default_model_path
 from minilens.fetch import fetched_path
 from minilens.gguf_io import GGUFFile
 
@@ -182,7 +181,7 @@ if path is not None:
 # min. llama.cpp searches for a better scale and min, so its error is usually smaller.
 
 # %%
-shipped = ml.load(default_model_path())
+shipped = ml.load("shakespeare-llama")
 x = shipped.layers[0].W_out[:256, 0].astype(np.float32)             # [256], bf16 values
 print(f"256 weights from the shipped Llama: mean {x.mean():+.4f}, std {x.std():.4f}, "
       f"min {x.min():+.4f}, max {x.max():+.4f}")
