@@ -25,9 +25,11 @@ if fetched_path("smollm2") is not None:
 else:
     print("SmolLM2 is not fetched (run `minilens fetch smollm2`); using the shipped Shakespeare Llama.")
     model = ml.load("shakespeare-llama")
-    text, target, rival = "To be, or not to be, that is the", " question", " way"
+    text = "To be, or not to be, that is the"
 print(model)
 trace = model.run(text)
+if fetched_path("smollm2") is None:  # the model's own first and second choices
+    target, rival = model.to_str_tokens(trace.logits[-1].argsort()[::-1][:2])
 print(f"{text!r} -> {model.to_str_tokens(trace.ids)}")
 top = model.to_str_tokens(trace.logits[-1].argsort()[::-1][:3])
 print(f"the model's top 3 next tokens: {top}")
