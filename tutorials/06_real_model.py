@@ -49,8 +49,9 @@ for i in list(range(0, len(lens.labels) - 12, 6)) + list(range(len(lens.labels) 
     print(f"{label:>10}  rank of {target!r}: {int(rank[i]):5d}   top: {tops}")
 first = next(str(lens.labels[i]) for i in range(len(rank)) if rank[i] == 0)
 assert str(lens.labels[-1]) == "final_post" and rank[-1] == 0, "the lens's last row is the model itself"
-print(f"Notice: {target!r} is thousands of places down for most of the depth; it first tops the lens at "
-      f"{first}, and in the rows just before it climbs {int(rank[-9])} -> {int(rank[-5])} -> {int(rank[-3])}.")
+print(f"Notice: the median rank of {target!r} over all {len(rank)} rows is {int(np.median(rank))}; it first "
+      f"tops the lens at {first}, and in the rows before the end its rank goes {int(rank[-9])} -> "
+      f"{int(rank[-5])} -> {int(rank[-3])}.")
 
 # %% [markdown]
 # In the middle layers the lens reads punctuation and spaces: the stream there is not yet in the
@@ -69,15 +70,17 @@ assert abs(attr.values.sum() - attr.logit) <= 1e-4 * max(1, abs(attr.logit)), "t
 contrast = ml.layer_attribution(trace, target=target, contrast=rival, by="layer")
 print(render.attribution_bars(contrast, top=6))
 best = contrast.top(1)[0]
-print(f"Notice: for {target!r} alone the late MLPs write most ({attr.top(1)[0][0]} {attr.top(1)[0][1]:+.2f}), "
-      f"but against {rival!r} one part does most of the work: {best[0]} ({best[1]:+.2f} of "
-      f"{contrast.logit:+.2f}).")
+late = sum(v for k, v in zip(attr.labels, attr.values) if k.endswith("_mlp")
+           and int(k.split("_")[0]) >= model.cfg.n_layers - 4)
+print(f"Notice: for {target!r} alone the largest part is {attr.top(1)[0][0]} ({attr.top(1)[0][1]:+.2f}), and "
+      f"the last four MLPs together write {late:+.2f} of {attr.logit:+.2f}; against {rival!r} the "
+      f"largest part is {best[0]} ({best[1]:+.2f} of {contrast.logit:+.2f}).")
 
 # %% [markdown]
 # ## Which heads, and which source tokens
-# Split that layer's attention into its heads, then the strongest head's output into the source
-# tokens it read (tutorial 04): the pattern weight times each source token's value vector,
-# through W_O.
+# Split that layer's attention into its heads, then into the source tokens it read (tutorial 04):
+# the pattern weight times each source token's value vector, through W_O. ("rest" is everything
+# else that layer l contributes: its MLP, or with by="head" the parts outside attention.)
 
 # %%
 layer = int(best[0].split("_")[0])
@@ -92,5 +95,5 @@ strs = model.to_str_tokens(trace.ids)
 print(f"{head} attends from the last position to: "
       + ", ".join(f"{strs[k]!r} {pattern[k]:.2f}" for k in np.argsort(-pattern)[:3]))
 src = tokens.top(1)[0][0]
-print(f"Notice: {head} writes {heads.top(1)[0][1]:+.2f} of the {target!r}-over-{rival!r} difference, "
-      f"and the source token that carries the most is {src}.")
+print(f"Notice: {head} writes {heads.top(1)[0][1]:+.2f} of layer {layer}'s share of the "
+      f"{target!r}-over-{rival!r} difference, and the largest part by source is {src}.")
