@@ -63,7 +63,7 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, progres
     config = {**{k: v for k, v in hf.items() if v is not None}, "architectures": [cls], "torch_dtype": "float32",
               "converted_from": found.name}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tokenizer = gguf_tokenizer(ckpt.gguf, cfg)
+    tokenizer = gguf_tokenizer(ckpt.gguf)
     if tokenizer is not None:
         write_tokenizer(out, tokenizer, ckpt.gguf.metadata)
     return out

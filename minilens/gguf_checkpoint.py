@@ -24,6 +24,8 @@ import numpy as np
 
 from .errors import CheckpointError, UnsupportedModelError
 from .gguf_io import GGUFFile
+from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
+from .tokenizer import Tokenizer
 from .safetensors_io import TensorInfo
 from .weights import LAYOUTS, Checkpoint, Getter
 
@@ -325,12 +327,11 @@ def find_gguf(path: Path) -> Path | None:
     return found[0] if found else None
 
 
-def gguf_tokenizer(gguf: GGUFFile, cfg) -> "Tokenizer | None":
-    """The tokenizer the file's `tokenizer.ggml.*` metadata describes, or None (the model runs on ids)."""
+def gguf_tokenizer(gguf: GGUFFile) -> "Tokenizer | None":
+    """The tokenizer the file's `tokenizer.ggml.*` metadata describes; None without that metadata.
+    A tokenizer type minilens does not cover raises CheckpointError (load then runs on ids)."""
     if "tokenizer.ggml.model" not in gguf.metadata:
         return None
-    from .gguf_tokenizer import gguf_add_bos, tokenizer_from_gguf
-    from .tokenizer import Tokenizer
-
     hf_tok = tokenizer_from_gguf(gguf.metadata, str(gguf.path))
-    return Tokenizer.from_hf_tokenizer(hf_tok, cfg.bos_token_id, gguf_add_bos(gguf.metadata), str(gguf.path))
+    return Tokenizer.from_hf_tokenizer(hf_tok, gguf_bos_token_id(gguf.metadata), gguf_add_bos(gguf.metadata),
+                                       str(gguf.path))

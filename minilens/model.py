@@ -268,6 +268,7 @@ class Model:
         self.layers = layers              # a Sequence of LayerParams, widened lazily
         self.dtype = np.dtype(dtype)
         self.tokenizer = tokenizer
+        self.tokenizer_problem: str | None = None   # why a GGUF file's tokenizer could not be built
         self.folder = folder
         self.files = files
         self.pool = ArrayPool()           # the memory of dropped traces, for the next run (memory.py)
@@ -280,6 +281,9 @@ class Model:
     # ---- tokens ---------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
+            if self.tokenizer_problem:  # a GGUF file whose tokenizer minilens cannot build
+                raise TokenizerMissingError(f"{self.tokenizer_problem} The model still runs on token ids: "
+                                            f"pass a list or array of ints instead of text.")
             raise TokenizerMissingError(
                 f"this model ({self.folder}) has no tokenizer.json, so it cannot read text. "
                 f"Pass token ids (a list or array of ints) instead, or put the tokenizer.json beside config.json."
@@ -447,12 +451,18 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     if cache_layers is None:
         cache_layers = ckpt.layer_elements(cfg) * dtype.itemsize <= CACHE_LAYERS_MAX_BYTES
     layers = LazyLayers(ckpt, cfg, dtype, cache=cache_layers)
+    tokenizer_problem = None
     if gguf_path is not None:
-        tokenizer = gguf_tokenizer(ckpt.gguf, cfg)
+        try:
+            tokenizer = gguf_tokenizer(ckpt.gguf)
+        except CheckpointError as e:  # an uncovered tokenizer type: the model still runs on ids
+            tokenizer, tokenizer_problem = None, str(e)
     else:
         tok_path = folder / "tokenizer.json"
         tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
-    return Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
+    model = Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
+    model.tokenizer_problem = tokenizer_problem
+    return model
 
 
 def all_finite(a: np.ndarray) -> bool:

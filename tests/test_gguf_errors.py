@@ -33,6 +33,8 @@ def kv(key: str, vtype: int, value) -> bytes:
         body = struct.pack("<f", value)
     elif vtype == STR:
         body = string(value)
+    elif vtype == ARR:  # an array of strings
+        body = struct.pack("<IQ", STR, len(value)) + b"".join(string(v) for v in value)
     else:
         raise ValueError(vtype)
     return string(key) + struct.pack("<I", vtype) + body
@@ -264,3 +266,14 @@ def test_the_file_is_never_written(tmp_path):
     model = ml.load(path)
     model(np.arange(5))
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+
+
+def test_an_uncovered_tokenizer_type_leaves_a_model_that_runs_on_ids(tmp_path):
+    meta, tensors = tiny_llama()
+    meta += [("tokenizer.ggml.model", STR, "rwkv"), ("tokenizer.ggml.tokens", ARR, [f"t{i}" for i in range(64)])]
+    path = tmp_path / "model.gguf"
+    path.write_bytes(gguf_bytes(meta, tensors))
+    model = ml.load(path)
+    assert np.isfinite(model(np.arange(8))).all()
+    with pytest.raises(ml.TokenizerMissingError, match="rwkv.*runs on token ids"):
+        model.to_tokens("hello")
