@@ -221,15 +221,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .safetensors_io import read_header
     progress = Progress()
     model, path = load_model(args, progress)
     progress.clear()
     c = model.cfg
     stored: dict[str, int] = {}
-    for f in model.files:
-        for info in read_header(Path(f)).values():
-            stored[info.dtype] = stored.get(info.dtype, 0) + 1
+    for info in model.checkpoint.infos.values():
+        stored[info.dtype] = stored.get(info.dtype, 0) + 1
     rows = [
         ("model", str(path)),
         ("family", c.family + (f" ({c.architecture})" if c.architecture else "")),

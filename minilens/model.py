@@ -269,6 +269,7 @@ class Model:
         self.dtype = np.dtype(dtype)
         self.tokenizer = tokenizer
         self.tokenizer_problem: str | None = None   # why a GGUF file's tokenizer could not be built
+        self.checkpoint = None                      # set by load(): the stored tensors by name
         self.folder = folder
         self.files = files
         self.pool = ArrayPool()           # the memory of dropped traces, for the next run (memory.py)
@@ -462,6 +463,7 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
         tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
     model = Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
     model.tokenizer_problem = tokenizer_problem
+    model.checkpoint = ckpt                   # the stored tensors, by name (their dtypes, files, shapes)
     return model
 
 

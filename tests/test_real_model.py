@@ -158,3 +158,25 @@ def test_where_paris_forms(model, text):
     measured = {str(lab): int(r) for lab, r in zip(lens.labels, lens.target_rank[:, -1])}
     assert {k: measured[k] for k in ranks} == ranks, f"ranks of ' Paris' changed: {measured}"
     assert min(measured[f"{l}_pre"] for l in range(20)) > 1000, "' Paris' should be far down in layers 0-19"
+
+
+def run_cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "minilens", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_info_lens_and_convert_on_the_gguf(path, tmp_path):
+    info = run_cli("info", "--model", "smollm2")
+    assert info.returncode == 0 and "Q4_1 (210 tensors)" in info.stdout, info.stdout + info.stderr
+    lens = run_cli("lens", "The capital of France is", "--model", "smollm2", "--target", " Paris")
+    assert lens.returncode == 0 and "final_post" in lens.stdout and "Paris 0.77" in lens.stdout, lens.stdout
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    refused = run_cli("convert", str(path), str(taken))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "OUT_DIR" in refused.stderr and "out_dir" not in refused.stderr, "errors name the command's words"
+    assert (taken / "keep.txt").read_text() == "mine" and len(list(taken.iterdir())) == 1
+    into_weights = run_cli("convert", str(path), str(path.parent))
+    assert into_weights.returncode == 2, into_weights.stderr
