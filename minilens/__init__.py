@@ -12,7 +12,8 @@ computes the logit lens and direct logit attribution on that record.
 from .config import ModelConfig, RopeConfig
 from .errors import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError,
                      NotRecordedError, TokenizerMissingError, UnsupportedModelError)
-from .model import Model, forward, load
+from .forward import forward
+from .model import Model, load
 from .trace import Trace
 from .lens import LensResult, logit_lens
 from .attribution import Attribution, layer_attribution

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
-from .model import gqa_repeat
+from .ops import gqa_repeat
 
 if TYPE_CHECKING:
     from .trace import Trace

@@ -68,15 +68,27 @@ class ModelConfig:
     # Switches of the newer families (issue 7). Their defaults are GPT-2/Llama behaviour.
     qk_norm: bool = False            # Qwen3: RMSNorm over each head's q and k (d_head wide), before RoPE
     sandwich_norms: bool = False     # Gemma 2: also a norm on each sublayer's output, before it joins the stream
-    embed_scale: float | None = None  # Gemma: embeddings times sqrt(d_model), rounded to the compute dtype
-    attn_scale: float | None = None  # scores times this; None means 1 / sqrt(d_head) (Gemma 2: query_pre_attn_scalar**-0.5)
+    embed_scale: float | None = None  # embeddings times this (Gemma: sqrt(d_model)); resolved to 1.0
+    attn_scale: float | None = None  # scores times this; resolved to 1 / sqrt(d_head) (Gemma 2: query_pre_attn_scalar**-0.5)
     attn_softcap: float | None = None   # Gemma 2: scores -> cap * tanh(scores / cap), before the mask
     final_softcap: float | None = None  # Gemma 2: logits -> cap * tanh(logits / cap)
-    layer_windows: tuple = ()        # per layer: a sliding-window width (int) or None (full causal); () = all full
+    layer_windows: tuple = ()        # per layer: a sliding-window width (int) or None (full causal); resolved to one per layer
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     prepend_bos: bool = False        # does this family's tokenizer convention start with BOS?
     architecture: str | None = None
+
+    def __post_init__(self) -> None:
+        """Resolve the defaults, so that the forward pass needs no ``is None`` checks: the attention
+        scale 1 / sqrt(d_head), the embedding scale 1.0, and one window entry per layer. (A size of the
+        wrong type is left for check_sizes to name; ``replace(d_head=...)`` should pass attn_scale=None.)"""
+        sizes_ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (self.d_head, self.n_layers))
+        if self.attn_scale is None and sizes_ok:
+            object.__setattr__(self, "attn_scale", 1.0 / math.sqrt(self.d_head))
+        if self.embed_scale is None:
+            object.__setattr__(self, "embed_scale", 1.0)
+        if not self.layer_windows and sizes_ok:
+            object.__setattr__(self, "layer_windows", (None,) * self.n_layers)
 
     @property
     def n_params(self) -> int:

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import ops
 from .errors import InputError
+from .fast import kernels
+from .forward import final_norm, unembed
 
 if TYPE_CHECKING:
     from .model import Model
@@ -47,29 +48,16 @@ STAT_POSITIONS = 2
 # The math
 # ------------------------------------------------------------------------------------------
 
-def unembed(model: "Model", normalized: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """normalized W_U + b_U, then the family's final soft-cap if it has one.  [..., d_model] -> [..., d_vocab]
-
-    Every lens code path goes through here, so a family-specific step (Gemma-2's final-logit
-    soft-capping, cap * tanh(logits / cap)) is added in exactly one place. ``out`` receives the
-    logits when given: the lens reuses one buffer for every chunk (fresh 32 MB arrays cost page
-    faults on every chunk; issue 6).
-    """
-    g = model.params
-    logits = np.matmul(normalized, g.W_U, out=out)  # the model's own op (model.linear): x @ W, then += b
-    if g.b_U is not None:
-        logits += g.b_U
-    cap = getattr(model.cfg, "final_softcap", None)
-    if cap:
-        logits[...] = ops.softcap(logits, cap)
-    return logits
-
-
 def lens_logits(model: "Model", resid: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """N(x) W_U + b_U with the final norm recomputed on x.  [..., d_model] -> [..., d_vocab]"""
+    """N(x) W_U + b_U with the final norm recomputed on x: the model's own final_norm and unembed
+    (forward.py). ``out``, when given, receives the logits: the chunked statistics reuse one buffer
+    for every chunk (fresh 32 MB arrays cost page faults on every chunk; issue 6).
+    [..., d_model] -> [..., d_vocab]"""
     g, cfg = model.params, model.cfg
-    normalized, _ = ops.normalize(resid, g.lnf_w, g.lnf_b, cfg.norm, cfg.norm_eps)
-    return unembed(model, normalized, out)
+    normalized = final_norm(resid, g, cfg)
+    if out is None:
+        return unembed(normalized, g, cfg)
+    return kernels.unembed(normalized, g, cfg, out)
 
 
 def top_k_by_group_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

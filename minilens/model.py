@@ -1,257 +1,26 @@
-"""The forward pass, one function per equation, and the Model that runs it.
+"""The Model: a loaded checkpoint that runs token ids, records traces and generates; and load().
 
-Every family runs through the same ``forward``. They differ only by data in ModelConfig
-(which norm, which activation, learned or rotary positions, parallel residual), and the
-loader has already renamed and transposed every weight to ``[d_in, d_out]``.
-
-The newer families' switches (qk_norm, sandwich_norms, embed_scale, attn_scale, attn_softcap,
-final_softcap, layer_windows, parallel_residual) are each one named branch below. What the trace,
-the lens and the attribution mean under a parallel residual, sandwich norms or a final soft-cap is
-stated in README.md, "Supported families".
-
-Shapes: ``n_seq`` tokens, ``d_model`` wide. ``run_batch`` adds a leading batch axis to the same
-arrays; the functions below are written for one sequence and let that axis ride along (``...``).
+The forward pass itself is forward.py (the one to read) and fast/forward.py (the same equations,
+reordered for speed; the default). ``Model.run`` chooses between them in one place, ``_forward``.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from . import ops
 from .config import ModelConfig
 from .errors import CheckpointError, InputError, TokenizerMissingError
-from .tokenizer import Tokenizer
-from .memory import ArrayPool
-from .trace import Recorder, Trace
+from .fast.forward import forward as fast_forward
+from .fast.memory import ArrayPool
+from .fast.recorder import PooledRecorder
+from .forward import forward as textbook_forward
 from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
-from .weights import (LAYOUTS, Checkpoint, GlobalParams, LayerParams, LazyLayers, blas_ready,
-                      find_safetensors, resolve)
-
-
-# ------------------------------------------------------------------------------------------
-# The math
-# ------------------------------------------------------------------------------------------
-
-def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, out: np.ndarray | None = None) -> np.ndarray:
-    """x @ W + b, into out if given.  [..., d_in] -> [..., d_out]"""
-    y = np.matmul(x, W, out=out)
-    if b is not None:
-        y += b
-    return y
-
-
-def norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, cfg: ModelConfig,
-         out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The family's norm (into out if given), and its divisor s (recorded: attribution freezes it).
-    -> [n_seq, d_model], [n_seq, 1]"""
-    return ops.normalize(x, gamma, beta, cfg.norm, cfg.norm_eps, out)
-
-
-def causal_mask(n_seq: int, window: int | None = None) -> np.ndarray:
-    """True where query q may not attend to key k.  -> [n_seq, n_seq] bool
-
-    k > q always (causal). With a sliding window, also k <= q - window: query q sees the ``window``
-    keys q - window + 1 .. q, itself included (transformers' sliding_window_overlay: kv > q - window).
-    """
-    q, k = np.arange(n_seq)[:, None], np.arange(n_seq)[None, :]
-    return (k > q) | (k <= q - window) if window is not None else k > q
-
-
-# Queries per block in causal attention. Rows 0..n_seq are done ATTENTION_BLOCK at a time, and each
-# block skips the keys after its last query, which the causal mask would zero anyway: about half
-# the attention work at long sequences (issue 6). 128 rows keep a block's scores cache-sized.
-ATTENTION_BLOCK = 128
-
-
-def attention_blocks(n_seq: int, window: int | None):
-    """The query blocks: (start, stop, lo) for queries start..stop-1, which see keys lo..stop-1 at most
-    (lo > 0 only under a sliding window). Everything outside these rectangles is masked."""
-    for start in range(0, n_seq, ATTENTION_BLOCK):
-        stop = min(start + ATTENTION_BLOCK, n_seq)
-        yield start, stop, (0 if window is None else max(0, start - window + 1))
-
-
-def pattern_rows(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: float | None, mask: np.ndarray,
-                 start: int, stop: int, lo: int, out: np.ndarray) -> np.ndarray:
-    """pattern = softmax(q k^T * scale + causal mask) for queries start..stop-1 and keys lo..stop-1, into out.
-
-    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq] -> out [n_heads, stop - start, stop - lo]
-    """
-    np.matmul(q[..., start:stop, :], k_T[..., lo:stop], out=out)
-    out *= scale
-    if softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
-        out[...] = ops.softcap(out, softcap)
-    out[..., mask[start:stop, lo:stop]] = -np.inf                 # exp(-inf) = 0 exactly: no magic -1e10
-    return ops.softmax_in_place(out)
-
-
-def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.floating, softcap: float | None,
-                     window: int | None, out: np.ndarray | None = None) -> np.ndarray:
-    """z = pattern v, with pattern = softmax(q k^T * scale + causal mask).
-
-    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq], v [n_heads, n_seq, d_head]
-    -> z [n_seq, n_heads, d_head]
-
-    The textbook equation, with only the order of work changed for speed. Each block of queries
-    gets its pattern rows in one reused [n_heads, block, n_seq] scratch buffer, and z is written in
-    the [n_seq, n_heads, d_head] layout that W_O reads. The full pattern is never kept here: the
-    trace derives it from q and k with ``attention_pattern`` when it is first read. Keeping it would
-    mean 150 MB of fresh memory per forward pass on GPT-2-small at 512 tokens (600 MB at 1024), and
-    first-touching that memory cost 0.13 s of a 0.79 s forward pass at 2 threads (issue 6).
-    """
-    *lead, n_heads, n_seq, d_head = q.shape
-    scratch = np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)
-    z = np.empty((*lead, n_seq, n_heads, d_head), dtype=q.dtype) if out is None else out
-    z_heads = np.swapaxes(z, -3, -2)                               # a view of z: [n_heads, n_seq, d_head]
-    mask = causal_mask(n_seq, window)
-    for start, stop, lo in attention_blocks(n_seq, window):
-        pattern = pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo, out=scratch[..., :stop - start, :stop - lo])
-        np.matmul(pattern, v[..., lo:stop, :], out=z_heads[..., start:stop, :])
-    return z
-
-
-def attention_pattern(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: float | None,
-                      window: int | None) -> np.ndarray:
-    """The whole pattern, by the same blocks as causal_attention, so it is bit for bit the one z was made from.
-
-    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq] -> pattern [n_heads, n_seq(q), n_seq(k)]
-    (masked entries exactly 0)
-    """
-    *lead, n_heads, n_seq, _ = q.shape
-    pattern = np.zeros((*lead, n_heads, n_seq, n_seq), dtype=q.dtype)
-    mask = causal_mask(n_seq, window)
-    for start, stop, lo in attention_blocks(n_seq, window):
-        pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo, out=pattern[..., start:stop, lo:stop])
-    return pattern
-
-
-def gqa_repeat(x: np.ndarray, group: int) -> np.ndarray:
-    """Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
-
-    [n_seq, n_kv_heads, d_head] -> [n_seq, n_heads, d_head]. (np.repeat copies even when group is 1.)
-    """
-    return np.repeat(x, group, axis=-2) if group > 1 else x
-
-
-def keys_T(k: np.ndarray, group: int) -> np.ndarray:
-    """k^T per query head, as a contiguous copy (about 2x faster in the score products than a view).
-
-    [n_seq, n_kv_heads, d_head] -> [n_heads, d_head, n_seq]
-    """
-    return np.ascontiguousarray(np.moveaxis(gqa_repeat(k, group), -3, -1))
-
-
-def recorded_pattern(q: np.ndarray, k: np.ndarray, group: int, scale: np.floating, softcap: float | None,
-                     window: int | None) -> np.ndarray:
-    """The attention pattern from a trace's q [n_seq, n_heads, d_head] and k [n_seq, n_kv_heads, d_head],
-    in the same layouts and blocks as the forward pass.  -> [n_heads, n_seq(q), n_seq(k)]"""
-    return attention_pattern(np.swapaxes(q, -3, -2), keys_T(k, group), scale, softcap, window)
-
-
-def split_heads(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, n_heads: int, d_head: int,
-                out: np.ndarray | None = None) -> np.ndarray:
-    """x W + b, one d_head slice per head, into out if given.  [n_seq, d_model] -> [n_seq, n_heads, d_head]"""
-    flat_out = None if out is None else out.reshape(*out.shape[:-2], n_heads * d_head)
-    return linear(x, W, b, flat_out).reshape(*x.shape[:-1], n_heads, d_head)
-
-
-def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
-              rec: Recorder, l: int) -> np.ndarray:
-    """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]
-
-    (``rec.empty(shape, dtype)`` is memory that the model recycles; see Recorder.empty.)
-    """
-    *lead, n_seq, _ = x.shape
-    H, H_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    q = split_heads(x, w.W_Q, w.b_Q, H, d_head, rec.empty((*lead, n_seq, H, d_head), x.dtype))
-    k = split_heads(x, w.W_K, w.b_K, H_kv, d_head, rec.empty((*lead, n_seq, H_kv, d_head), x.dtype))
-    v = split_heads(x, w.W_V, w.b_V, H_kv, d_head, rec.empty((*lead, n_seq, H_kv, d_head), x.dtype))
-    if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE (in place)
-        ops.rms_norm(q, w.q_norm_w, cfg.norm_eps, out=q), ops.rms_norm(k, w.k_norm_w, cfg.norm_eps, out=k)
-    if rope is not None:  # rotated in place
-        ops.apply_rope(q, *rope, out=q), ops.apply_rope(k, *rope, out=k)
-    rec("q", l, q), rec("k", l, k), rec("v", l, v)    # [n_seq, n_heads, d_head], k and v: [n_seq, n_kv_heads, d_head]
-
-    group = H // H_kv
-    scale = x.dtype.type(cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(d_head))
-    window = cfg.layer_windows[l] if cfg.layer_windows else None
-    q_heads = np.swapaxes(q, -3, -2)                                                   # [n_heads, n_seq, d_head]
-    v_heads = np.swapaxes(gqa_repeat(v, group), -3, -2)                                # [n_heads, n_seq, d_head]
-    z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window,
-                         out=rec.empty((*lead, n_seq, H, d_head), x.dtype))
-    # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
-    rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
-    rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
-    return linear(z.reshape(*lead, n_seq, H * d_head), w.W_O, w.b_O, rec.empty(x.shape, x.dtype))  # [n_seq, d_model]
-
-
-def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) -> np.ndarray:
-    """act(x W_in + b_in) W_out + b_out, or the gated form act(x W_gate) * (x W_in).  [n_seq, d_model] -> same"""
-    act = ops.ACTIVATIONS[cfg.act]
-    pre = linear(x, w.W_in, w.b_in)                                                    # [n_seq, d_mlp]
-    out = rec.empty(pre.shape, pre.dtype)
-    if cfg.gated_mlp:
-        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), pre, out=out)
-    else:
-        mlp_post = act(pre, out=out)
-    rec("mlp_post", l, mlp_post)
-    return linear(mlp_post, w.W_out, w.b_out, rec.empty(x.shape, x.dtype))             # [n_seq, d_model]
-
-
-def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
-          rec: Recorder, l: int) -> np.ndarray:
-    """One transformer block.  [n_seq, d_model] -> [n_seq, d_model]"""
-    shape, dtype = resid_pre.shape, resid_pre.dtype
-    rec("resid_pre", l, resid_pre)
-    normed, scale_ln1 = norm(resid_pre, w.ln1_w, w.ln1_b, cfg)
-    rec("scale_ln1", l, scale_ln1)
-    attn_out = attention(normed, w, cfg, rope, rec, l)
-    if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
-        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg, out=rec.empty(shape, dtype))
-        rec("scale_ln1_post", l, scale_ln1_post)
-    resid_mid = np.add(resid_pre, attn_out, out=rec.empty(shape, dtype))
-    # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
-    normed, scale_ln2 = norm(resid_pre if cfg.parallel_residual else resid_mid, w.ln2_w, w.ln2_b, cfg)
-    rec("scale_ln2", l, scale_ln2)
-    mlp_out = mlp(normed, w, cfg, rec, l)
-    if cfg.sandwich_norms:
-        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg, out=rec.empty(shape, dtype))
-        rec("scale_ln2_post", l, scale_ln2_post)
-    resid_post = np.add(resid_mid, mlp_out, out=rec.empty(shape, dtype))
-    rec("attn_out", l, attn_out), rec("resid_mid", l, resid_mid)
-    rec("mlp_out", l, mlp_out), rec("resid_post", l, resid_post)
-    return resid_post
-
-
-def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Recorder) -> np.ndarray:
-    """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]"""
-    n_seq = ids.shape[-1]
-    embed = g.W_E[ids]                                                                 # [n_seq, d_model]
-    if cfg.embed_scale is not None:
-        # Gemma: times sqrt(d_model), rounded to the compute dtype first, as transformers does
-        # (its normalizer is a tensor in the hidden states' dtype).
-        embed = embed * embed.dtype.type(cfg.embed_scale)
-    rec("embed", None, embed)
-    x = embed
-    if cfg.positional == "learned":
-        pos_embed = np.broadcast_to(g.W_pos[:n_seq], embed.shape)                      # [n_seq, d_model]
-        rec("pos_embed", None, pos_embed)
-        x = embed + pos_embed
-    rope = ops.rope_tables(cfg.rope, n_seq, x.dtype) if cfg.positional == "rope" else None
-    for l in range(cfg.n_layers):
-        x = block(x, layers[l], cfg, rope, rec, l)
-    rec("resid_final", None, x)
-    normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
-    rec("scale_final", None, scale_final), rec("normalized", None, normalized)
-    logits = linear(normalized, g.W_U, g.b_U, rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype))  # [n_seq, d_vocab]
-    if cfg.final_softcap:  # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
-        rec("logits_precap", None, logits)
-        logits = ops.softcap(logits, cfg.final_softcap)
-    return logits
+from .tokenizer import Tokenizer
+from .trace import Recorder, Trace
+from .weights import LAYOUTS, Checkpoint, GlobalParams, LazyLayers, blas_ready, find_safetensors, resolve
 
 
 # ------------------------------------------------------------------------------------------
@@ -272,7 +41,8 @@ class Model:
         self.checkpoint = None                      # set by load(): the stored tensors by name
         self.folder = folder
         self.files = files
-        self.pool = ArrayPool()           # the memory of dropped traces, for the next run (memory.py)
+        self.pool = ArrayPool()           # the memory of dropped traces, for the next run (fast/memory.py)
+        self.fast = True                  # run fast/forward.py; False runs forward.py, the textbook pass
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -366,9 +136,16 @@ class Model:
         ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are always kept.
         """
         ids = self.check_ids(ids)
-        rec = Recorder(names, self.pool)
-        logits = forward(ids, self.params, self.layers, self.cfg, rec)
+        rec, logits = self._forward(ids, names)
         return Trace(self, ids, rec.store, logits)
+
+    def _forward(self, ids: np.ndarray, names) -> tuple[Recorder, np.ndarray]:
+        """The one place that chooses the forward pass: fast/forward.py, or forward.py."""
+        if self.fast:
+            rec = PooledRecorder(names, self.pool)
+            return rec, fast_forward(ids, self.params, self.layers, self.cfg, rec)
+        rec = Recorder(names)
+        return rec, textbook_forward(ids, self.params, self.layers, self.cfg, rec)
 
     def run_batch(self, ids, names: Iterable[str] | None = None) -> list[Trace]:
         """Run several equal-length sequences at once ([batch, n_seq]); one Trace per sequence.
@@ -378,8 +155,7 @@ class Model:
         """
         ids = self.check_ids(ids, allow_batch=True)
         ids = ids[None] if ids.ndim == 1 else ids
-        rec = Recorder(names, self.pool)
-        logits = forward(ids, self.params, self.layers, self.cfg, rec)
+        rec, logits = self._forward(ids, names)
         return [Trace(self, ids[b], {key: value[b] for key, value in rec.store.items()}, logits[b])
                 for b in range(len(ids))]
 
@@ -411,13 +187,16 @@ class Model:
 CACHE_LAYERS_MAX_BYTES = 2 << 30
 
 
-def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layers: bool | None = None) -> Model:
+def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layers: bool | None = None,
+         fast: bool = True) -> Model:
     """Load a Hugging Face checkpoint folder (or a model name from the local HF cache).
 
     ``dtype`` is the compute dtype: float32 by default, float64 as a reference mode. Stored
     F16/BF16/F32 weights are widened exactly. Tensors are memory-mapped read-only and each
     layer is widened on first use, so loading is quick and nothing is ever written to the folder.
     ``check_finite=True`` reads every weight once and names any tensor holding NaN or inf.
+    ``fast=False`` runs the textbook forward pass (forward.py) instead of fast/forward.py: the same
+    numbers to rounding, slower, and every value made exactly where forward.py's code says.
 
     ``cache_layers``: keep each layer once widened (fast repeated runs), or widen it afresh on every
     use and drop it after (peak memory: the stored checkpoint plus one widened layer). The default,
@@ -464,6 +243,7 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     model = Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
     model.tokenizer_problem = tokenizer_problem
     model.checkpoint = ckpt                   # the stored tensors, by name (their dtypes, files, shapes)
+    model.fast = bool(fast)
     return model
 
 

@@ -1,4 +1,8 @@
-"""Pure functions, one per equation. Every function keeps its input's dtype."""
+"""The equations of the forward pass, one short function each. Every function keeps its input's dtype.
+
+These are the textbook forms that forward.py reads like a paper. The fast forward pass
+(fast/forward.py) uses in-place versions of some of them (fast/kernels.py), tested equal to these.
+"""
 
 from __future__ import annotations
 
@@ -9,61 +13,33 @@ import numpy as np
 from .config import RopeConfig
 
 
-def rms_norm_scale(x: np.ndarray, eps: float) -> np.ndarray:
-    """s = sqrt(mean(x^2) + eps), the RMSNorm divisor (the LayerNorm one on centred x).  [..., d_model] -> [..., 1]"""
+def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """x @ W + b, with weights stored [d_in, d_out]; an absent bias is None.  [..., d_in] -> [..., d_out]"""
+    return x @ W if b is None else x @ W + b
+
+
+def rms(x: np.ndarray, eps: float) -> np.ndarray:
+    """s = sqrt(mean(x^2) + eps): the norms' divisor, which attribution freezes.  [..., d_model] -> [..., 1]"""
     return np.sqrt((x * x).mean(-1, keepdims=True) + eps)
 
 
-def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, eps: float) -> np.ndarray:
-    """N(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta.  [..., d_model] -> [..., d_model]"""
-    return normalize(x, gamma, beta, "layernorm", eps)[0]
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """N(x) = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).  -> [..., d_model], s [..., 1]"""
+    centred = x - x.mean(-1, keepdims=True)
+    s = rms(centred, eps)                       # the variance is the mean square of the centred x
+    return centred / s * gamma + beta, s
 
 
-def rms_norm(x: np.ndarray, gamma: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
-    """N(x) = gamma * x / sqrt(mean(x^2) + eps).  [..., d_model] -> [..., d_model]"""
-    return normalize(x, gamma, None, "rmsnorm", eps, out)[0]
+def rms_norm(x: np.ndarray, gamma: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """N(x) = x / s * gamma, s = sqrt(mean(x^2) + eps).  -> [..., d_model], s [..., 1]"""
+    s = rms(x, eps)
+    return x / s * gamma, s
 
 
-def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, kind: str,
-              eps: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Either norm, also returning its divisor s, which attribution freezes.  -> [..., d_model], [..., 1]
-
-    LayerNorm: y = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).
-    RMSNorm:   y = x / s * gamma,                    s = sqrt(mean(x^2) + eps).
-    Both are computed in place on the one array y (fresh, or out; out may be x itself): a norm
-    runs twice per layer, and each extra [n_seq, d_model] temporary is memory to fault in and
-    pass over (issue 6).
-    """
-    if kind == "layernorm":
-        y = np.subtract(x, x.mean(-1, keepdims=True), out=out)  # centred: var(x) = mean(y^2)
-        s = rms_norm_scale(y, eps)
-        y /= s
-    else:
-        s = rms_norm_scale(x, eps)
-        y = np.divide(x, s, out=out)
-    y *= gamma
-    if beta is not None:
-        y += beta
-    return y, s
-
-
-def gelu_new(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """GPT-2's tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-
-    Fused in place into one buffer (fresh, or out): written with temporaries it allocates eight
-    [n_seq, d_mlp] arrays; this way costs about a quarter of the time (issue 6). The inner term is
-    factored as x (c + c 0.044715 x^2), which equals c (x + 0.044715 x^3) up to rounding.
-    """
+def gelu_new(x: np.ndarray) -> np.ndarray:
+    """GPT-2's tanh approximation of GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
     c = x.dtype.type(math.sqrt(2.0 / math.pi))
-    y = np.multiply(x, x, out=out)                          # x^2
-    y *= c * x.dtype.type(0.044715)
-    y += c
-    y *= x                                                  # c (x + 0.044715 x^3)
-    np.tanh(y, out=y)
-    y += 1
-    y *= x
-    y *= x.dtype.type(0.5)
-    return y
+    return x.dtype.type(0.5) * x * (1 + np.tanh(c * (x + x.dtype.type(0.044715) * x ** 3)))
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -101,9 +77,22 @@ def erf(x: np.ndarray) -> np.ndarray:
     return (np.sign(x) * magnitude).astype(np.result_type(x, np.float32), copy=False)
 
 
-def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def gelu(x: np.ndarray) -> np.ndarray:
     """The exact GELU: x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))."""
-    return np.multiply(0.5 * x, 1.0 + erf(x * x.dtype.type(1.0 / math.sqrt(2.0))), out=out)
+    return 0.5 * x * (1.0 + erf(x * x.dtype.type(1.0 / math.sqrt(2.0))))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """SiLU (swish): x * sigmoid(x) = x / (1 + exp(-x))."""
+    return x / (1.0 + np.exp(-x))
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0)
+
+
+ACTIVATIONS = {"gelu_new": gelu_new, "gelu_tanh": gelu_new, "gelu_pytorch_tanh": gelu_new,
+               "gelu": gelu, "silu": silu, "swish": silu, "relu": relu}
 
 
 def softcap(x: np.ndarray, cap: float) -> np.ndarray:
@@ -112,40 +101,35 @@ def softcap(x: np.ndarray, cap: float) -> np.ndarray:
     return c * np.tanh(x / c)
 
 
-def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """SiLU (swish): x * sigmoid(x) = x / (1 + exp(-x))."""
-    return np.divide(x, 1.0 + np.exp(-x), out=out)
-
-
-def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    return np.maximum(x, 0, out=out)
-
-
-ACTIVATIONS = {"gelu_new": gelu_new, "gelu_tanh": gelu_new, "gelu_pytorch_tanh": gelu_new,
-               "gelu": gelu, "silu": silu, "swish": silu, "relu": relu}
-
-
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x - max) / sum(exp(x - max)); subtracting the max keeps exp from overflowing."""
     e = np.exp(x - x.max(axis, keepdims=True))
     return e / e.sum(axis, keepdims=True)
 
 
-def softmax_in_place(x: np.ndarray) -> np.ndarray:
-    """softmax over the last axis, overwriting x (which may be a view) and returning it.
-
-    The same equation as ``softmax``; attention calls it on its score blocks so that no
-    [n_heads, n_seq, n_seq]-sized temporaries are allocated (issue 6).
-    """
-    x -= x.max(-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(-1, keepdims=True)
-    return x
-
-
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = x - x.max(axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis, keepdims=True))
+
+
+def causal_mask(n_seq: int, window: int | None, dtype) -> np.ndarray:
+    """0 where query q may attend to key k, -inf where it may not.  -> [n_seq(q), n_seq(k)]
+
+    Causal: never a key after the query. With a sliding window, only the ``window`` keys
+    q - window + 1 .. q (transformers' sliding_window_overlay: kv > q - window). -inf, not a
+    large negative number: exp(-inf) is exactly 0, and the mask has the scores' dtype.
+    """
+    q, k = np.arange(n_seq)[:, None], np.arange(n_seq)[None, :]
+    hidden = (k > q) | (k <= q - window) if window is not None else k > q
+    return np.where(hidden, -np.inf, 0).astype(dtype)
+
+
+def gqa_repeat(x: np.ndarray, group: int) -> np.ndarray:
+    """Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
+
+    [..., n_kv_heads, d_head] -> [..., n_heads, d_head]
+    """
+    return np.repeat(x, group, axis=-2) if group > 1 else x
 
 
 def rope_inv_freq(rope: RopeConfig, n_seq: int) -> np.ndarray:
@@ -195,23 +179,19 @@ def rope_tables(rope: RopeConfig, n_seq: int, dtype: np.dtype) -> tuple[np.ndarr
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Rotate each head's first rotary_dim dims by position, into out (which may be x itself).
+def rotate_half(x: np.ndarray) -> np.ndarray:
+    """[x1, x2] -> [-x2, x1], halves along the last axis: the half-split ("rotate_half") RoPE layout,
+    in which dim i pairs with dim i + rotary_dim/2 (Meta's original code pairs neighbours 2i, 2i+1)."""
+    half = x.shape[-1] // 2
+    return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
-    [..., n_seq, n_heads, d_head] -> same. x_rot -> x_rot * cos + rotate_half(x_rot) * sin; the
-    dims past rotary_dim pass unchanged. Hugging Face checkpoints use the half-split ("rotate_half")
-    layout: dimension i pairs with i + rotary_dim/2, not with its neighbour i+1 as in Meta's
-    interleaved layout.
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate each head's first rotary_dim dims by its position; the rest pass unchanged.
+
+    [..., n_seq, n_heads, d_head] -> same; cos, sin [n_seq, rotary_dim]
     """
     r = cos.shape[-1]
-    x_rot = x[..., :r]
-    half = r // 2
-    rotated_half = np.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)  # rotate_half(x): a copy
-    cos, sin = cos[:, None, :], sin[:, None, :]                                       # broadcast over heads
-    if out is None:
-        out = np.empty_like(x)
-    if out is not x:
-        out[..., r:] = x[..., r:]
-    out_rot = np.multiply(x_rot, cos, out=out[..., :r])
-    out_rot += rotated_half * sin
-    return out
+    cos, sin = cos[:, None, :], sin[:, None, :]                       # broadcast over heads
+    rotated = x[..., :r] * cos + rotate_half(x[..., :r]) * sin
+    return np.concatenate([rotated, x[..., r:]], axis=-1)

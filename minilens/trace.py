@@ -27,14 +27,13 @@ key                     shape                                  meaning
 "logits"                [n_seq, d_vocab]                       (also trace.logits), after any soft-cap
 ======================  =====================================  ========================================
 
-(*) The pattern is derived, not stored: the forward pass keeps the scores of only one block of
-queries at a time, and the trace recomputes a layer's pattern from its recorded q and k, by the same
-blocks and the same function, the first time ``trace["pattern", l]`` is read (then keeps it). The
-result is bit for bit the pattern that z was made from (tests/test_fast_paths.py). This keeps a
-full trace at 512 tokens of GPT-2-small 150 MB lighter and 0.13 s faster (0.79 -> 0.66 s; issue 6).
+(*) In the fast forward pass (fast/forward.py) the pattern is derived, not stored: it keeps the
+scores of only one block of queries at a time, and the trace recomputes a layer's pattern from its
+recorded q and k, by the same blocks and the same function, the first time ``trace["pattern", l]``
+is read (then keeps it): bit for bit the pattern that z was made from (tests/test_fast_paths.py).
 
-The arrays are ordinary numpy arrays. Their memory comes from the model's pool (minilens/memory.py):
-once a trace and every view of its arrays are gone, the model reuses that memory for its next run.
+The arrays are ordinary numpy arrays. In the fast forward pass their memory comes from the model's
+pool (fast/memory.py): once a trace and every view of its arrays are gone, the model reuses it.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ import numpy as np
 from .errors import InputError, NotRecordedError
 
 if TYPE_CHECKING:
-    from .memory import ArrayPool
     from .model import Model
 
 LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post", "resid_mid",
@@ -70,12 +68,10 @@ class Derived:
 
 
 class Recorder:
-    """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``.
+    """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``
+    where it makes each value (layer None for the global keys)."""
 
-    ``rec.empty(shape, dtype)`` gives the forward pass recycled memory to write its values into.
-    """
-
-    def __init__(self, names: Iterable[str] | None, pool: "ArrayPool | None" = None):
+    def __init__(self, names: Iterable[str] | None):
         if isinstance(names, str) or (names is not None and not hasattr(names, "__iter__")):
             raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, got {names!r}.")
         self.names = None if names is None else set(names)
@@ -83,17 +79,6 @@ class Recorder:
         if unknown:  # a typo would otherwise record nothing, and fail only later
             raise InputError(f"unknown trace key {unknown[0]} in names; keys are {', '.join(ALL_KEYS)}.")
         self.store: dict[tuple[str, int | None], np.ndarray] = {}
-        self.pool = pool
-        if pool is not None:
-            pool.begin_run()                            # one Recorder per forward pass
-
-    def empty(self, shape: tuple, dtype) -> np.ndarray | None:
-        """Memory from the model's pool (memory.py) for the forward pass to write one of its values
-        into: the ones a trace can keep, and the output of W_O, W_out and a Gemma 2 post-norm (None,
-        meaning a fresh array, when there is no pool). It goes back to the pool when the value is
-        dropped: with the trace if the trace keeps it, else as soon as the forward pass is done with
-        it. So ``model(ids)``, which keeps only the logits, recycles its memory too."""
-        return None if self.pool is None else self.pool.empty(shape, dtype)
 
     def wants(self, name: str) -> bool:
         return self.names is None or name in self.names
@@ -101,11 +86,6 @@ class Recorder:
     def __call__(self, name: str, layer: int | None, value: np.ndarray) -> None:
         if self.wants(name):
             self.store[(name, layer)] = value
-
-    def derived(self, name: str, layer: int | None, fn, arrays: tuple, *args) -> None:
-        """Record ``fn(*arrays, *args)`` without computing it now: the trace computes it when first read."""
-        if self.wants(name):
-            self.store[(name, layer)] = Derived(fn, arrays, *args)
 
 
 class Trace:

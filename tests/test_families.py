@@ -33,7 +33,7 @@ torch, transformers = import_torch()
 
 import minilens as ml  # noqa: E402
 from minilens import ops  # noqa: E402
-from minilens.model import causal_mask  # noqa: E402
+from minilens.fast.forward import causal_mask  # noqa: E402
 from factories import assert_within as assert_within_hint, parity_errors as errors, randomize  # noqa: E402
 
 N_SEQ = 48
@@ -175,10 +175,11 @@ def assert_within(errs: dict, tol: float, what: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_parity(variant, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "textbook"])
+def test_parity(variant, fast, tmp_path, monkeypatch):
     folder, ids = make(tmp_path, variant), prompt()
-    ours64 = ml.load(folder, dtype=np.float64).run(ids)
-    ours32 = ml.load(folder).run(ids)
+    ours64 = ml.load(folder, dtype=np.float64, fast=fast).run(ids)
+    ours32 = ml.load(folder, fast=fast).run(ids)
     assert ours64.logits.dtype == np.float64 and ours32.logits.dtype == np.float32, "dtype silently changed"
 
     stock = reference(folder, ids, torch.float64)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 import minilens as ml
-from minilens import lens, model, ops
+from minilens import lens, ops
+from minilens.fast import forward as model
+from minilens.fast import kernels
 
 
 def textbook_attention(q, k, v, scale, softcap=None, window=None):
@@ -75,14 +77,15 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
 def test_fused_gelu_equals_the_textbook_formula():
     x = np.linspace(-8, 8, 1001)
     textbook = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-    assert np.allclose(ops.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), "fused GELU: is c factored correctly?"
-    assert ops.gelu_new(x.astype(np.float32)).dtype == np.float32
+    assert np.allclose(kernels.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), "fused GELU: is c factored correctly?"
+    assert np.allclose(ops.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), "ops.gelu_new is the formula"
+    assert kernels.gelu_new(x.astype(np.float32)).dtype == np.float32
 
 
 def test_in_place_softmax_equals_softmax():
     x = np.random.default_rng(1).standard_normal((4, 7, 9))
     expected = ops.softmax(x)
-    assert np.array_equal(ops.softmax_in_place(x.copy()), expected)
+    assert np.array_equal(kernels.softmax_in_place(x.copy()), expected)
 
 
 @pytest.mark.parametrize("rotary_dim", [8, 4])                  # full and partial rotation of d_head 8
@@ -98,9 +101,10 @@ def test_rope_in_place_and_into_out_equal_the_textbook_rotation(rotary_dim, dtyp
     c, s = cos[:, None, :], sin[:, None, :]
     textbook = np.concatenate([x1 * c[..., :half] - x2 * s[..., :half],
                                x2 * c[..., half:] + x1 * s[..., half:], x[..., r:]], axis=-1)
-    fresh = ops.apply_rope(x, cos, sin)
+    fresh = kernels.apply_rope(x, cos, sin)
     in_place = x.copy()
-    assert ops.apply_rope(in_place, cos, sin, out=in_place) is in_place
+    assert kernels.apply_rope(in_place, cos, sin, out=in_place) is in_place
+    assert np.array_equal(ops.apply_rope(x, cos, sin), textbook), "ops.apply_rope is the textbook rotation"
     # The rotation is x_rot * cos + rotate_half(x_rot) * sin, rounded the same way in every form.
     assert np.array_equal(fresh, textbook), "RoPE: does dim i pair with i + rotary_dim / 2 (half-split)?"
     assert np.array_equal(in_place, fresh), "in-place RoPE: was rotate_half(x) copied before x was overwritten?"
@@ -111,8 +115,11 @@ def test_rope_in_place_and_into_out_equal_the_textbook_rotation(rotary_dim, dtyp
 def test_activations_into_out_equal_the_fresh_result(act):
     x = np.linspace(-6, 6, 301, dtype=np.float32).reshape(7, 43)
     out = np.empty_like(x)
-    assert ops.ACTIVATIONS[act](x, out=out) is out
-    assert np.array_equal(out, ops.ACTIVATIONS[act](x)) and out.dtype == np.float32
+    assert kernels.ACTIVATIONS[act](x, out=out) is out
+    assert np.array_equal(out, kernels.ACTIVATIONS[act](x)) and out.dtype == np.float32
+    x64 = x.astype(np.float64)
+    assert np.allclose(kernels.ACTIVATIONS[act](x64), ops.ACTIVATIONS[act](x64), rtol=1e-14, atol=1e-15), \
+        f"{act}: the in-place kernel and ops.py's equation differ"
 
 
 @pytest.fixture(scope="module")

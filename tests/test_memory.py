@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import minilens as ml
-from minilens.memory import ArrayPool
+from minilens.fast.memory import ArrayPool
 from random_checkpoints import gpt2_config, llama_config, write_checkpoint
 
 

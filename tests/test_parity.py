@@ -155,14 +155,15 @@ def assert_within(errs: dict, tol: float, what: str) -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_parity(variant, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "textbook"])
+def test_parity(variant, fast, tmp_path, monkeypatch):
     factory, kwargs = VARIANTS[variant]
     folder, _ = factory(tmp_path, **kwargs)
     ids = prompt(N_SEQ)
     is_llama = factory is make_llama
 
-    ours64 = ml.load(folder, dtype=np.float64).run(ids)
-    ours32 = ml.load(folder).run(ids)
+    ours64 = ml.load(folder, dtype=np.float64, fast=fast).run(ids)
+    ours32 = ml.load(folder, fast=fast).run(ids)
     assert ours64.logits.dtype == np.float64 and ours32.logits.dtype == np.float32, "dtype silently changed"
 
     stock64 = errors(ours64, reference(folder, ids, "float64"), relative=is_llama)

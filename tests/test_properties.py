@@ -18,7 +18,10 @@ tests need no torch. Sequence lengths start at 1. For every draw we check:
    differently from an [n_seq] one, which changes the last bits, never more);
 4. a saved-and-reloaded model: every tensor is read back with safetensors.numpy, written to a new
    folder in a different arrangement (other shard count, other offsets), and reloaded; the logits
-   must be bit-identical, because minilens's reading must depend on names and values only.
+   must be bit-identical, because minilens's reading must depend on names and values only;
+5. the fast pass's recycled memory changes no number (bit-identical with model.pool = None);
+6. the textbook forward pass (forward.py) records the same trace as the fast one (fast/forward.py):
+   every key and the logits to 1e-12 of their scale, in float64.
 
 Hypothesis profiles: "ci" (the default; 20 examples per family, no deadline, since a draw writes
 files) keeps the whole suite well under its 10-minute budget; "thorough" (300 examples) is for a
@@ -255,3 +258,16 @@ def test_random_models_keep_their_invariants(family, data):
         plain = m32.run(batch[0])
         for key in plain.keys():
             assert np.array_equal(pooled[key], plain[key]), f"{key} differs when written into the pool's memory"
+
+        # 6. the textbook forward pass (forward.py) and the fast one (fast/forward.py) record the same
+        #    trace: every key and the logits to 1e-12 of each key's scale, in float64 (the two order
+        #    their sums differently: blocked softmax, in-place norms; never more than rounding)
+        fast = m64.run(batch[0])
+        m64.fast = False
+        textbook = m64.run(batch[0])
+        assert sorted(map(str, fast.keys())) == sorted(map(str, textbook.keys())), "the two passes record other keys"
+        for key in textbook.keys():
+            ref = np.asarray(textbook[key], np.float64)
+            err = float(np.abs(fast[key] - ref).max(initial=0.0)) / max(1.0, float(np.abs(ref).max(initial=0.0)))
+            assert err <= EXACT, f"{key}: fast/forward.py differs from forward.py by {err:.3g} relative"
+        assert close(fast.logits, textbook.logits, EXACT * scale), "logits: fast and textbook passes differ"

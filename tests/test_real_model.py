@@ -78,10 +78,15 @@ def test_prompts_are_long_enough(model):
         assert len(model.to_tokens(text)) >= 40, "parity prompts must be >= 40 tokens: RoPE bugs hide in short ones"
 
 
-@pytest.mark.parametrize("i", range(len(PROMPTS)))
-def test_logits_and_every_resid_pre_match_transformers(model, reference, i):
+@pytest.mark.parametrize("i, fast", [(0, True), (1, True), (2, True), (0, False)])
+def test_logits_and_every_resid_pre_match_transformers(model, reference, i, fast):
+    """Through the fast pass on all three prompts, and the textbook pass (forward.py) on one."""
     ids = model.to_tokens(PROMPTS[i])
-    trace = model.run(ids)
+    model.fast = fast
+    try:
+        trace = model.run(ids)
+    finally:
+        model.fast = True
     ref_logits, hidden = reference_run(reference, ids)
     for l in range(model.cfg.n_layers):
         assert_close(trace["resid_pre", l], hidden[l], f"resid_pre {l}",
