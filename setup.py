@@ -3,7 +3,7 @@
 Everything else is in pyproject.toml. `minilens` with no --model reads weights/shakespeare-llama;
 a wheel has no weights/ folder beside the package, so the build copies the shipped folders to
 minilens/_weights/ (about 8 MB each). An editable install skips the copy and
-minilens/weights.py's shipped_path() finds the repository's weights/ folder instead.
+minilens/loading/checkpoint.py's shipped_path() finds the repository's weights/ folder instead.
 """
 
 import shutil

@@ -15,9 +15,9 @@ from .errors import (CheckpointError, CheckpointNotFoundError, InputError, Minil
 from .forward import forward
 from .model import Model, load
 from .trace import Trace
-from .lens import LensResult, logit_lens
-from .attribution import Attribution, layer_attribution
-from .direction import DirectionLens, direction_lens, sae_lens
+from .analysis.lens import LensResult, logit_lens
+from .analysis.attribution import Attribution, layer_attribution
+from .analysis.direction import DirectionLens, direction_lens, sae_lens
 
 __version__ = "0.1.0"
 

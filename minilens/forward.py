@@ -20,7 +20,7 @@ import numpy as np
 from .config import ModelConfig
 from .ops import (ACTIVATIONS, apply_rope, causal_mask, gqa_repeat, layer_norm, linear, rms_norm,
                   rope_tables, softcap, softmax)
-from .weights import GlobalParams, LayerParams
+from .loading.checkpoint import GlobalParams, LayerParams
 
 
 def record_nothing(name: str, layer: int | None, value: np.ndarray) -> None:

@@ -17,10 +17,10 @@ from .fast.forward import forward as fast_forward
 from .fast.memory import ArrayPool
 from .fast.recorder import PooledRecorder
 from .forward import forward as textbook_forward
-from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
-from .tokenizer import Tokenizer
+from .loading.gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
+from .loading.tokenizer import Tokenizer
 from .trace import Recorder, Trace
-from .weights import LAYOUTS, Checkpoint, GlobalParams, LazyLayers, blas_ready, find_safetensors, resolve
+from .loading.checkpoint import LAYOUTS, Checkpoint, GlobalParams, LazyLayers, blas_ready, find_safetensors, resolve
 
 
 # ------------------------------------------------------------------------------------------

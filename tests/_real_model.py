@@ -15,7 +15,7 @@ REQUIRE_MODEL = bool(os.environ.get("MINILENS_REQUIRE_MODEL"))
 
 def smollm2_path() -> Path:
     """The fetched SmolLM2 GGUF file, or skip (fail in CI) when it has not been fetched."""
-    from minilens.fetch import fetched_path
+    from minilens.loading.fetch import fetched_path
 
     path = fetched_path("smollm2")
     if path is None:

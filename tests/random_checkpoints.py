@@ -24,7 +24,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from minilens.config import ModelConfig
-from minilens.weights import LAYOUTS
+from minilens.loading.checkpoint import LAYOUTS
 
 
 def gpt2_config(*, n_layers=2, d_model=32, n_heads=4, d_mlp=None, d_vocab=101, n_ctx=64, tie=True,

@@ -1,4 +1,4 @@
-"""The course assignment and its checker (``python -m minilens.check``).
+"""The course assignment and its checker (``python -m minilens.course.check``).
 
 The untouched template must grade as all-TODO without a crash; the solution must pass every part;
 and the usual mistakes, planted into copies of the solution, must fail with the hint that names
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from minilens import check
+from minilens.course import check
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "tutorials" / "assignment_logit_lens.py"
@@ -27,7 +27,7 @@ def grade(path):
 
 
 def test_template_is_all_todo_and_the_checker_does_not_crash():
-    p = subprocess.run([sys.executable, "-m", "minilens.check", str(TEMPLATE)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "minilens.course.check", str(TEMPLATE)], capture_output=True, text=True,
                        cwd=ROOT)
     assert p.returncode == 1, "an unfinished assignment must not exit 0"
     assert "Traceback" not in p.stdout + p.stderr
@@ -37,7 +37,7 @@ def test_template_is_all_todo_and_the_checker_does_not_crash():
 
 
 def test_solution_passes_every_part():
-    p = subprocess.run([sys.executable, "-m", "minilens.check", str(SOLUTION)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "minilens.course.check", str(SOLUTION)], capture_output=True, text=True,
                        cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("[PASS]") == len(check.PARTS)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import minilens as ml
-from minilens.bench import HookedAutoConfig, HookedAutoModel
+from minilens.course.bench import HookedAutoConfig, HookedAutoModel
 
 CONFIGS = [
     ("gpt2", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=500)),

@@ -10,7 +10,7 @@ from _torch import import_torch
 torch, transformers = import_torch()
 
 import minilens as ml  # noqa: E402
-from minilens.bench import (BaseInterpretabilityBench, HookedAutoConfig, HookedAutoModel,  # noqa: E402
+from minilens.course.bench import (BaseInterpretabilityBench, HookedAutoConfig, HookedAutoModel,  # noqa: E402
                             LogitLens)
 
 

@@ -1,6 +1,6 @@
 """Does minilens start a sequence with BOS exactly when the checkpoint's tokenizer does?
 
-The rule (minilens/tokenizer.py): (a) add_bos_token in tokenizer_config.json, else (b) the
+The rule (minilens/loading/tokenizer.py): (a) add_bos_token in tokenizer_config.json, else (b) the
 post-processor of tokenizer.json (a special token before $A, and its id), else (c) the family's
 default. For GGUF files, llama.cpp's rule (gguf_tokenizer.gguf_add_bos).
 
@@ -23,8 +23,8 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, processors
 
 from minilens.errors import CheckpointError
-from minilens.gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
-from minilens.tokenizer import Tokenizer
+from minilens.loading.gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
+from minilens.loading.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 _MAKER = ROOT / "tests" / "golden" / "make_gguf_tokenizer_golden.py"
@@ -282,7 +282,7 @@ def test_gguf_bos_matches_llama_cpp(config, request):
 def smollm_md():
     from _real_model import smollm2_path
 
-    from minilens.gguf_io import GGUFFile
+    from minilens.loading.gguf_file import GGUFFile
     return GGUFFile(smollm2_path()).metadata
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minilens import cli
+from minilens.show import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "To be, or not to be, that is the"

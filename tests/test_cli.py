@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import minilens as ml
-from minilens import cli
+from minilens.show import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "weights" / "shakespeare-llama"
@@ -71,12 +71,12 @@ def test_wheel_ships_the_default_weights_and_resolves_them(tmp_path):
     for f in ("config.json", "model.safetensors", "tokenizer.json"):
         for name in ("shakespeare-llama", "shakespeare-gpt2"):
             assert f"minilens/_weights/{name}/{f}" in names, f"the wheel lacks the shipped {name}'s {f}"
-    assert "minilens/cli.py" in names
+    assert "minilens/show/cli.py" in names
     assert not any(n.startswith("weights/") for n in names), "weights belong under minilens/_weights in a wheel"
     unpacked = tmp_path / "unpacked"
     zipfile.ZipFile(wheel).extractall(unpacked)
     env = dict(os.environ, PYTHONPATH=str(unpacked))
-    code = ("import minilens, minilens.cli as c; p = c.default_model_path(); print(minilens.__file__); print(p); "
+    code = ("import minilens, minilens.show.cli as c; p = c.default_model_path(); print(minilens.__file__); print(p); "
             "m = minilens.load(p); print(m.cfg.n_layers); print(minilens.load('shakespeare-gpt2').cfg.family)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          check=True).stdout.splitlines()
@@ -109,7 +109,7 @@ def test_lens_table_is_the_logit_lens_and_plain_when_piped(capsys, model, trace)
 
 
 def cli_prob(p):
-    from minilens.render import fmt_prob
+    from minilens.show.render import fmt_prob
     return fmt_prob(p)
 
 

@@ -242,12 +242,12 @@ def first_tensor(header: dict) -> str:
 
 def test_safetensors_unreadable(gpt2, monkeypatch):
     # As root, chmod cannot make a file unreadable: simulate the OS refusing to open it.
-    from minilens import safetensors_io
+    from minilens.loading import safetensors
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(safetensors_io, "open", refuse, raising=False)
+    monkeypatch.setattr(safetensors, "open", refuse, raising=False)
     with expect(CheckpointError, "model.safetensors", "cannot be read (Permission denied)", "permissions"):
         ml.load(gpt2)
 
@@ -769,7 +769,7 @@ def test_sae_without_decoder(model, tmp_path):
 # ------------------------------------------------------------------------------------------
 
 def test_bench_unknown_tool(model, tmp_path):
-    from minilens.bench import BaseInterpretabilityBench
+    from minilens.course.bench import BaseInterpretabilityBench
     bench = BaseInterpretabilityBench(model, save_dir=tmp_path / "runs")
     with expect(InputError, "unknown tool 'logit_lenz'", "available tools: logit_lens"):
         bench.use_tools("logit_lenz")
@@ -777,7 +777,7 @@ def test_bench_unknown_tool(model, tmp_path):
 
 def test_bench_save_dir_cannot_be_written(model, tmp_path):
     # A save_dir below a regular file cannot be created, even by root (chmod would not stop root).
-    from minilens.bench import BaseInterpretabilityBench
+    from minilens.course.bench import BaseInterpretabilityBench
     (tmp_path / "a-file").write_text("")
     bench = BaseInterpretabilityBench(model, save_dir=tmp_path / "a-file" / "runs")
 
@@ -790,12 +790,12 @@ def test_bench_save_dir_cannot_be_written(model, tmp_path):
 
 
 def test_bench_layer_idx_out_of_range(model):
-    from minilens.bench import LogitLens
+    from minilens.course.bench import LogitLens
     with expect(InputError, "layer 40 is out of range", "0..1"):
         LogitLens(model).logit_lens([1, 2, 3], target_idx=4, layer_idx=40)
 
 
 def test_bench_target_idx_not_an_id(model):
-    from minilens.bench import LogitLens
+    from minilens.course.bench import LogitLens
     with expect(InputError, "target_idx must be one vocabulary id", "'be'"):
         LogitLens(model).logit_lens([1, 2, 3], target_idx="be", layer_idx=0)

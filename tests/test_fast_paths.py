@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import minilens as ml
-from minilens import lens, ops
+from minilens import ops
+from minilens.analysis import lens
 from minilens.fast import forward as model
 from minilens.fast import kernels
 

@@ -78,7 +78,7 @@ def test_the_cases_cover_every_type_and_architecture():
     for _, _, types, _ in CASES.values():
         used |= {types} if isinstance(types, str) else set(types.values())
     assert used == ALL_TYPES, f"types not covered: {ALL_TYPES - used}"
-    from minilens.gguf_checkpoint import ARCHITECTURES
+    from minilens.loading.gguf_checkpoint import ARCHITECTURES
     assert {ARCH[c[0]] for c in CASES.values()} == set(ARCHITECTURES)
 
 

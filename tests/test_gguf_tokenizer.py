@@ -1,4 +1,4 @@
-"""minilens.gguf_tokenizer against llama.cpp's own tokenizer, and against transformers.
+"""minilens.loading.gguf_tokenizer against llama.cpp's own tokenizer, and against transformers.
 
 The reference is llama.cpp (src/llama-vocab.cpp): its ids for 2,369 strings (Shakespeare,
 code, numbers, whitespace runs, non-ASCII text, emoji, special-token text, random soup) under
@@ -27,7 +27,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from minilens.errors import CheckpointError
-from minilens.gguf_tokenizer import (
+from minilens.loading.gguf_tokenizer import (
     PRE_TOKENIZERS,
     gguf_add_bos,
     gguf_bos_token_id,
@@ -54,7 +54,7 @@ def smollm_path() -> Path:
 
 @pytest.fixture(scope="module")
 def smollm_md(smollm_path) -> dict:
-    from minilens.gguf_io import GGUFFile
+    from minilens.loading.gguf_file import GGUFFile
     return GGUFFile(smollm_path).metadata
 
 
@@ -151,7 +151,7 @@ def test_gguf_py_reads_the_same_metadata(smollm_path, smollm_md):
                 same = np.array_equal(a, b) and a.dtype == b.dtype
             else:
                 same = a == b
-            assert same, f"{key}: minilens.gguf_io and gguf-py disagree"
+            assert same, f"{key}: minilens.loading.gguf_file and gguf-py disagree"
 
 
 def test_decode_gives_the_text_back(metadata):

@@ -13,8 +13,8 @@ from _torch import import_torch
 torch, transformers = import_torch()
 
 import minilens as ml  # noqa: E402
-from minilens.bench import HookedAutoConfig, HookedAutoModel  # noqa: E402
-from minilens.lens import top_k_by_group_maxima  # noqa: E402
+from minilens.course.bench import HookedAutoConfig, HookedAutoModel  # noqa: E402
+from minilens.analysis.lens import top_k_by_group_maxima  # noqa: E402
 
 VARIANTS = {
     "gpt2-tied": ("gpt2", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=300, n_positions=64)),
@@ -143,7 +143,7 @@ def test_invariants_final_post_kl_and_probabilities(dtype):
         assert np.array_equal(final, trace.logits[[0, 5, 39, 17]]), "final_post must reproduce trace.logits exactly"
         # ... and it is also what recomputing the final norm on resid_final gives (up to BLAS rounding,
         # ~1 ulp of |logits| in float32, because a GEMM over fewer rows may block differently).
-        from minilens.lens import lens_logits
+        from minilens.analysis.lens import lens_logits
         again = lens_logits(trace.model, trace["resid_final"][[0, 5, 39, 17]])
         scale = float(np.abs(trace.logits).max())
         assert np.abs(again - final).max() <= (1e-6 if dtype == np.float32 else 1e-14) * scale

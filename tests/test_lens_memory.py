@@ -11,8 +11,8 @@ import tracemalloc
 import numpy as np
 
 import minilens as ml
-from minilens import lens
-from minilens.bench import HookedAutoConfig, HookedAutoModel
+from minilens.analysis import lens
+from minilens.course.bench import HookedAutoConfig, HookedAutoModel
 
 
 def test_lens_memory_is_bounded_by_the_chunk_not_the_sequence():

@@ -46,11 +46,11 @@ from minilens.config import FAMILY_READERS, ModelConfig
 from random_checkpoints import gpt2_config, llama_config, save_tensors, write_checkpoint
 
 try:
-    from minilens.lens import logit_lens
+    from minilens.analysis.lens import logit_lens
 except ImportError:  # lens.py not written yet
     logit_lens = None
 try:
-    from minilens.attribution import layer_attribution
+    from minilens.analysis.attribution import layer_attribution
 except ImportError:
     layer_attribution = None
 

@@ -1,4 +1,4 @@
-"""minilens.quants against gguf-py (llama.cpp's own Python reader), bit for bit.
+"""minilens.loading.quants against gguf-py (llama.cpp's own Python reader), bit for bit.
 
 Every comparison is of the float32 *bits*, not of values with a tolerance: both sides do the
 same float32 operations in the same order, so any difference at all is a wrong formula (a wrong
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minilens import quants
+from minilens.loading import quants
 from minilens.errors import CheckpointError
 
 REQUIRE_REFERENCE = bool(os.environ.get("MINILENS_REQUIRE_TORCH"))

@@ -124,7 +124,7 @@ def test_attribution_parts_sum_to_the_logit(model):
 
 def test_convert_route_gives_the_same_numbers(model, path, tmp_path_factory):
     """minilens convert -> a Hugging Face folder -> transformers, and minilens on that folder."""
-    from minilens.convert import gguf_to_hf
+    from minilens.loading.convert import gguf_to_hf
 
     folder = gguf_to_hf(path, tmp_path_factory.mktemp("smollm2-hf") / "hf")
     ref = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

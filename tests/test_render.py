@@ -1,4 +1,4 @@
-"""The HTML report and the terminal tables (minilens/render.py).
+"""The HTML report and the terminal tables (minilens/show/render.py).
 
 The report must parse, be self-contained (it opens offline: no URLs, no scripts, no external fonts or
 stylesheets), and carry exactly the numbers of the LensResult / Attribution it draws: one cell per
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import minilens as ml
-from minilens import render
+from minilens.show import render
 from minilens.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

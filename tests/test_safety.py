@@ -21,7 +21,7 @@ import pytest
 
 import minilens as ml
 from minilens import CheckpointError, MinilensError
-from minilens.safetensors_io import open_tensor, read_header
+from minilens.loading.safetensors import open_tensor, read_header
 from random_checkpoints import gpt2_config, llama_config, write_checkpoint
 
 MINILENS_DIR = Path(ml.__file__).parent

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import minilens as ml
-from minilens import render
+from minilens.show import render
 
 model = ml.load("shakespeare-llama")
 text = "To be, or not to be, that is the"

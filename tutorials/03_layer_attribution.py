@@ -17,7 +17,7 @@
 import numpy as np
 
 import minilens as ml
-from minilens import render
+from minilens.show import render
 
 model = ml.load("shakespeare-llama")
 g = model.params

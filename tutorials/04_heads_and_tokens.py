@@ -15,7 +15,7 @@
 import numpy as np
 
 import minilens as ml
-from minilens import render
+from minilens.show import render
 
 model = ml.load("shakespeare-llama")
 cfg = model.cfg

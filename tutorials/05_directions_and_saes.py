@@ -20,6 +20,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 import minilens as ml
+from minilens.analysis import direction
 
 model = ml.load("shakespeare-llama")
 cfg, g = model.cfg, model.params
@@ -49,7 +50,7 @@ if act > 0:
 else:
     print(f"Notice: the activation is negative ({act:+.2f}), so the neuron writes *minus* this direction: "
           f"it pushes up the tokens under 'suppresses' and down those under 'promotes'.")
-scores = ml.direction.direction_scores(model, model.layers[l].W_out[i][None])[0]        # [d_vocab]
+scores = direction.direction_scores(model, model.layers[l].W_out[i][None])[0]        # [d_vocab]
 rank = int((scores > scores[target]).sum()) if act > 0 else int((scores < scores[target]).sum())
 print(f"The prediction {model.to_str_tokens([target])[0]!r} ranks {rank} of {cfg.d_vocab} "
       f"in the direction this neuron pushes.")

@@ -16,8 +16,8 @@
 import numpy as np
 
 import minilens as ml
-from minilens import render
-from minilens.fetch import fetched_path
+from minilens.show import render
+from minilens.loading.fetch import fetched_path
 
 if fetched_path("smollm2") is not None:
     model = ml.load("smollm2")

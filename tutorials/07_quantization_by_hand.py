@@ -20,9 +20,9 @@ from dataclasses import replace
 import numpy as np
 
 import minilens as ml
-from minilens import quants
-from minilens.fetch import fetched_path
-from minilens.gguf_io import GGUFFile
+from minilens.loading import quants
+from minilens.loading.fetch import fetched_path
+from minilens.loading.gguf_file import GGUFFile
 
 path = fetched_path("smollm2")
 if path is None:
@@ -130,7 +130,7 @@ for row in w.reshape(4, 8):
     print("  " + " ".join(f"{x:+.5f}" for x in row))
 
 assert np.array_equal(w, quants.dequantize(block, IDS["Q4_1"], 32)), "Q4_1: low nibble first?"
-print("identical to minilens.quants.dequantize of the same 20 bytes")
+print("identical to minilens.loading.quants.dequantize of the same 20 bytes")
 if path is not None:
     in_model = smol.layers[0].W_out[32 * b:32 * b + 32, r]
     assert np.array_equal(w, in_model), "GGUF row r is column r of minilens's W_out"
@@ -251,12 +251,12 @@ w_k = ((d * scale)[:, None] * q - (dmin * min_)[:, None]).reshape(256)     # [25
 
 assert np.array_equal(w_k, quants.dequantize(block_k, IDS["Q4_K"], 256)), \
     "Q4_K: are the top 2 bits of scales and mins 4-7 taken from bytes j-4 and j?"
-print("identical to minilens.quants.dequantize of the same 144 bytes")
+print("identical to minilens.loading.quants.dequantize of the same 144 bytes")
 
 # %% [markdown]
 # ## What each format loses, on the same 256 weights
 # Quantize the same 256 weights into four formats with the same simple rules, read each back
-# with minilens.quants, and compare with the originals (RMS error over RMS weight):
+# with minilens.loading.quants, and compare with the originals (RMS error over RMS weight):
 # - Q8_0: d = max|x| / 127, q = round(x / d), 8 bits;
 # - Q4_0: d = the weight of largest size / -8, q = round(x / d) + 8, 4 bits, no m;
 # - Q4_1: d = (max - min) / 15, m = min, q = round((x - m) / d);

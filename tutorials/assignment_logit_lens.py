@@ -6,7 +6,7 @@
 #
 # Grade your work at any time (unfinished parts are reported as TODO, never as a crash):
 #
-#     python -m minilens.check tutorials/assignment_logit_lens.py
+#     python -m minilens.course.check tutorials/assignment_logit_lens.py
 #
 # The checker runs your functions on the shipped Shakespeare Llama (RMSNorm) and on a small random
 # GPT-2 (LayerNorm, with biases), compares them with minilens, and tells you what to look at when a

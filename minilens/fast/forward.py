@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import ops
 from ..config import ModelConfig
-from ..weights import GlobalParams, LayerParams
+from ..loading.checkpoint import GlobalParams, LayerParams
 from . import kernels
 from .recorder import PooledRecorder as Recorder
 

@@ -1,4 +1,4 @@
-"""Dequantization speed: minilens.quants against gguf-py's gguf.quants.dequantize, side by side.
+"""Dequantization speed: minilens.loading.quants against gguf-py's gguf.quants.dequantize, side by side.
 
 Run by hand, never in the test suite:
 

@@ -1,6 +1,6 @@
 """The lens statistics' passes, one by one, on one chunk of GPT-2-shaped logits (issue 6).
 
-A chunk is what ``minilens.lens`` works on at once: 13 rows x 25 positions = 325 rows of 50257
+A chunk is what ``minilens.analysis.lens`` works on at once: 13 rows x 25 positions = 325 rows of 50257
 logits (64 MB in float32). This prints the best of 7 for:
 
 - the group maxima of the top-k: a max over each contiguous run of 256 logits, against an
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     harness.pin_threads(args.threads)
-    from minilens import lens
+    from minilens.analysis import lens
 
     R, c, V, d = 13, 25, 50257, 768
     rng = np.random.default_rng(0)

@@ -348,7 +348,7 @@ def main() -> None:
 
     import llama_cpp
 
-    from minilens.fetch import fetched_path
+    from minilens.loading.fetch import fetched_path
 
     smollm_path = args.smollm or fetched_path("smollm2")
     smollm = read_metadata(smollm_path)

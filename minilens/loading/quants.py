@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 F16 = np.dtype("<f2")   # the scales d, m, dmin of every quantized block
 

@@ -22,9 +22,10 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import CheckpointError, CheckpointNotFoundError
-from .safetensors_io import TensorInfo, open_tensor, read_header, widen
+from ..config import ModelConfig
+from . import fetch
+from ..errors import CheckpointError, CheckpointNotFoundError
+from .safetensors import TensorInfo, open_tensor, read_header, widen
 
 Getter = Callable[[str, tuple], np.ndarray]  # (checkpoint name without prefix, expected shape) -> array
 
@@ -265,7 +266,7 @@ SHIPPED = ("shakespeare-llama", "shakespeare-gpt2")  # the two small models that
 def shipped_path(name: str) -> Path:
     """Where a shipped model is: inside the package when installed from a wheel (minilens/_weights/,
     put there by setup.py's build step), or the repository's weights/ folder in a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]           # the minilens package
     candidates = [here / "_weights" / name, here.parent / "weights" / name]
     for folder in candidates:
         if (folder / "config.json").is_file():
@@ -283,7 +284,6 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
 
     minilens.load never touches the network; only ``minilens fetch`` downloads, and only when asked.
     """
-    from . import fetch                         # here, not at the top: only resolve() needs it
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         return path

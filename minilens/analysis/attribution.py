@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
-from .ops import gqa_repeat
+from ..errors import InputError
+from ..ops import gqa_repeat
 
 if TYPE_CHECKING:
-    from .trace import Trace
+    from ..trace import Trace
 
 BY = ("layer", "head", "neuron", "token")
 
@@ -75,7 +75,7 @@ class Attribution:
 
     def _repr_html_(self) -> str:
         """Jupyter shows the parts as a bar chart (minilens/render.py), with the sum checked against the logit."""
-        from .render import attribution_html
+        from ..show.render import attribution_html
         return attribution_html(self)
 
     def __repr__(self) -> str:

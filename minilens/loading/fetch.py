@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import CheckpointError, CheckpointNotFoundError, InputError, MinilensError
+from ..errors import CheckpointError, CheckpointNotFoundError, InputError, MinilensError
 
 
 class FetchError(MinilensError, RuntimeError):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 
-from .errors import CheckpointNotFoundError, InputError, MinilensError
+from ..errors import CheckpointNotFoundError, InputError, MinilensError
 
 DEFAULT_MODEL = "shakespeare-llama"
 EXIT_USAGE = 2
@@ -39,7 +39,7 @@ EXIT_USAGE = 2
 
 def default_model_path() -> Path:
     """The shipped default model's folder (weights.shipped_path)."""
-    from .weights import shipped_path
+    from ..loading.checkpoint import shipped_path
     return shipped_path(DEFAULT_MODEL)
 
 
@@ -97,7 +97,7 @@ class _Parser(argparse.ArgumentParser):
 # ------------------------------------------------------------------------------------------
 
 def load_model(args, progress: Progress):
-    from .model import load
+    from ..model import load
     path = args.model if args.model is not None else default_model_path()
     progress(f"loading {path}")
     model = load(path)
@@ -129,7 +129,7 @@ def table_width(args) -> int:
 
 
 def cmd_lens(args) -> int:
-    from .lens import logit_lens
+    from ..analysis.lens import logit_lens
     from . import render
     progress = Progress()
     model, path = load_model(args, progress)
@@ -172,7 +172,7 @@ def cmd_lens(args) -> int:
 
 
 def cmd_attribute(args) -> int:
-    from .attribution import layer_attribution
+    from ..analysis.attribution import layer_attribution
     from . import render
     progress = Progress()
     model, path = load_model(args, progress)
@@ -252,7 +252,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from . import fetch
+    from ..loading import fetch
     if args.list:
         if args.name is not None or args.wheel is not None:
             raise InputError("--list takes no NAME and no --wheel.")
@@ -277,7 +277,7 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .convert import gguf_to_hf
+    from ..loading.convert import gguf_to_hf
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

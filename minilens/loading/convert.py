@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import InputError, UnsupportedModelError
+from ..config import ModelConfig
+from ..errors import InputError, UnsupportedModelError
 from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf
-from .weights import resolve
+from .checkpoint import resolve
 
 # model_type -> (transformers class, prefix of every tensor but the untied head)
 HF_CLASSES = {

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:
-    from .attribution import Attribution
-    from .lens import LensResult
+    from ..analysis.attribution import Attribution
+    from ..analysis.lens import LensResult
 
 METRICS = ("prob", "target_prob", "entropy", "kl")
 

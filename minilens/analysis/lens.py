@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
-from .fast import kernels
-from .forward import final_norm, unembed
+from ..errors import InputError
+from ..fast import kernels
+from ..forward import final_norm, unembed
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .trace import Trace
+    from ..model import Model
+    from ..trace import Trace
 
 # How many logits one chunk may hold: 16M numbers, 64 MB in float32. The statistics keep two
 # buffers of this size (the logits and their exp, allocated once and reused by every chunk), so the
@@ -180,7 +180,7 @@ class LensResult:
 
     def _repr_html_(self) -> str:
         """Jupyter shows the lens as a heatmap (minilens/render.py): top-1 token per cell, top-k on hover."""
-        from .render import lens_html
+        from ..show.render import lens_html
         return lens_html(self)
 
     def __repr__(self) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .quants import QuantType, dequantize, quant_type
 
 MAGIC = b"GGUF"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 # ---------------------------------------------------------------------------------------------
 # Pre-tokenizer regexes, copied from llama.cpp's llm_tokenizer_bpe (src/llama-vocab.cpp). Each

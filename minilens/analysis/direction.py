@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import CheckpointError, CheckpointNotFoundError, InputError
-from .safetensors_io import open_tensor, read_header, widen
+from ..errors import CheckpointError, CheckpointNotFoundError, InputError
+from ..loading.safetensors import open_tensor, read_header, widen
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ..model import Model
 
 
 @dataclass

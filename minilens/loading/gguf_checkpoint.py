@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import CheckpointError, UnsupportedModelError
-from .gguf_io import GGUFFile
+from ..errors import CheckpointError, UnsupportedModelError
+from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
 from .tokenizer import Tokenizer
-from .safetensors_io import TensorInfo
-from .weights import LAYOUTS, Checkpoint, Getter
+from .safetensors import TensorInfo
+from .checkpoint import LAYOUTS, Checkpoint, Getter
 
 # ----------------------------------------------------------------------------------------------
 # Names: GGUF tensor name -> Hugging Face name (without the "model." / "transformer." prefix)

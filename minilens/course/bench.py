@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribution import Attribution, layer_attribution
-from .config import ModelConfig
-from .errors import InputError
-from .lens import LensResult, check_positions, lens_logits, run_lens
-from .model import Model, load
-from .weights import GlobalParams, LayerParams
+from ..analysis.attribution import Attribution, layer_attribution
+from ..config import ModelConfig
+from ..errors import InputError
+from ..analysis.lens import LensResult, check_positions, lens_logits, run_lens
+from ..model import Model, load
+from ..loading.checkpoint import GlobalParams, LayerParams
 
 INIT_STD = 0.02  # GPT-2's initialisation scale (Radford et al. 2019; nanoGPT uses the same)
 

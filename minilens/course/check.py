@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ops
-from .attribution import layer_attribution as ml_layer_attribution
-from .lens import lens_logits, logit_lens
-from .model import load
+from .. import ops
+from ..analysis.attribution import layer_attribution as ml_layer_attribution
+from ..analysis.lens import lens_logits, logit_lens
+from ..model import load
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
-from .errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError
 
 
 class Tokenizer:
