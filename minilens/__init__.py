@@ -1,10 +1,11 @@
 """minilens: a from-scratch, pure-NumPy forward pass for GPT-2 and Llama-family models.
 
-It loads Hugging Face safetensors checkpoints, records every layer's residual stream, and
-computes the logit lens and direct logit attribution on that record.
+It loads Hugging Face safetensors checkpoints and GGUF files, records every layer's residual
+stream, and computes the logit lens and direct logit attribution on that record. The pipeline,
+in folders: loading/ -> config -> forward (ops) -> trace -> model -> analysis/ -> show/.
 
     import minilens as ml
-    model = ml.load("weights/shakespeare-llama")
+    model = ml.load("shakespeare-llama")
     trace = model.run("To be, or not to")
     trace["resid_pre", 3]          # [n_seq, d_model]
 """
@@ -18,6 +19,9 @@ from .trace import Trace
 from .analysis.lens import LensResult, logit_lens
 from .analysis.attribution import Attribution, layer_attribution
 from .analysis.direction import DirectionLens, direction_lens, sae_lens
+from .show import render
+
+render.attach()   # results draw themselves (repr, Jupyter) without analysis/ importing show/
 
 __version__ = "0.1.0"
 

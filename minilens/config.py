@@ -126,10 +126,9 @@ class ModelConfig:
             raise CheckpointError(f"{source}: a field has the wrong type or value ({e}). Sizes must be "
                                   f"positive integers; fix or re-save config.json.") from None
         check_sizes(cfg, source)
-        from .ops import ACTIVATIONS  # here, not at the top: ops imports config
-        if cfg.act not in ACTIVATIONS:  # else a bare KeyError would surface at the first run
+        if cfg.act not in ACTIVATION_NAMES:  # else a bare KeyError would surface at the first run
             raise UnsupportedModelError(f"{source}: activation {cfg.act!r} is not supported; minilens implements "
-                                        f"{', '.join(sorted(ACTIVATIONS))}.")
+                                        f"{', '.join(sorted(ACTIVATION_NAMES))}.")
         return cfg
 
     @classmethod
@@ -149,6 +148,10 @@ class ModelConfig:
                                   f"Re-download or re-save config.json.")
         return cls.from_hf(hf, source=str(path))
 
+
+# The activations the forward pass implements (ops.ACTIVATIONS and fast.kernels.ACTIVATIONS hold
+# exactly these; tests/test_fast_paths.py checks it). Named here so that config needs no ops.
+ACTIVATION_NAMES = ("gelu_new", "gelu_tanh", "gelu_pytorch_tanh", "gelu", "silu", "swish", "relu")
 
 # Heads that replace the language-model head: their checkpoints have no W_U to read a lens through.
 TASK_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",

@@ -70,6 +70,13 @@ class Model:
             ids = self.to_tokens(ids)
         return self._need_tokenizer().str_tokens(self.check_ids(ids))
 
+    def token_strings(self, ids) -> list[str]:
+        """Each id as its token string, or "#id" when the model has no tokenizer: for labels and tables."""
+        ids = np.asarray(ids).reshape(-1)
+        if self.tokenizer is None:
+            return [f"#{int(i)}" for i in ids]
+        return self.tokenizer.str_tokens(ids)
+
     def decode(self, ids) -> str:
         return self._need_tokenizer().decode(self.check_ids(ids))
 

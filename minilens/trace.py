@@ -38,14 +38,11 @@ pool (fast/memory.py): once a trace and every view of its arrays are gone, the m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from .errors import InputError, NotRecordedError
-
-if TYPE_CHECKING:
-    from .model import Model
 
 LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post", "resid_mid",
               "scale_ln2", "mlp_post", "mlp_out", "scale_ln2_post", "resid_post")
@@ -95,8 +92,8 @@ class Trace:
     and the attribution work from the trace alone.
     """
 
-    def __init__(self, model: "Model", ids: np.ndarray, store: dict, logits: np.ndarray):
-        self.model = model
+    def __init__(self, model: Any, ids: np.ndarray, store: dict, logits: np.ndarray):
+        self.model = model                          # the Model that ran (model.py); not imported here
         self.ids = ids                              # [n_seq] int64
         self._store = store
         self.logits = logits                        # [n_seq, d_vocab]

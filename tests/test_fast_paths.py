@@ -152,3 +152,9 @@ def test_lens_statistics_in_threads_equal_one_thread(gpt2, monkeypatch):
     three = ml.logit_lens(trace, target=5, top_k=3)
     for name in ("top_ids", "top_probs", "target_logit", "target_prob", "target_rank", "entropy", "kl_to_final"):
         assert np.array_equal(getattr(one, name), getattr(three, name)), f"threaded lens statistics differ in {name}"
+
+
+def test_the_activation_names_are_one_list():
+    from minilens.config import ACTIVATION_NAMES
+    assert set(ops.ACTIVATIONS) == set(kernels.ACTIVATIONS) == set(ACTIVATION_NAMES), \
+        "config.ACTIVATION_NAMES, ops.ACTIVATIONS and fast.kernels.ACTIVATIONS must name the same activations"

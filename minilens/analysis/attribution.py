@@ -73,11 +73,6 @@ class Attribution:
                     contrast_str=self.contrast_str, position=self.position, by=self.by, layer=self.layer,
                     capped_logit=self.capped_logit)
 
-    def _repr_html_(self) -> str:
-        """Jupyter shows the parts as a bar chart (minilens/render.py), with the sum checked against the logit."""
-        from ..show.render import attribution_html
-        return attribution_html(self)
-
     def __repr__(self) -> str:
         what = repr(self.target_str) if self.target_str is not None else f"#{self.target}"
         if self.contrast is not None:
@@ -268,7 +263,7 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
             covered = {f"{l}_mlp"}
         else:  # token
             token_values, bias = token_parts(trace, q, l, w_read)
-            strs = _str_tokens(model, trace.ids[:q + 1])
+            strs = model.token_strings(trace.ids[:q + 1])
             labels = [f"{k}:{s}" for k, s in enumerate(strs)] + [f"{l}_attn_bias"]
             values = token_values.astype(np.float64).tolist() + [bias]
             covered = {f"{l}_attn"}
@@ -278,11 +273,5 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
     return Attribution(labels=np.array(labels), values=np.array(values, dtype=np.float64),
                        logit=model_logit(trace, q, t, t2), capped_logit=capped_logit(trace, q, t, t2),
                        target=t, contrast=t2, position=q, by=by, layer=l,
-                       target_str=_str_tokens(model, [t])[0] if model.tokenizer else None,
-                       contrast_str=(_str_tokens(model, [t2])[0] if model.tokenizer and t2 is not None else None))
-
-
-def _str_tokens(model, ids) -> list[str]:
-    if model.tokenizer is None:
-        return [f"#{int(i)}" for i in ids]
-    return model.tokenizer.str_tokens(ids)
+                       target_str=model.token_strings([t])[0] if model.tokenizer else None,
+                       contrast_str=(model.token_strings([t2])[0] if model.tokenizer and t2 is not None else None))

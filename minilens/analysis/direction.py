@@ -70,9 +70,7 @@ def _lens_rows(model: "Model", vectors: np.ndarray, k: int, apply_norm_weight: b
         up = up[np.argsort(-row[up], kind="stable")]
         down = np.argpartition(row, k - 1)[:k]
         down = down[np.argsort(row[down], kind="stable")]
-        strs = (lambda ids: model.tokenizer.str_tokens(ids)) if model.tokenizer else \
-            (lambda ids: [f"#{int(t)}" for t in ids])
-        out.append(DirectionLens(up, row[up], down, row[down], strs(up), strs(down),
+        out.append(DirectionLens(up, row[up], down, row[down], model.token_strings(up), model.token_strings(down),
                                  None if features is None else int(features[i])))
     return out
 

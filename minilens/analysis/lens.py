@@ -178,38 +178,6 @@ class LensResult:
                 ("labels", "positions", "top_ids", "top_probs", "target_ids", "target_logit", "target_prob",
                  "target_rank", "entropy", "kl_to_final")}
 
-    def _repr_html_(self) -> str:
-        """Jupyter shows the lens as a heatmap (minilens/render.py): top-1 token per cell, top-k on hover."""
-        from ..show.render import lens_html
-        return lens_html(self)
-
-    def __repr__(self) -> str:
-        model = self.trace.model
-        show = list(range(len(self.positions)))[-8:]               # the last 8 positions at most
-        tok = _token_strings(model)
-        head = ["row"] + [f"{int(self.positions[j])}:{tok(self.trace.ids[self.positions[j]])}" for j in show]
-        body = [[str(label)] + [f"{tok(self.top_ids[r, j, 0])} {_prob(self.top_probs[r, j, 0])}" for j in show]
-                for r, label in enumerate(self.labels)]
-        widths = [max(len(line[c]) for line in [head] + body) for c in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [head] + body]
-        more = f", last {len(show)} of {len(self.positions)} positions" if len(show) < len(self.positions) else ""
-        return f"LensResult({len(self.labels)} rows x {len(self.positions)} positions{more}; top-1 token and prob)\n" \
-               + "\n".join(lines)
-
-
-def _prob(p: float) -> str:
-    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
-
-
-def _token_strings(model: "Model"):
-    """id -> a short printable token (the id itself when the model has no tokenizer)."""
-    def tok(i) -> str:
-        if model.tokenizer is None:
-            return f"#{int(i)}"
-        s = model.tokenizer.str_tokens([int(i)])[0]
-        return repr(s)[1:-1][:12]
-    return tok
-
 
 # ------------------------------------------------------------------------------------------
 # The lens

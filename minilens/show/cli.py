@@ -144,18 +144,18 @@ def cmd_lens(args) -> int:
     color = use_color(args.color, sys.stdout)
     out = [render.lens_table(lens, color=color, width=table_width(args))]
     if args.target is not None:
-        tgt = render.show_token(render.token_strings(model, [int(lens.target_ids[0])])[0])
+        tgt = render.show_token(model.token_strings([int(lens.target_ids[0])])[0])
         out.append(f"\nprobability of '{tgt}' (and its rank, 0 = top-1) at each layer and position:")
         probs, ranks = lens.target_prob, lens.target_rank
         out.append(render.lens_table(lens, color=color, width=table_width(args), values=probs,
                                      cell=lambda r, j: f"{render.fmt_prob(float(probs[r, j]))} r{int(ranks[r, j])}"))
     if args.top_k is not None:
         last = -1
-        tok = render.token_strings(model, [int(trace.ids[lens.positions[last]])])[0]
+        tok = model.token_strings([int(trace.ids[lens.positions[last]])])[0]
         out.append(f"\ntop-{lens.top_ids.shape[2]} at the last position ('{render.show_token(tok)}'):")
         w = max(len(str(x)) for x in lens.labels)
         for r, label in enumerate(lens.labels):
-            strs = render.token_strings(model, lens.top_ids[r, last])
+            strs = model.token_strings(lens.top_ids[r, last])
             cells = "  ".join(f"'{render.show_token(s, 10)}' {render.fmt_prob(float(p))}"
                               for s, p in zip(strs, lens.top_probs[r, last]))
             out.append(f"{str(label).ljust(w)}  {cells}")
@@ -165,8 +165,8 @@ def cmd_lens(args) -> int:
                                             text=args.text, model_name=str(path)))
     if args.json:
         d = lens.to_dict()
-        d.update(model=str(path), text=args.text, tokens=render.token_strings(model, trace.ids[lens.positions]),
-                 top_tokens=[[render.token_strings(model, ids) for ids in row] for row in lens.top_ids])
+        d.update(model=str(path), text=args.text, tokens=model.token_strings(trace.ids[lens.positions]),
+                 top_tokens=[[model.token_strings(ids) for ids in row] for row in lens.top_ids])
         write_file(args.json, json.dumps(d, indent=1))
     return 0
 

@@ -50,12 +50,6 @@ def fmt_prob(p: float) -> str:
     return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
 
 
-def token_strings(model, ids) -> list[str]:
-    if model.tokenizer is None:
-        return [f"#{int(i)}" for i in np.asarray(ids).reshape(-1)]
-    return model.tokenizer.str_tokens(ids)
-
-
 def metric_values(lens: "LensResult", metric: str) -> tuple[np.ndarray, float, float, str]:
     """The [rows, n_pos] numbers a heatmap colours by, their colour-scale range, and a caption."""
     if metric not in METRICS:
@@ -127,7 +121,7 @@ def lens_table(lens: "LensResult", color: bool = False, width: int = 100, token_
     """
     model = lens.trace.model
     ids = lens.trace.ids[lens.positions]
-    head_toks = [show_token(s, token_width) for s in token_strings(model, ids)]
+    head_toks = [show_token(s, token_width) for s in model.token_strings(ids)]
     label_w = max(len(str(x)) for x in lens.labels)
     shade = lens.top_probs[:, :, 0] if values is None else values
     if cell is None:
@@ -136,7 +130,7 @@ def lens_table(lens: "LensResult", color: bool = False, width: int = 100, token_
         def cell(r, j):  # noqa: E306  (a closure over the cache)
             t = int(top[r, j])
             if t not in top_strs:
-                top_strs[t] = show_token(token_strings(model, [t])[0], token_width)
+                top_strs[t] = show_token(model.token_strings([t])[0], token_width)
             return f"{top_strs[t]} {fmt_prob(float(shade[r, j]))}"
     body = [[cell(r, j) for j in range(len(lens.positions))] for r in range(len(lens.labels))]
     col_w = max([len(h) for h in head_toks] + [len(c) for row in body for c in row])
@@ -207,13 +201,13 @@ def heatmap_svg(lens: "LensResult", metric: str = "prob", token_width: int = 7) 
     values, lo, hi, caption = metric_values(lens, metric)
     model = lens.trace.model
     R, P = values.shape
-    in_toks = token_strings(model, lens.trace.ids[lens.positions])
-    tgt_toks = token_strings(model, lens.target_ids)
+    in_toks = model.token_strings(lens.trace.ids[lens.positions])
+    tgt_toks = model.token_strings(lens.target_ids)
     vocab_strs: dict[int, str] = {}
 
     def tok(i: int) -> str:
         if i not in vocab_strs:
-            vocab_strs[i] = token_strings(model, [i])[0]
+            vocab_strs[i] = model.token_strings([i])[0]
         return vocab_strs[i]
 
     legend_w = 24
@@ -353,3 +347,32 @@ def report(lens: "LensResult | None" = None, attr: "Attribution | None" = None, 
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>body {{ margin: 16px; background: #fff; }}{CSS}</style></head>"
             f'<body class="minilens">{body}</body></html>\n')
+
+
+def lens_repr(lens: "LensResult") -> str:
+    """The plain-text table ``repr(lens)`` shows: top-1 token and probability, the last 8 positions."""
+    model = lens.trace.model
+    show = list(range(len(lens.positions)))[-8:]
+
+    def tok(i) -> str:
+        return repr(model.token_strings([i])[0])[1:-1][:12]
+
+    head = ["row"] + [f"{int(lens.positions[j])}:{tok(lens.trace.ids[lens.positions[j]])}" for j in show]
+    body = [[str(label)] + [f"{tok(lens.top_ids[r, j, 0])} {fmt_prob(lens.top_probs[r, j, 0])}" for j in show]
+            for r, label in enumerate(lens.labels)]
+    widths = [max(len(line[c]) for line in [head] + body) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [head] + body]
+    more = f", last {len(show)} of {len(lens.positions)} positions" if len(show) < len(lens.positions) else ""
+    return (f"LensResult({len(lens.labels)} rows x {len(lens.positions)} positions{more}; top-1 token and prob)\n"
+            + "\n".join(lines))
+
+
+def attach() -> None:
+    """Results draw themselves in Jupyter and at the prompt; the methods are attached here, so that
+    analysis/ never imports show/ (tests/test_import_graph.py). minilens/__init__.py calls this."""
+    from ..analysis.attribution import Attribution
+    from ..analysis.lens import LensResult
+
+    LensResult._repr_html_ = lambda self: lens_html(self)
+    LensResult.__repr__ = lens_repr
+    Attribution._repr_html_ = lambda self: attribution_html(self)
