@@ -59,27 +59,45 @@ def test_every_key_has_its_documented_shape(model, trace):
         for key, shape in shapes.items():
             assert trace[key, l].shape == shape, f"trace[{key!r}, {l}] has shape {trace[key, l].shape}, not {shape}"
             assert trace[key, l].dtype == np.float64, f"trace[{key!r}, {l}] was not computed in the model's dtype"
-    assert trace["embed"].shape == trace["resid_final"].shape == trace["normalized"].shape == (n, d)
-    assert trace["scale_final"].shape == (n, 1)
-    assert trace.logits.shape == (n, c.d_vocab)
-    assert ("pos_embed" in trace) == (c.positional == "learned")
+    assert (trace["embed"].shape == trace["resid_final"].shape == trace["normalized"].shape
+            == (n, d)), (
+        f"embed {trace['embed'].shape}, resid_final {trace['resid_final'].shape}, normalized "
+        f"{trace['normalized'].shape}: each should be [n_seq, d_model] = {(n, d)}")
+    assert trace["scale_final"].shape == (n, 1), (
+        f"scale_final has shape {trace['scale_final'].shape}, not [n_seq, 1]: is the norm's "
+        "divisor kept with keepdims, one per position?")
+    assert trace.logits.shape == (n, c.d_vocab), (
+        f"logits have shape {trace.logits.shape}, not [n_seq, d_vocab] = {(n, c.d_vocab)}: "
+        "the logits for every position, always")
+    assert ("pos_embed" in trace) == (c.positional == "learned"), (
+        f"positional={c.positional!r} but pos_embed is {'' if 'pos_embed' in trace else 'not '}"
+        "recorded: only learned positions (W_pos) write to the stream")
 
 
 def test_residual_stream_adds_up(model, trace):
     x = trace["embed"] + (trace["pos_embed"] if "pos_embed" in trace else 0)
     assert close(trace["resid_pre", 0], x), "resid_pre 0 should be the token (+ position) embedding"
     for l in range(model.cfg.n_layers):
-        assert close(trace["resid_mid", l], trace["resid_pre", l] + trace["attn_out", l]), f"resid_mid {l}"
-        assert close(trace["resid_post", l], trace["resid_mid", l] + trace["mlp_out", l]), f"resid_post {l}"
+        assert close(trace["resid_mid", l], trace["resid_pre", l] + trace["attn_out", l]), (
+            f"resid_mid {l} != resid_pre {l} + attn_out {l}: is attn_out recorded after W_O "
+            "and b_O, and resid_mid before the second norm?")
+        assert close(trace["resid_post", l], trace["resid_mid", l] + trace["mlp_out", l]), (
+            f"resid_post {l} != resid_mid {l} + mlp_out {l}: is mlp_out recorded after W_out "
+            "and b_out, as the value added to the stream?")
         if l + 1 < model.cfg.n_layers:
-            assert close(trace["resid_pre", l + 1], trace["resid_post", l]), f"resid_pre {l + 1} != resid_post {l}"
-    assert close(trace["resid_final"], trace["resid_post", -1])
+            assert close(trace["resid_pre", l + 1], trace["resid_post", l]), (
+                f"resid_pre {l + 1} != resid_post {l}: does block {l + 1} read block {l}'s "
+                "output, and is each layer's value recorded under its own index?")
+    assert close(trace["resid_final"], trace["resid_post", -1]), (
+        "resid_final should be the last block's resid_post, before the final norm")
 
 
 def test_logits_are_the_normalized_stream_through_W_U(model, trace):
     g = model.params
     logits = trace["normalized"] @ g.W_U + (0 if g.b_U is None else g.b_U)
-    assert close(trace.logits, logits)
+    assert close(trace.logits, logits), (
+        "logits != normalized @ W_U + b_U: is 'normalized' recorded after the final norm "
+        "(gamma and beta applied), and W_U the tied W_E.T when the checkpoint ties them?")
 
 
 def test_attention_pattern_is_causal_and_rows_sum_to_one(model, trace):
@@ -87,7 +105,8 @@ def test_attention_pattern_is_causal_and_rows_sum_to_one(model, trace):
     for l in range(model.cfg.n_layers):
         pattern = trace["pattern", l]                                         # [n_heads, n_seq, n_seq]
         assert (pattern[:, above_diagonal] == 0).all(), f"layer {l}: a query attends to a later key"
-        assert (pattern >= 0).all()
+        assert (pattern >= 0).all(), (
+            f"layer {l}: a negative attention weight: is the pattern the softmax, not the scores?")
         assert close(pattern.sum(-1), 1.0), f"layer {l}: pattern rows must be distributions over keys"
         assert close(pattern[:, 0, 0], 1.0), "the first token can only attend to itself"
 
@@ -114,7 +133,9 @@ def test_negative_layer_indices(model, trace):
     L = model.cfg.n_layers
     for key in ("resid_pre", "attn_out", "pattern", "z"):
         for l in range(1, L + 1):
-            assert trace[key, -l] is trace[key, L - l]
+            assert trace[key, -l] is trace[key, L - l], (
+                f"trace[{key!r}, {-l}] is not trace[{key!r}, {L - l}]: negative layers should "
+                "count from the end, as in Python lists")
     for bad in (L, -L - 1):
         with pytest.raises(ml.InputError, match="out of range"):
             trace["resid_pre", bad]
@@ -137,10 +158,11 @@ def test_run_batch_equals_one_at_a_time(model):
     on O(10) values allows that and nothing else."""
     batch = np.stack([prompt(N_SEQ, seed=s) for s in range(3)])               # [3, n_seq]
     traces = model.run_batch(batch)
-    assert len(traces) == 3
+    assert len(traces) == 3, f"run_batch on 3 sequences returned {len(traces)} traces, not one each"
     for b, t in enumerate(traces):
         alone = model.run(batch[b])
-        np.testing.assert_array_equal(t.ids, batch[b])
+        np.testing.assert_array_equal(
+            t.ids, batch[b], err_msg=f"run_batch trace {b} holds another sequence's ids")
         assert close(t.logits, alone.logits), f"sequence {b}: logits differ from its solo run"
         for l in range(model.cfg.n_layers):
             for key in ("resid_pre", "attn_out", "pattern", "z"):
@@ -153,31 +175,44 @@ def test_run_batch_in_float32_within_float32_rounding(model, tmp_path):
     batch = np.stack([prompt(N_SEQ, seed=s) for s in range(3)])
     for b, t in enumerate(m32.run_batch(batch)):
         alone = m32.run(batch[b]).logits
-        assert np.abs(t.logits - alone).max() <= 1e-5 * max(1.0, float(np.abs(alone).max()))
+        assert np.abs(t.logits - alone).max() <= 1e-5 * max(1.0, float(np.abs(alone).max())), (
+            f"float32 sequence {b}: batched logits differ from its solo run by "
+            f"{np.abs(t.logits - alone).max():.2e}: does the batch leak across sequences "
+            "(mask, positions), or compute in another dtype?")
 
 
 def test_names_records_only_the_requested_keys(model, trace):
     ids = prompt(N_SEQ)
     small = model.run(ids, names={"resid_pre", "pattern"})
-    assert {key[0] for key in small.keys()} == {"resid_pre", "pattern"}
-    np.testing.assert_array_equal(small.logits, trace.logits)                  # logits are always kept
-    np.testing.assert_array_equal(small["resid_pre", -1], trace["resid_pre", -1])
+    assert {key[0] for key in small.keys()} == {"resid_pre", "pattern"}, (
+        f"names={{'resid_pre', 'pattern'}} recorded {sorted({key[0] for key in small.keys()})}")
+    np.testing.assert_array_equal(                                              # logits always kept
+        small.logits, trace.logits, err_msg="recording fewer names changed the logits")
+    np.testing.assert_array_equal(
+        small["resid_pre", -1], trace["resid_pre", -1],
+        err_msg="recording fewer names changed resid_pre: names= must only choose what is kept")
     with pytest.raises(KeyError, match="not recorded"):
         small["attn_out", 0]
-    assert model.run(ids, names=()).keys() == []
+    assert model.run(ids, names=()).keys() == [], "names=() should record nothing but the logits"
     assert all(trace[key] is not None for key in trace.keys()), "every listed key should be readable"
-    assert "embed" in trace.keys() and ("resid_pre", 0) in trace.keys()
+    assert "embed" in trace.keys() and ("resid_pre", 0) in trace.keys(), (
+        "keys() should list 'embed' as a plain name and per-layer keys as (name, layer) tuples")
 
 
 def test_the_model_keeps_no_state_between_runs(model):
     a = prompt(N_SEQ, seed=5)
     first = model.run(a).logits
     model.run(prompt(N_SEQ + 3, seed=6))
-    np.testing.assert_array_equal(model.run(a).logits, first)
+    np.testing.assert_array_equal(
+        model.run(a).logits, first,
+        err_msg="the same prompt gave other logits after another run: is a KV cache or a "
+                "buffer kept between runs?")
 
 
 def test_trace_knows_its_model(model, trace):
-    assert trace.model is model and trace.n_layers == model.cfg.n_layers and trace.n_seq == N_SEQ
+    assert trace.model is model and trace.n_layers == model.cfg.n_layers and trace.n_seq == N_SEQ, (
+        f"trace.model/n_layers/n_seq = {trace.model is model}/{trace.n_layers}/{trace.n_seq}: "
+        f"expected the model itself, {model.cfg.n_layers} layers, {N_SEQ} tokens")
 
 
 @pytest.mark.parametrize("stored", ["float32", "bfloat16", "float16"])

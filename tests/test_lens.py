@@ -74,7 +74,8 @@ def test_every_lens_row_equals_transformers(checkpoint, dtype, monkeypatch):
     ids = np.random.default_rng(1).integers(0, model.cfg.d_vocab, 25)  # > 20 tokens: RoPE layout errors show
     lens = ml.logit_lens(model.run(ids))
     ref = reference_rows(folder, family, ids, torch.float32 if dtype == np.float32 else torch.float64)
-    assert list(lens.labels) == [f"{l}_pre" for l in range(model.cfg.n_layers)] + ["final_post"]
+    assert list(lens.labels) == [f"{l}_pre" for l in range(model.cfg.n_layers)] + ["final_post"], (
+        f"lens rows are {list(lens.labels)}: expected one '{{l}}_pre' per layer, then 'final_post'")
     for r, theirs in enumerate(ref):
         ours = lens.logits(r)
         scale = max(1.0, float(np.abs(theirs).max()))
@@ -83,10 +84,17 @@ def test_every_lens_row_equals_transformers(checkpoint, dtype, monkeypatch):
         # its rotary tables are still computed in float32 by transformers, which leaves ~1e-7: 1e-6.
         tol = 1e-4 if dtype == np.float32 else (1e-9 if family == "gpt2" else 1e-6)
         err = np.abs(ours - theirs).max() / scale
-        assert err < tol, (f"{name} row {lens.labels[r]}: lens logits differ from lm_head(norm(hidden_states)) "
-                           f"by {err:.2e} (relative). Is the final norm recomputed on this row's residual?")
-        np.testing.assert_allclose(lens.target_logit[r], theirs[np.arange(len(ids)), lens.target_ids],
-                                   atol=tol * scale, rtol=0)
+        assert err < tol, (
+            f"{name} lens row {lens.labels[r]} differs from transformers' "
+            f"lm_head(norm(hidden_states[{r}])) (final_post: its logits) by {err:.2e} "
+            f"(relative, tol {tol:g}): is the final norm recomputed on this row's "
+            "stream, not frozen at the final layer's scale (TransformerLens #1076)? If only "
+            "final_post is off, is it the model's own logits (tied/untied W_U, b_U)?")
+        np.testing.assert_allclose(
+            lens.target_logit[r], theirs[np.arange(len(ids)), lens.target_ids],
+            atol=tol * scale, rtol=0,
+            err_msg=f"{name} row {lens.labels[r]}: target_logit is not the row's logit at "
+                    "target_ids: is it read at the tracked token, on the same positions?")
 
 
 def naive_statistics(logits, target, k):
@@ -120,13 +128,31 @@ def test_statistics_equal_a_naive_full_softmax(name, overrides, dtype):
         vals = np.take_along_axis(lens.logits(r), lens.top_ids[r], 1)
         ref_vals = np.take_along_axis(lens.logits(r), ref["top_ids"], 1)
         np.testing.assert_array_equal(vals, ref_vals, err_msg="top-k values differ: is a candidate block missed?")
-        np.testing.assert_allclose(lens.top_probs[r], np.take_along_axis(ref["p"], ref["top_ids"], 1), atol=tol)
-        np.testing.assert_array_equal(lens.target_rank[r], ref["target_rank"])
-        np.testing.assert_allclose(lens.target_prob[r], ref["target_prob"], atol=tol)
-        np.testing.assert_allclose(lens.entropy[r], ref["entropy"], atol=tol * 10)
+        row = lens.labels[r]
+        np.testing.assert_allclose(
+            lens.top_probs[r], np.take_along_axis(ref["p"], ref["top_ids"], 1), atol=tol,
+            err_msg=f"row {row}: top-k probabilities differ from a full softmax: is Z summed over "
+                    "the whole vocabulary (not the k candidates), after subtracting the row max?")
+        np.testing.assert_array_equal(
+            lens.target_rank[r], ref["target_rank"],
+            err_msg=f"row {row}: target_rank should count the tokens with a strictly larger "
+                    "logit (0 = top): are ties, or the target itself, counted?")
+        np.testing.assert_allclose(
+            lens.target_prob[r], ref["target_prob"], atol=tol,
+            err_msg=f"row {row}: target_prob differs from the full softmax at the target: "
+                    "is it exp(logit - row max - log Z) with this row's own Z?")
+        np.testing.assert_allclose(
+            lens.entropy[r], ref["entropy"], atol=tol * 10,
+            err_msg=f"row {row}: entropy differs from -sum p log p: is it log Z - E_p[shifted], "
+                    "with the expectation under this row's own p?")
         kl = (final["p"] * (final["logp"] - ref["logp"])).sum(1)
-        np.testing.assert_allclose(lens.kl_to_final[r], kl, atol=tol * 10, err_msg="KL(p_final || p_row)")
-    assert (lens.entropy <= np.log(model.cfg.d_vocab) + tol).all()
+        np.testing.assert_allclose(
+            lens.kl_to_final[r], kl, atol=tol * 10,
+            err_msg=f"row {row}: kl_to_final should be KL(p_final || p_row), the expectation "
+                    "under p_final: is the direction reversed?")
+    assert (lens.entropy <= np.log(model.cfg.d_vocab) + tol).all(), (
+        f"an entropy exceeds log(d_vocab) = {np.log(model.cfg.d_vocab):.4f} nats, the uniform "
+        "maximum: is p normalised over the whole vocabulary?")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -146,16 +172,28 @@ def test_invariants_final_post_kl_and_probabilities(dtype):
         from minilens.analysis.lens import lens_logits
         again = lens_logits(trace.model, trace["resid_final"][[0, 5, 39, 17]])
         scale = float(np.abs(trace.logits).max())
-        assert np.abs(again - final).max() <= (1e-6 if dtype == np.float32 else 1e-14) * scale
+        assert np.abs(again - final).max() <= (1e-6 if dtype == np.float32 else 1e-14) * scale, (
+            f"{name}: lens_logits(resid_final) differs from trace.logits by "
+            f"{np.abs(again - final).max():.2e}: does the lens use the model's own final_norm "
+            "(eps, gamma, beta) and unembed (W_U, b_U)?")
         assert (lens.kl_to_final[-1] == 0).all(), "KL(p_final || p_final) must be exactly 0"
         for r in range(len(lens.labels)):
             x = lens.logits(r).astype(np.float64)
             p = np.exp(x - x.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
-            np.testing.assert_allclose(p.sum(1), 1, atol=1e-12)
-            np.testing.assert_allclose(lens.target_prob[r], p[np.arange(4), lens.target_ids],
-                                       rtol=1e-4 if dtype == np.float32 else 1e-10)
-        assert (lens.top_probs.sum(-1) <= 1 + 1e-5).all()
+            np.testing.assert_allclose(
+                p.sum(1), 1, atol=1e-12,
+                err_msg=f"{name} row {lens.labels[r]}: softmax of the lens logits does not sum "
+                        "to 1: are there inf or NaN logits?")
+            np.testing.assert_allclose(
+                lens.target_prob[r], p[np.arange(4), lens.target_ids],
+                rtol=1e-4 if dtype == np.float32 else 1e-10,
+                err_msg=f"{name} row {lens.labels[r]}: target_prob differs from softmax("
+                        "logits(r)) at the targets: are positions [0, 5, -1, 17] kept in that "
+                        "order, with -1 mapped to the last position?")
+        assert (lens.top_probs.sum(-1) <= 1 + 1e-5).all(), (
+            f"{name}: top-k probabilities sum above 1: is an id counted twice, or Z summed over "
+            "only part of the vocabulary?")
 
 
 def test_default_target_is_the_next_token_then_the_final_top1():
@@ -163,9 +201,13 @@ def test_default_target_is_the_next_token_then_the_final_top1():
                                              num_key_value_heads=2, intermediate_size=16))
     trace = model.run([5, 9, 11, 3])
     lens = ml.logit_lens(trace)
-    assert lens.target_ids.tolist() == [9, 11, 3, int(trace.logits[-1].argmax())]
-    assert ml.logit_lens(trace, target=42).target_ids.tolist() == [42] * 4
-    assert ml.logit_lens(trace, target=[1, 2], positions=[0, 2]).target_ids.tolist() == [1, 2]
+    assert lens.target_ids.tolist() == [9, 11, 3, int(trace.logits[-1].argmax())], (
+        f"default targets are {lens.target_ids.tolist()}: each position should track the next "
+        "token, and the last position (which has none) the final logits' top-1")
+    assert ml.logit_lens(trace, target=42).target_ids.tolist() == [42] * 4, (
+        "an int target should be tracked at every position")
+    assert ml.logit_lens(trace, target=[1, 2], positions=[0, 2]).target_ids.tolist() == [1, 2], (
+        "a list target gives one id per requested position, in the order given")
 
 
 def test_top_k_handles_ties_and_the_tail_block():
@@ -173,8 +215,12 @@ def test_top_k_handles_ties_and_the_tail_block():
     x = rng.integers(0, 5, size=(6, 1003)).astype(np.float32)  # many ties; 1003 = 31 blocks of 32 + 11
     x[:, -1] = 9                                                # the winner sits in the short tail block
     ids, vals, row_max = top_k_by_group_maxima(x, 4)
-    assert (ids[:, 0] == 1002).all() and (row_max == 9).all()
-    np.testing.assert_array_equal(vals, -np.sort(-x, axis=1)[:, :4])
+    assert (ids[:, 0] == 1002).all() and (row_max == 9).all(), (
+        f"the winner 9 at id 1002 was missed (top ids {ids[:, 0]}, row max {row_max}): is the "
+        "short tail group (columns 992..1002, past 32 * 31) searched?")
+    np.testing.assert_array_equal(
+        vals, -np.sort(-x, axis=1)[:, :4],
+        err_msg="top-4 values with many ties differ from a full sort: is a tied group dropped?")
 
 
 @pytest.mark.parametrize("d_vocab", [7, 100, 1003, 50257])
@@ -186,10 +232,21 @@ def test_top_k_by_group_maxima_equals_a_full_sort(d_vocab, k):
     x[0, 0, ::3] = 2.5                                          # a row full of ties
     ids, vals, row_max = top_k_by_group_maxima(x, k)
     k = min(k, d_vocab)
-    np.testing.assert_array_equal(vals, -np.sort(-x, axis=-1)[..., :k])
-    np.testing.assert_array_equal(np.take_along_axis(x, ids, axis=-1), vals)   # the ids point at those values
-    assert all(len(set(row)) == k for row in ids.reshape(-1, k)), "an id is repeated"
-    np.testing.assert_array_equal(row_max, x.max(-1))
+    np.testing.assert_array_equal(
+        vals, -np.sort(-x, axis=-1)[..., :k],
+        err_msg=f"d_vocab={d_vocab} k={k}: top-k values differ from a full sort: is one of the "
+                "k groups with the largest maxima, or the short tail group, left out?")
+    np.testing.assert_array_equal(   # the ids point at those values
+        np.take_along_axis(x, ids, axis=-1), vals,
+        err_msg=f"d_vocab={d_vocab} k={k}: the ids do not point at the values: are candidates "
+                "mapped back to vocabulary columns as g + n_groups * i (interleaved groups)?")
+    assert all(len(set(row)) == k for row in ids.reshape(-1, k)), (
+        f"d_vocab={d_vocab} k={k}: an id is repeated: are the tail group's overhanging "
+        "columns (clipped to d_vocab - 1) masked with -inf?")
+    np.testing.assert_array_equal(
+        row_max, x.max(-1),
+        err_msg=f"d_vocab={d_vocab} k={k}: row_max differs from x.max(-1): is the tail "
+                "group's max included?")
 
 
 def test_bad_inputs_raise_input_errors():

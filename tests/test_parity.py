@@ -119,7 +119,9 @@ def inv_freq_float64(config, seq_len: int) -> "torch.Tensor":
         freqs = llama3_scale(freqs, p["factor"], p["low_freq_factor"], p["high_freq_factor"],
                              p["original_max_position_embeddings"])
     else:
-        assert kind in ("default", "dynamic"), kind
+        assert kind in ("default", "dynamic"), (
+            f"rope_type {kind!r}: the float64 reference knows default, linear, dynamic and llama3 "
+            "only; write its frequencies here, from the paper, before testing it")
     return torch.tensor(freqs, dtype=torch.float64)
 
 
@@ -205,9 +207,14 @@ def test_dynamic_rope_prompt_exceeds_trained_context():
 
 def test_shards_really_are_several(tmp_path):
     folder, _ = make_llama(tmp_path, shard=True)
-    assert (folder / "model.safetensors.index.json").is_file()
-    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1
-    assert len(ml.load(folder).files) > 1
+    assert (folder / "model.safetensors.index.json").is_file(), (
+        "shard=True wrote no model.safetensors.index.json: did the factory's max_shard_size "
+        "exceed the checkpoint, so save_pretrained wrote one file?")
+    assert len(list(folder.glob("model-*-of-*.safetensors"))) > 1, (
+        "shard=True wrote a single model-*-of-*.safetensors: the sharded variants test nothing")
+    assert len(ml.load(folder).files) > 1, (
+        "the loader read one file of a sharded checkpoint: does it follow the index's "
+        "weight_map to every shard?")
 
 
 # ------------------------------------------------------------------------------------------
@@ -225,14 +232,20 @@ def test_hub_dialect_reads_the_same(rope, type_key, tmp_path):
     hub = tmp_path / "hub"
     shutil.copytree(folder, hub)
     hf = to_hub_dialect(hub, type_key=type_key)
-    assert "rope_parameters" not in hf and "rope_theta" in hf and hf["head_dim"] is None
+    assert "rope_parameters" not in hf and "rope_theta" in hf and hf["head_dim"] is None, (
+        "to_hub_dialect should leave rope_theta at the top, no rope_parameters and head_dim "
+        f"null, as hub configs have: {hf}")
     if rope is not None:
-        assert hf["rope_scaling"][type_key] == rope["rope_type"]
+        assert hf["rope_scaling"][type_key] == rope["rope_type"], (
+            f"to_hub_dialect's rope_scaling[{type_key!r}] is {hf['rope_scaling'].get(type_key)!r}, "
+            f"not {rope['rope_type']!r}: the rope type was not written under {type_key!r}")
 
     a, b = ml.load(folder, dtype=np.float64), ml.load(hub, dtype=np.float64)
     assert a.cfg == b.cfg, f"the two dialects read differently:\n{a.cfg}\n{b.cfg}"
     ids = prompt(N_SEQ)
-    np.testing.assert_array_equal(a.run(ids).logits, b.run(ids).logits)
+    np.testing.assert_array_equal(a.run(ids).logits, b.run(ids).logits, err_msg=(
+        "equal configs but different logits: does the loader read something besides the "
+        "config from config.json (rope_scaling vs rope_parameters)?"))
 
 
 def test_llama3_original_context_falls_back_to_max_position_embeddings(tmp_path):
@@ -243,7 +256,9 @@ def test_llama3_original_context_falls_back_to_max_position_embeddings(tmp_path)
     hf = to_hub_dialect(hub)
     del hf["rope_scaling"]["original_max_position_embeddings"]
     (hub / "config.json").write_text(__import__("json").dumps(hf))
-    assert ml.load(hub).cfg == ml.load(folder).cfg
+    assert ml.load(hub).cfg == ml.load(folder).cfg, (
+        "llama3 rope_scaling without original_max_position_embeddings should fall back to "
+        "max_position_embeddings, as transformers does")
 
 
 # ------------------------------------------------------------------------------------------
@@ -262,5 +277,7 @@ def test_greedy_generation_matches_transformers(factory, kwargs, tmp_path):
     ref.generation_config.eos_token_id = None      # random weights may well pick "EOS": keep going, as we do
     with torch.no_grad():
         theirs = ref.generate(torch.tensor(ids)[None], do_sample=False, max_new_tokens=20, pad_token_id=0)[0].numpy()
-    assert len(ours) == len(ids) + 20
+    assert len(ours) == len(ids) + 20, (
+        f"generate(ids, 20) returned {len(ours)} tokens, not the prompt's {len(ids)} + 20: "
+        "does it stop at an EOS, or return only the new tokens?")
     np.testing.assert_array_equal(ours, theirs, err_msg="greedy continuations diverge")

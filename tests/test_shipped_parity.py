@@ -52,7 +52,9 @@ def test_logits_match_transformers(pair):
     # in bfloat16; both sides widen them exactly to float32, so storage adds no difference.)
     tol = 1e-4 * max(1.0, float(np.abs(theirs).max()))
     err = float(np.abs(ours - theirs).max())
-    assert ours.shape == theirs.shape
+    assert ours.shape == theirs.shape, (
+        f"logits {ours.shape} vs transformers' {theirs.shape}: is d_vocab the checkpoint's "
+        "(lm_head rows), and one row per prompt token?")
     assert err <= tol, f"max |logit difference| {err:.2e} > {tol:.2e}: compare resid_pre layer by layer"
 
 
