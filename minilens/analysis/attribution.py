@@ -116,7 +116,7 @@ def readout(trace: "Trace", position: int, target: int, contrast: int | None) ->
 
 def capped_logit(trace: "Trace", position: int, target: int, contrast: int | None) -> float | None:
     """The model's reported (soft-capped) logit (difference), or None when the family has no final cap."""
-    if not getattr(trace.model.cfg, "final_softcap", None):
+    if not trace.model.cfg.final_softcap:
         return None
     logits = trace.logits[position]
     return float(logits[target]) - (0.0 if contrast is None else float(logits[contrast]))
@@ -125,29 +125,28 @@ def capped_logit(trace: "Trace", position: int, target: int, contrast: int | Non
 def model_logit(trace: "Trace", position: int, target: int, contrast: int | None) -> float:
     """The model's actual logit (difference), before any final soft-cap (attribution is exact there)."""
     model = trace.model
-    if getattr(model.cfg, "final_softcap", None):
+    if model.cfg.final_softcap:
         logits = trace["logits_precap"][position]
     else:
         logits = trace.logits[position]
     return float(logits[target]) - (0.0 if contrast is None else float(logits[contrast]))
 
 
-def layer_parts(trace: "Trace", position: int, w_read: np.ndarray) -> list[tuple[str, float]]:
+def layer_parts(trace: "Trace", pos: int, w_read: np.ndarray) -> list[tuple[str, float]]:
     """embed, pos_embed, then "{l}_attn" and "{l}_mlp" for every layer: each component . w_read."""
-    q = position
-    parts = [("embed", float(trace["embed"][q] @ w_read))]
+    parts = [("embed", float(trace["embed"][pos] @ w_read))]
     if "pos_embed" in trace:
-        parts.append(("pos_embed", float(trace["pos_embed"][q] @ w_read)))
+        parts.append(("pos_embed", float(trace["pos_embed"][pos] @ w_read)))
     for l in range(trace.n_layers):
-        parts.append((f"{l}_attn", float(trace["attn_out", l][q] @ w_read)))
-        parts.append((f"{l}_mlp", float(trace["mlp_out", l][q] @ w_read)))
+        parts.append((f"{l}_attn", float(trace["attn_out", l][pos] @ w_read)))
+        parts.append((f"{l}_mlp", float(trace["mlp_out", l][pos] @ w_read)))
     return parts
 
 
 def through_post_norm(trace: "Trace", l: int, position: int, w_read: np.ndarray, sublayer: str) -> np.ndarray:
     """The readout of a sublayer's raw output. With Gemma-2's sandwich norms, what the sublayer writes is
     RMSNorm(raw): freeze that norm's divisor too, and raw's readout is gamma_post * w_read / s_post.  -> [d_model]"""
-    if not getattr(trace.model.cfg, "sandwich_norms", False):
+    if not trace.model.cfg.sandwich_norms:
         return w_read
     w = trace.model.layers[l]
     gamma, key = (w.ln1_post_w, "scale_ln1_post") if sublayer == "attn" else (w.ln2_post_w, "scale_ln2_post")
@@ -182,7 +181,7 @@ def head_parts(trace: "Trace", position: int, l: int, w_read: np.ndarray) -> tup
 
 
 def token_parts(trace: "Trace", position: int, l: int, w_read: np.ndarray) -> tuple[np.ndarray, float]:
-    """Source k through layer l: sum_h pattern[h, q, k] (v_h[k] - b_V[h]) W_O[h] . w_read.  -> [q + 1], bias"""
+    """Source k through layer l: sum_h pattern[h, pos, k] (v_h[k] - b_V[h]) W_O[h] . w_read.  -> [pos + 1], bias"""
     cfg = trace.model.cfg
     W_O_read, b_V, bias = head_readout(trace, l, position, w_read)
     group = cfg.n_heads // cfg.n_kv_heads
@@ -193,7 +192,7 @@ def token_parts(trace: "Trace", position: int, l: int, w_read: np.ndarray) -> tu
 
 
 def neuron_parts(trace: "Trace", position: int, l: int, w_read: np.ndarray) -> tuple[np.ndarray, float]:
-    """Neuron i of layer l: mlp_post[q, i] * (W_out[i] . w_read).  -> [d_mlp], the mlp bias share"""
+    """Neuron i of layer l: mlp_post[pos, i] * (W_out[i] . w_read).  -> [d_mlp], the mlp bias share"""
     w = trace.model.layers[l]
     w_read = through_post_norm(trace, l, position, w_read, "mlp")
     values = trace["mlp_post", l][position] * (w.W_out @ w_read)                  # [d_mlp]
@@ -224,7 +223,7 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
     if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not -n_seq <= position < n_seq:
         raise InputError(f"position {position!r} is out of range: the sequence has {n_seq} tokens, "
                          f"so use 0..{n_seq - 1} (or -{n_seq}..-1).")
-    q = int(position) % n_seq
+    pos = int(position) % n_seq
     t = model.to_single_token(target)
     t2 = None if contrast is None else model.to_single_token(contrast)
     if t2 == t:
@@ -236,8 +235,8 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
         raise InputError("by='layer' covers every layer; drop layer=, or use by='head'/'neuron'/'token' with it.")
     l = None if layer is None else trace.layer_index(layer)
 
-    w_read, constant = readout(trace, q, t, t2)
-    parts = layer_parts(trace, q, w_read)
+    w_read, constant = readout(trace, pos, t, t2)
+    parts = layer_parts(trace, pos, w_read)
     labels: list[str]
     values: list[float]
     if by == "layer":
@@ -248,7 +247,7 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
         if by == "head":
             labels, values, biases = [], [], []
             for layer_l in sorted(split):
-                heads, bias = head_parts(trace, q, layer_l, w_read)
+                heads, bias = head_parts(trace, pos, layer_l, w_read)
                 labels += [label for label, _ in heads]
                 values += [v for _, v in heads]
                 biases.append((f"{layer_l}_attn_bias", bias))
@@ -256,14 +255,14 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
             values += [v for _, v in biases]
             covered = {f"{layer_l}_attn" for layer_l in split}
         elif by == "neuron":
-            neuron_values, bias = neuron_parts(trace, q, l, w_read)
+            neuron_values, bias = neuron_parts(trace, pos, l, w_read)
             order = np.argsort(-np.abs(neuron_values), kind="stable")
             labels = [f"L{l}N{i}" for i in order] + [f"{l}_mlp_bias"]
             values = neuron_values[order].astype(np.float64).tolist() + [bias]
             covered = {f"{l}_mlp"}
         else:  # token
-            token_values, bias = token_parts(trace, q, l, w_read)
-            strs = model.token_strings(trace.ids[:q + 1])
+            token_values, bias = token_parts(trace, pos, l, w_read)
+            strs = model.token_strings(trace.ids[:pos + 1])
             labels = [f"{k}:{s}" for k, s in enumerate(strs)] + [f"{l}_attn_bias"]
             values = token_values.astype(np.float64).tolist() + [bias]
             covered = {f"{l}_attn"}
@@ -271,7 +270,7 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
         values.append(sum(v for label, v in parts if label not in covered) + constant)
 
     return Attribution(labels=np.array(labels), values=np.array(values, dtype=np.float64),
-                       logit=model_logit(trace, q, t, t2), capped_logit=capped_logit(trace, q, t, t2),
-                       target=t, contrast=t2, position=q, by=by, layer=l,
+                       logit=model_logit(trace, pos, t, t2), capped_logit=capped_logit(trace, pos, t, t2),
+                       target=t, contrast=t2, position=pos, by=by, layer=l,
                        target_str=model.token_strings([t])[0] if model.tokenizer else None,
                        contrast_str=(model.token_strings([t2])[0] if model.tokenizer and t2 is not None else None))

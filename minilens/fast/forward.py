@@ -148,40 +148,44 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     (``rec.empty(shape, dtype)`` is memory that the model recycles; see Recorder.empty.)
     """
     *lead, n_seq, _ = x.shape
-    H, H_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    q = split_heads(x, w.W_Q, w.b_Q, H, d_head, rec.empty((*lead, n_seq, H, d_head), x.dtype))
-    k = split_heads(x, w.W_K, w.b_K, H_kv, d_head, rec.empty((*lead, n_seq, H_kv, d_head), x.dtype))
-    v = split_heads(x, w.W_V, w.b_V, H_kv, d_head, rec.empty((*lead, n_seq, H_kv, d_head), x.dtype))
+    n_heads, n_kv_heads, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    q = split_heads(x, w.W_Q, w.b_Q, n_heads, d_head, rec.empty((*lead, n_seq, n_heads, d_head), x.dtype))
+    k = split_heads(x, w.W_K, w.b_K, n_kv_heads, d_head,
+                    rec.empty((*lead, n_seq, n_kv_heads, d_head), x.dtype))
+    v = split_heads(x, w.W_V, w.b_V, n_kv_heads, d_head,
+                    rec.empty((*lead, n_seq, n_kv_heads, d_head), x.dtype))
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE (in place)
         kernels.normalize(q, w.q_norm_w, None, "rmsnorm", cfg.norm_eps, out=q)
         kernels.normalize(k, w.k_norm_w, None, "rmsnorm", cfg.norm_eps, out=k)
     if rope is not None:  # rotated in place
         kernels.apply_rope(q, *rope, out=q)
         kernels.apply_rope(k, *rope, out=k)
-    rec("q", l, q), rec("k", l, k), rec("v", l, v)    # [n_seq, n_heads, d_head], k and v: [n_seq, n_kv_heads, d_head]
+    rec("q", l, q)                                    # [n_seq, n_heads, d_head]
+    rec("k", l, k)                                    # [n_seq, n_kv_heads, d_head]
+    rec("v", l, v)                                    # [n_seq, n_kv_heads, d_head]
 
-    group = H // H_kv
+    group = n_heads // n_kv_heads
     scale = x.dtype.type(cfg.attn_scale)
     window = cfg.layer_windows[l]
     q_heads = np.swapaxes(q, -3, -2)                                                   # [n_heads, n_seq, d_head]
     v_heads = np.swapaxes(ops.gqa_repeat(v, group), -3, -2)                                # [n_heads, n_seq, d_head]
     z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window,
-                         out=rec.empty((*lead, n_seq, H, d_head), x.dtype))
+                         out=rec.empty((*lead, n_seq, n_heads, d_head), x.dtype))
     # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
     rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
     rec("z", l, z)                                                                     # [n_seq, n_heads, d_head]
-    return linear(z.reshape(*lead, n_seq, H * d_head), w.W_O, w.b_O, rec.empty(x.shape, x.dtype))  # [n_seq, d_model]
+    return linear(z.reshape(*lead, n_seq, n_heads * d_head), w.W_O, w.b_O, rec.empty(x.shape, x.dtype))  # [n_seq, d_model]
 
 
 def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) -> np.ndarray:
     """act(x W_in + b_in) W_out + b_out, or the gated form act(x W_gate) * (x W_in).  [n_seq, d_model] -> same"""
     act = kernels.ACTIVATIONS[cfg.act]
-    pre = linear(x, w.W_in, w.b_in)                                                    # [n_seq, d_mlp]
-    out = rec.empty(pre.shape, pre.dtype)
+    up = linear(x, w.W_in, w.b_in)                              # [n_seq, d_mlp]: the linear (up) branch
+    out = rec.empty(up.shape, up.dtype)
     if cfg.gated_mlp:
-        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), pre, out=out)
+        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), up, out=out)
     else:
-        mlp_post = act(pre, out=out)
+        mlp_post = act(up, out=out)
     rec("mlp_post", l, mlp_post)
     return linear(mlp_post, w.W_out, w.b_out, rec.empty(x.shape, x.dtype))             # [n_seq, d_model]
 
@@ -206,8 +210,10 @@ def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple |
         mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg, out=rec.empty(shape, dtype))
         rec("scale_ln2_post", l, scale_ln2_post)
     resid_post = np.add(resid_mid, mlp_out, out=rec.empty(shape, dtype))
-    rec("attn_out", l, attn_out), rec("resid_mid", l, resid_mid)
-    rec("mlp_out", l, mlp_out), rec("resid_post", l, resid_post)
+    rec("attn_out", l, attn_out)
+    rec("resid_mid", l, resid_mid)
+    rec("mlp_out", l, mlp_out)
+    rec("resid_post", l, resid_post)
     return resid_post
 
 
@@ -230,7 +236,8 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec: Rec
         x = block(x, layers[l], cfg, rope, rec, l)
     rec("resid_final", None, x)
     normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
-    rec("scale_final", None, scale_final), rec("normalized", None, normalized)
+    rec("scale_final", None, scale_final)
+    rec("normalized", None, normalized)
     logits = linear(normalized, g.W_U, g.b_U, rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype))  # [n_seq, d_vocab]
     if cfg.final_softcap:  # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
         rec("logits_precap", None, logits)

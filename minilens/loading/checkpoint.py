@@ -427,9 +427,6 @@ class Checkpoint:
             f"config.json does not describe this checkpoint (check num_hidden_layers, biases, model_type)."
         )
 
-    def n_bytes(self) -> int:
-        return sum(i.end - i.begin for i in self.infos.values())
-
     def layer_elements(self, cfg: ModelConfig) -> int:
         """How many numbers the layers hold: every tensor but the global ones (embeddings, final norm, head)."""
         used: set[str] = set()
