@@ -13,7 +13,7 @@ in folders: loading/ -> config -> forward (ops) -> trace -> model -> analysis/ -
 from .config import ModelConfig, RopeConfig
 from .errors import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError,
                      NotRecordedError, TokenizerMissingError, UnsupportedModelError)
-from .forward import forward
+from . import forward  # the forward pass to read: forward.forward, forward.block, ...
 from .model import Model, load
 from .trace import Trace
 from .analysis.lens import LensResult, logit_lens

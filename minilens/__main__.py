@@ -1,4 +1,4 @@
-"""``python -m minilens ...`` is the ``minilens`` command (see minilens/cli.py)."""
+"""``python -m minilens ...`` is the ``minilens`` command (see minilens/show/cli.py)."""
 
 import sys
 

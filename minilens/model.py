@@ -167,7 +167,7 @@ class Model:
                 for b in range(len(ids))]
 
     def free_memory(self) -> None:
-        """Give the memory of dropped traces back to the operating system (see minilens/memory.py).
+        """Give the memory of dropped traces back to the operating system (see minilens/fast/memory.py).
 
         A model keeps as much as its last run asked for (at most 1 GiB), so that a run like the last one
         does not have to fault in new memory. ``model.pool = None`` switches the recycling off.

@@ -123,6 +123,24 @@ assert rel < 1e-4, "the hand-built block should match the trace to float32 round
 print("Notice: every array of the block matches, so the Trace is exactly the textbook computation.")
 
 # %% [markdown]
+# ## The library's own block
+# minilens's forward pass is [`minilens/forward.py`](../minilens/forward.py): the same steps,
+# one function each (`block`, `attention`, `mlp`, `norm`), about 120 lines for every family.
+# Run its `block` on the same float64 input, with the same rotary tables, and compare with ours:
+# there is nothing in between, so the two agree to float64 rounding.
+
+# %%
+from minilens import forward, ops
+
+rope = ops.rope_tables(cfg.rope, len(x), np.float64)
+w64 = type(w)(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in vars(w).items()})
+theirs = forward.block(x, w64, cfg, rope, forward.record_nothing, l)          # [n_seq, d_model]
+rel = np.abs(resid_post - theirs).max() / np.abs(theirs).max()
+print(f"resid_post, ours vs minilens.forward.block (both float64): max relative difference {rel:.2e}")
+assert rel < 1e-12, "our block and forward.block compute the same equations"
+print("Notice: read minilens/forward.py next: it is this notebook's block, plus the other families' switches.")
+
+# %% [markdown]
 # One more identity: the final residual is the sum of everything ever written to the stream.
 # That is what makes attribution possible (tutorial 03).
 
