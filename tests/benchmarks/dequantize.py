@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 import harness  # noqa: E402
 
-from minilens import quants  # noqa: E402
+from minilens.loading import quants  # noqa: E402
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 F16_FIELDS = {"F16": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],

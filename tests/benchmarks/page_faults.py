@@ -3,11 +3,11 @@
 A forward pass allocates and frees a few hundred MB of activations. Whether glibc's malloc hands
 that memory back to the kernel between runs (and the next run faults it in again, page by page)
 depends on what the process did before: glibc adapts its mmap and trim thresholds to the sizes it
-has seen freed. Each model therefore recycles that memory itself (minilens/memory.py). This script
-runs minilens's GPT-2-small forward at 512 tokens in three states of the same process history,
-each in a fresh subprocess, once with the model's pool and once with ``model.pool = None`` (every
-value a fresh numpy array, as before the pool), and reports the median wall time and the minor
-page faults per forward (getrusage):
+has seen freed. Each model therefore recycles that memory itself (minilens/fast/memory.py). This
+script runs minilens's GPT-2-small forward at 512 tokens in three states of the same process
+history, each in a fresh subprocess, once with the model's pool and once with ``model.pool = None``
+(every value a fresh numpy array, as before the pool), and reports the median wall time and the
+minor page faults per forward (getrusage):
 
 - fresh:         load, then run (what a script or a notebook does first)
 - widened first: load, ``list(model.layers)`` (all layers widened before the first run), then run

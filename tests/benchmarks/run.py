@@ -6,6 +6,7 @@ Run by hand, never in the test suite (issue 6):
     python tests/benchmarks/run.py --only forward --seq 512 --repeats 5
     python tests/benchmarks/run.py --only lens
     python tests/benchmarks/run.py --only bigload
+    python tests/benchmarks/run.py --only textbook         # textbook.py's section (not by default)
 
 Sections
   forward  minilens ``model.run`` (the full trace) vs transformers with ``output_hidden_states=True``
@@ -19,6 +20,8 @@ Sections
   bigload  a TinyLlama-1.1B-shaped bf16 checkpoint: time to load, time and peak RSS of a 128-token
            forward, for minilens and for transformers (float32, so the logits can be compared), each
            in a fresh subprocess; then the logits are compared at float32 tolerance.
+  textbook minilens's textbook pass (forward.py, ``ml.load(path, fast=False)``) against the fast
+           one (fast/forward.py, the default), full trace, at --textbook-seq (textbook.py).
 
 Every ratio is measured within one run: contenders alternate round by round (rotating order) after
 a warm-up round, numpy's BLAS and torch both pinned to --threads threads. Checkpoints have random
@@ -43,6 +46,7 @@ sys.path.insert(0, str(HERE))
 
 import checkpoints  # noqa: E402
 import harness  # noqa: E402
+import textbook  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -218,6 +222,11 @@ def section_forward(args, rows: list):
         del model, eager, sdpa
 
 
+def section_textbook(args, rows: list) -> bool:
+    """textbook.py's section: forward.py against fast/forward.py; False if their logits disagree."""
+    return textbook.section_textbook(args, rows)
+
+
 def section_lens_time(args, rows: list):
     import minilens as ml
     folder = checkpoints.gpt2_small()
@@ -371,14 +380,17 @@ def markdown(rows: list) -> str:
         out += [f"| {r['what']} | {r['load_s']:.2f} | {r['forward_s']:.2f} | {r['rss_peak'] / MB:.0f} | "
                 f"{r['peak_vs_f32_weights']:.2f} |" for r in bl]
         out.append(f"\nlogits, minilens vs transformers: max |diff| / max(1, |logit|) = {bl[0]['max_rel_logit_err']:.1e}")
+    out.append(textbook.markdown(rows))
     return "\n".join(out)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", choices=["forward", "lens", "lens-time", "lens-memory", "bigload"], action="append")
+    p.add_argument("--only", action="append",
+                   choices=["forward", "lens", "lens-time", "lens-memory", "bigload", "textbook"])
     p.add_argument("--seq", default="128,512,1024", help="forward lengths, comma-separated")
     p.add_argument("--lens-seq", default="512", help="lens timing lengths")
+    p.add_argument("--textbook-seq", default="64,256,1024", help="textbook vs fast lengths")
     p.add_argument("--lens-mem-seq", default="512,1024", help="lens memory lengths")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--big-repeats", type=int, default=2)
@@ -397,6 +409,7 @@ def main():
     args.clock = time.process_time if args.clock == "cpu" else time.perf_counter
     args.lens_seq = [int(s) for s in args.lens_seq.split(",")]
     args.lens_mem_seq = [int(s) for s in args.lens_mem_seq.split(",")]
+    args.textbook_seq = [int(s) for s in args.textbook_seq.split(",")]
     only = set(args.only or ["forward", "lens", "bigload"])
     if "lens" in only:
         only |= {"lens-time", "lens-memory"}
@@ -414,9 +427,15 @@ def main():
         section_lens_memory(args, rows)
     if "bigload" in only:
         section_bigload(args, rows)
+    agree = section_textbook(args, rows) if "textbook" in only else True
+    info["load_avg_at_end"] = textbook.load_avg()
+    print(f"  load_avg_at_end: {info['load_avg_at_end']}")
     print("\n" + markdown(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "command": sys.argv, "rows": rows}, indent=1))
+    if not agree:
+        sys.exit(f"FAIL: textbook and fast logits differ by more than "
+                 f"{textbook.TOLERANCE} * max(1, |logit|)")
 
 
 if __name__ == "__main__":
