@@ -19,7 +19,7 @@ from .fast.recorder import PooledRecorder
 from .forward import forward as textbook_forward
 from .loading.gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
 from .loading.tokenizer import Tokenizer
-from .trace import Recorder, Trace
+from .trace import INTERVENABLE, LAYER_KEYS, Recorder, Trace
 from .loading.checkpoint import LAYOUTS, Checkpoint, GlobalParams, LazyLayers, blas_ready, find_safetensors, resolve
 
 
@@ -137,34 +137,70 @@ class Model:
         return arr.astype(np.int64)
 
     # ---- running --------------------------------------------------------------------------
-    def run(self, ids, names: Iterable[str] | None = None) -> Trace:
+    def run(self, ids, names: Iterable[str] | None = None, interventions: dict | None = None) -> Trace:
         """Run one sequence (text, a list of ints, or ids [n_seq] / [1, n_seq]) and record its stream.
 
-        ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are always kept.
+        ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are always
+        kept. ``interventions`` replaces values as the pass makes them, and the rest of the pass uses
+        the replacement: ``{("resid_pre", 5): fn, ("z", 3): array, "embed": fn}``, each a function
+        of the value (returning its replacement, same shape and dtype) or an array. The keys are
+        those of trace.INTERVENABLE; ``trace.intervened`` lists the ones replaced. A run with
+        interventions goes through forward.py, where each ``rec(...)`` is a place it can happen.
         """
         ids = self.check_ids(ids)
-        rec, logits = self._forward(ids, names)
-        return Trace(self, ids, rec.store, logits)
+        rec, logits = self._forward(ids, names, interventions)
+        return Trace(self, ids, rec.store, logits, frozenset(rec.intervened))
 
-    def _forward(self, ids: np.ndarray, names) -> tuple[Recorder, np.ndarray]:
-        """The one place that chooses the forward pass: fast/forward.py, or forward.py."""
-        if self.fast:
+    def _forward(self, ids: np.ndarray, names, interventions=None, start: int = 0,
+                 resid: np.ndarray | None = None, read: slice = slice(None)) -> tuple[Recorder, np.ndarray]:
+        """The one place that chooses the forward pass: fast/forward.py, or forward.py (the textbook
+        pass, also for every run with interventions or a restart at block ``start``)."""
+        if self.fast and not interventions and resid is None and read == slice(None):
             rec = PooledRecorder(names, self.pool)
             return rec, fast_forward(ids, self.params, self.layers, self.cfg, rec)
-        rec = Recorder(names)
-        return rec, textbook_forward(ids, self.params, self.layers, self.cfg, rec)
+        rec = Recorder(names, self.check_interventions(interventions))
+        return rec, textbook_forward(ids, self.params, self.layers, self.cfg, rec, start, resid, read)
 
-    def run_batch(self, ids, names: Iterable[str] | None = None) -> list[Trace]:
+    def check_interventions(self, interventions) -> dict:
+        """{key or (key, layer): fn or array} -> {(key, layer): fn or array}, every key checked."""
+        if interventions is None:
+            return {}
+        if not isinstance(interventions, dict):
+            raise InputError(f"interventions must be a dict such as {{('resid_pre', 3): fn}}, "
+                             f"got {type(interventions).__name__}.")
+        out = {}
+        for key, what in interventions.items():
+            name, layer = key if isinstance(key, tuple) and len(key) == 2 else (key, None)
+            if name not in INTERVENABLE:
+                raise InputError(f"cannot intervene on {key!r}: the forward pass computes and uses "
+                                 f"{', '.join(INTERVENABLE)}.")
+            per_layer = name in LAYER_KEYS
+            if per_layer and layer is None:
+                raise InputError(f"{name!r} is per layer: give ({name!r}, layer).")
+            if not per_layer and layer is not None:
+                raise InputError(f"{name!r} is not per layer: give {name!r} alone, not ({name!r}, {layer!r}).")
+            if per_layer:
+                L = self.cfg.n_layers
+                if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not -L <= layer < L:
+                    raise InputError(f"intervention layer {layer!r} is out of range: this model has {L} layers.")
+                layer = int(layer) % L
+            if not callable(what) and not isinstance(what, np.ndarray):
+                raise InputError(f"the intervention on {key!r} must be a function of the value or an array, "
+                                 f"got {type(what).__name__}.")
+            out[(name, layer)] = what
+        return out
+
+    def run_batch(self, ids, names: Iterable[str] | None = None, interventions: dict | None = None) -> list[Trace]:
         """Run several equal-length sequences at once ([batch, n_seq]); one Trace per sequence.
 
         The matrix products see batch * n_seq rows at once, which helps short sequences; the numbers
-        equal running each sequence alone.
+        equal running each sequence alone. Interventions see the whole batch: [batch, ...] values.
         """
         ids = self.check_ids(ids, allow_batch=True)
         ids = ids[None] if ids.ndim == 1 else ids
-        rec, logits = self._forward(ids, names)
-        return [Trace(self, ids[b], {key: value[b] for key, value in rec.store.items()}, logits[b])
-                for b in range(len(ids))]
+        rec, logits = self._forward(ids, names, interventions)
+        return [Trace(self, ids[b], {key: value[b] for key, value in rec.store.items()}, logits[b],
+                      frozenset(rec.intervened)) for b in range(len(ids))]
 
     def free_memory(self) -> None:
         """Give the memory of dropped traces back to the operating system (see minilens/fast/memory.py).

@@ -1,7 +1,8 @@
-"""The equations of the forward pass, one short function each. Every function keeps its input's dtype.
+"""The equations of the forward pass, one short function each.
 
-These are the textbook forms that forward.py reads like a paper. The fast forward pass
-(fast/forward.py) uses in-place versions of some of them (fast/kernels.py), tested equal to these.
+Every function keeps its input's dtype. These are the textbook forms that forward.py reads like a
+paper. The fast forward pass (fast/forward.py) uses in-place versions of some of them
+(fast/kernels.py), tested equal to these.
 """
 
 from __future__ import annotations
@@ -14,17 +15,29 @@ from .config import RopeConfig
 
 
 def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """x @ W + b, with weights stored [d_in, d_out]; an absent bias is None.  [..., d_in] -> [..., d_out]"""
-    return x @ W if b is None else x @ W + b
+    """x @ W + b, with weights stored [d_in, d_out]; an absent bias is None.
+
+    [..., d_in] -> [..., d_out]. The rows are flattened first: on a [batch, n_seq, d_in] x, numpy's
+    matmul would run one small product per batch entry instead of one large one.
+    """
+    y = (x.reshape(-1, x.shape[-1]) @ W).reshape(*x.shape[:-1], W.shape[-1])
+    return y if b is None else y + b
 
 
 def rms(x: np.ndarray, eps: float) -> np.ndarray:
-    """s = sqrt(mean(x^2) + eps): the norms' divisor, which attribution freezes.  [..., d_model] -> [..., 1]"""
+    """s = sqrt(mean(x^2) + eps): the norms' divisor, which attribution freezes.
+
+    [..., d_model] -> [..., 1]
+    """
     return np.sqrt((x * x).mean(-1, keepdims=True) + eps)
 
 
-def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """N(x) = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).  -> [..., d_model], s [..., 1]"""
+def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
+               eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """N(x) = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).
+
+    -> [..., d_model], s [..., 1]
+    """
     centred = x - x.mean(-1, keepdims=True)
     s = rms(centred, eps)                       # the variance is the mean square of the centred x
     return centred / s * gamma + beta, s
@@ -43,10 +56,12 @@ def gelu_new(x: np.ndarray) -> np.ndarray:
 
 
 def erf(x: np.ndarray) -> np.ndarray:
-    """The error function, vectorised, to float64 accuracy (numpy has none).  [...] -> [...], x's dtype
+    """The error function, vectorised, to float64 accuracy (numpy has none).
 
-    The algorithm of CPython's own fallback erf (Modules/mathmodule.c): for |x| < 1.5 the power series
-    erf(x) = 2x/sqrt(pi) exp(-x^2) sum_k (2x^2)^k / (1*3*...*(2k+1)) (25 terms, Horner form);
+    [...] -> [...], x's dtype
+
+    The algorithm of CPython's own fallback erf (Modules/mathmodule.c): for |x| < 1.5 the power
+    series erf(x) = 2x/sqrt(pi) exp(-x^2) sum_k (2x^2)^k / (1*3*...*(2k+1)) (25 terms, Horner form);
     beyond it, the continued fraction for erfc(|x|) (50 terms), which is 0 in float64 past |x| = 30.
     Both are evaluated in float64 on clipped inputs and the right one picked per element, so no
     branch overflows. tests/test_families.py checks it against math.erf on a dense grid.
@@ -125,7 +140,8 @@ def causal_mask(n_seq: int, window: int | None, dtype) -> np.ndarray:
 
 
 def gqa_repeat(x: np.ndarray, group: int) -> np.ndarray:
-    """Grouped-query attention: query head h reads kv head h // group (repeat-interleave, not modulo).
+    """Grouped-query attention: query head h reads kv head h // group
+    (repeat-interleave, not modulo).
 
     [..., n_kv_heads, d_head] -> [..., n_heads, d_head]
     """
@@ -133,13 +149,16 @@ def gqa_repeat(x: np.ndarray, group: int) -> np.ndarray:
 
 
 def rope_inv_freq(rope: RopeConfig, n_seq: int) -> np.ndarray:
-    """The rotary frequencies theta^(-2i/d), rescaled by the config's rope type.  -> [rotary_dim // 2] float64
+    """The rotary frequencies theta^(-2i/d), rescaled by the config's rope type.
+
+    -> [rotary_dim // 2] float64
 
     Computed in float64 whatever the compute dtype: the tables are cast once, afterwards.
     """
     dim = rope.rotary_dim
     theta = rope.theta
-    if rope.kind == "dynamic" and rope.max_position_embeddings and n_seq > rope.max_position_embeddings:
+    if (rope.kind == "dynamic" and rope.max_position_embeddings
+            and n_seq > rope.max_position_embeddings):
         # Dynamic NTK: grow the base once the sequence is longer than the trained context.
         ratio = rope.factor * n_seq / rope.max_position_embeddings - (rope.factor - 1)
         theta = theta * ratio ** (dim / (dim - 2))
@@ -165,7 +184,8 @@ def llama3_inv_freq(inv_freq: np.ndarray, rope: RopeConfig) -> np.ndarray:
     wavelen = 2 * math.pi / inv_freq
     low_freq_wavelen = original_len / rope.low_freq_factor
     high_freq_wavelen = original_len / rope.high_freq_factor
-    smooth = (original_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+    smooth = ((original_len / wavelen - rope.low_freq_factor)
+              / (rope.high_freq_factor - rope.low_freq_factor))
     middle = (1 - smooth) * inv_freq / rope.factor + smooth * inv_freq
     scaled = np.where(wavelen > low_freq_wavelen, inv_freq / rope.factor, inv_freq)
     in_band = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
@@ -174,14 +194,16 @@ def llama3_inv_freq(inv_freq: np.ndarray, rope: RopeConfig) -> np.ndarray:
 
 def rope_tables(rope: RopeConfig, n_seq: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of position * frequency, in the half-split layout.  -> 2 x [n_seq, rotary_dim]"""
-    angles = np.outer(np.arange(n_seq, dtype=np.float64), rope_inv_freq(rope, n_seq))  # [n_seq, rotary_dim // 2]
-    angles = np.concatenate([angles, angles], axis=-1)                                 # [n_seq, rotary_dim]
+    angles = np.outer(np.arange(n_seq, dtype=np.float64),
+                      rope_inv_freq(rope, n_seq))           # [n_seq, rotary_dim // 2]
+    angles = np.concatenate([angles, angles], axis=-1)      # [n_seq, rotary_dim]
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
 def rotate_half(x: np.ndarray) -> np.ndarray:
-    """[x1, x2] -> [-x2, x1], halves along the last axis: the half-split ("rotate_half") RoPE layout,
-    in which dim i pairs with dim i + rotary_dim/2 (Meta's original code pairs neighbours 2i, 2i+1)."""
+    """[x1, x2] -> [-x2, x1], halves along the last axis: the half-split ("rotate_half") RoPE
+    layout, in which dim i pairs with dim i + rotary_dim/2 (Meta's original code pairs neighbours
+    2i, 2i+1)."""
     half = x.shape[-1] // 2
     return np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 

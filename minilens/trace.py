@@ -64,11 +64,21 @@ class Derived:
         return Derived(self.fn, tuple(a[b] for a in self.arrays), *self.args)
 
 
-class Recorder:
-    """Decides which activations a forward pass keeps; the forward pass calls ``rec(name, l, value)``
-    where it makes each value (layer None for the global keys)."""
+# The values an intervention may replace: every activation the forward pass computes and uses
+# downstream (not the norms' divisors, which are recorded for attribution but recomputed as used).
+INTERVENABLE = ("embed", "pos_embed", "resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
+                "mlp_post", "mlp_out", "resid_post", "resid_final", "normalized")
 
-    def __init__(self, names: Iterable[str] | None):
+
+class Recorder:
+    """Decides which activations a forward pass keeps, and applies interventions.
+
+    The forward pass calls ``x = rec(name, layer, x)`` where it makes each value (layer None for the
+    global keys). ``rec`` returns the value the rest of the pass uses: the same array, or, where
+    ``interventions`` names this (name, layer), its replacement.
+    """
+
+    def __init__(self, names: Iterable[str] | None, interventions: dict | None = None):
         if isinstance(names, str) or (names is not None and not hasattr(names, "__iter__")):
             raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, got {names!r}.")
         self.names = None if names is None else set(names)
@@ -76,13 +86,33 @@ class Recorder:
         if unknown:  # a typo would otherwise record nothing, and fail only later
             raise InputError(f"unknown trace key {unknown[0]} in names; keys are {', '.join(ALL_KEYS)}.")
         self.store: dict[tuple[str, int | None], np.ndarray] = {}
+        self.interventions = interventions or {}     # {(name, layer): function or array}, checked by Model
+        self.intervened: set = set()                 # the (name, layer) keys actually replaced
 
     def wants(self, name: str) -> bool:
         return self.names is None or name in self.names
 
-    def __call__(self, name: str, layer: int | None, value: np.ndarray) -> None:
+    def __call__(self, name: str, layer: int | None, value: np.ndarray) -> np.ndarray:
+        if (name, layer) in self.interventions:
+            value = self.intervene(name, layer, value)
         if self.wants(name):
             self.store[(name, layer)] = value
+        return value
+
+    def intervene(self, name: str, layer: int | None, value: np.ndarray) -> np.ndarray:
+        """The replacement for one value: fn(value), or the given array; same shape and dtype."""
+        what = self.interventions[(name, layer)]
+        key = name if layer is None else (name, layer)
+        new = what(value) if callable(what) else what
+        if not isinstance(new, np.ndarray):
+            raise InputError(f"the intervention on {key!r} returned {type(new).__name__}, not an array: "
+                             f"return the replacement value (an ndarray of shape {value.shape}).")
+        if new.shape != value.shape or new.dtype != value.dtype:
+            raise InputError(f"the intervention on {key!r} returned shape {new.shape} {new.dtype}, but the "
+                             f"value it replaces is {value.shape} {value.dtype}: return an array of the "
+                             f"same shape and dtype (edit a copy of the input).")
+        self.intervened.add(key)
+        return new
 
 
 class Trace:
@@ -92,11 +122,13 @@ class Trace:
     and the attribution work from the trace alone.
     """
 
-    def __init__(self, model: Any, ids: np.ndarray, store: dict, logits: np.ndarray):
+    def __init__(self, model: Any, ids: np.ndarray, store: dict, logits: np.ndarray,
+                 intervened: frozenset = frozenset()):
         self.model = model                          # the Model that ran (model.py); not imported here
         self.ids = ids                              # [n_seq] int64
         self._store = store
         self.logits = logits                        # [n_seq, d_vocab]
+        self.intervened = intervened                # the keys an intervention replaced in this run
 
     @property
     def n_seq(self) -> int:
