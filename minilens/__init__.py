@@ -10,23 +10,43 @@ in folders: loading/ -> config -> forward (ops) -> trace -> model -> analysis/ -
     trace["resid_pre", 3]          # [n_seq, d_model]
 """
 
-from .config import ModelConfig, RopeConfig
-from .errors import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError,
-                     NotRecordedError, TokenizerMissingError, UnsupportedModelError)
 from . import forward  # the forward pass to read: forward.forward, forward.block, ...
-from .model import Model, load
-from .trace import Trace
-from .analysis.lens import LensResult, logit_lens
 from .analysis.attribution import Attribution, layer_attribution
 from .analysis.direction import DirectionLens, direction_lens, sae_lens
+from .analysis.lens import LensResult, logit_lens
+from .analysis.patching import (
+    EffectsResult,
+    PatchingResult,
+    ablation,
+    activation_patching,
+    direct_and_total_effects,
+    knockout,
+    path_patching,
+    steer,
+)
+from .config import ModelConfig, RopeConfig
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    InputError,
+    MinilensError,
+    NotRecordedError,
+    TokenizerMissingError,
+    UnsupportedModelError,
+)
+from .model import Model, load
 from .show import render
+from .trace import Trace
 
 render.attach()   # results draw themselves (repr, Jupyter) without analysis/ importing show/
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "logit_lens", "LensResult", "layer_attribution", "Attribution", "direction_lens", "sae_lens", "DirectionLens",
+    "logit_lens", "LensResult", "layer_attribution", "Attribution",
+    "direction_lens", "sae_lens", "DirectionLens",
+    "activation_patching", "PatchingResult", "ablation", "knockout", "steer", "path_patching",
+    "direct_and_total_effects", "EffectsResult",
     "load", "Model", "Trace", "ModelConfig", "RopeConfig", "forward",
     "MinilensError", "CheckpointError", "CheckpointNotFoundError", "InputError",
     "TokenizerMissingError", "UnsupportedModelError", "NotRecordedError",

@@ -177,3 +177,21 @@ def test_bad_interventions_are_input_errors(model, prompts):
         activation_patching(model, clean, corrupted, lambda lg: lg[-1], layers=[0])
     with pytest.raises(InputError, match="layer 7 is out of range"):
         model.run(clean, interventions={("z", 7): lambda x: x})
+
+
+def test_path_patching_and_steering(model, prompts):
+    clean, corrupted = prompts
+    base = model.run(corrupted).logits
+    metric = lambda lg: float(lg[-1, 1] - lg[-1, 2])  # noqa: E731
+    same = ml.path_patching(model, corrupted, corrupted, sender=(0, 1), receivers=[(2, 0)], metric=metric)
+    assert abs(same - metric(base)) <= EXACT * scale_of(base), "path patching between identical runs changes nothing"
+    moved = ml.path_patching(model, clean, corrupted, sender=(0, 1), receivers=[(1, h) for h in range(4)],
+                             metric=metric)
+    assert np.isfinite(moved)
+    with pytest.raises(InputError, match="later layer"):
+        ml.path_patching(model, clean, corrupted, sender=(1, 0), receivers=[(1, 0)], metric=metric)
+    zero = np.zeros(model.cfg.d_model)
+    assert np.array_equal(model.run(clean, interventions={("resid_pre", 1): ml.steer(zero)}).logits,
+                          model.run(clean).logits), "steering by a zero vector changes nothing"
+    with pytest.raises(InputError, match="steer"):
+        ml.steer([np.nan, 1.0])

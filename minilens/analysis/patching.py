@@ -336,3 +336,82 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
         model.fast = fast
     return EffectsResult(labels, np.array(direct), np.array(total),
                          "logit" if c is None else "logit_diff", kind, clean)
+
+
+# ----------------------------------------------------------------------------------------------
+# Steering and path patching
+# ----------------------------------------------------------------------------------------------
+
+def steer(vector, scale: float = 1.0, positions=None) -> Callable[[np.ndarray], np.ndarray]:
+    """An intervention that adds ``scale * vector`` to the stream (activation steering, Turner et al.
+    2023): ``model.run(ids, interventions={("resid_pre", 6): ml.steer(v, 4.0)})``. ``positions``
+    limits it to some positions (default: all)."""
+    v = np.asarray(vector, dtype=np.float64)
+    if v.ndim != 1 or not np.isfinite(v).all() or not np.isfinite(scale):
+        raise InputError("steer: vector must be a finite 1-D array of d_model numbers and scale finite.")
+
+    def add(value: np.ndarray) -> np.ndarray:
+        if value.shape[-1] != v.shape[0]:
+            raise InputError(f"steer: the vector has {v.shape[0]} numbers, the value it is added to "
+                             f"{value.shape[-1]} per position; steer a d_model-wide key such as resid_pre.")
+        value = value.copy()
+        where = (Ellipsis, slice(None) if positions is None else np.asarray(positions), slice(None))
+        value[where] += (scale * v).astype(value.dtype)
+        return value
+    return add
+
+
+def path_patching(model, clean, corrupted, sender: tuple[int, int], receivers: list[tuple[int, int]],
+                  receiver_input: str = "q", metric="logit_diff", target=None, contrast=None,
+                  direction: str = "denoising") -> float:
+    """The effect of one sender head on the metric through the receivers' ``receiver_input`` only
+    (Wang et al. 2022). Denoising: on the corrupted run, (1) rerun with the sender head's z taken
+    from the clean run and every other head frozen at its corrupted value, recording what the
+    receivers read; (2) rerun the corrupted prompt with only the receivers' q, k or v replaced by
+    those. Receivers are (layer, head), with KV heads for "k" and "v"; all after the sender's layer.
+    Noising swaps the two runs. -> the metric after step 2."""
+    if receiver_input not in ("q", "k", "v"):
+        raise InputError(f"receiver_input={receiver_input!r}; path patching reaches a receiver's q, k or v.")
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction={direction!r}; use 'denoising' or 'noising'.")
+    clean_ids, corrupted_ids = _aligned(model, clean, corrupted)
+    score = make_metric(model, metric if metric != "logit_diff_normalized" else "logit_diff", target, contrast)
+    base_ids, source_ids = (corrupted_ids, clean_ids) if direction == "denoising" else (clean_ids, corrupted_ids)
+    base, source = _textbook_run(model, base_ids, {"z"}), _textbook_run(model, source_ids, {"z"})
+    l_s, h_s = sender
+    n_heads = model.cfg.n_heads if receiver_input == "q" else model.cfg.n_kv_heads
+    if not (0 <= l_s < model.cfg.n_layers and 0 <= h_s < model.cfg.n_heads):
+        raise InputError(f"sender {sender} is out of range: layers 0..{model.cfg.n_layers - 1}, "
+                         f"heads 0..{model.cfg.n_heads - 1}.")
+    for l, h in receivers:
+        if not (l_s < l < model.cfg.n_layers and 0 <= h < n_heads):
+            raise InputError(f"receiver {(l, h)}: receivers sit in a later layer than the sender ({l_s}) and "
+                             f"index {'query' if receiver_input == 'q' else 'KV'} heads 0..{n_heads - 1}.")
+
+    def frozen(l: int) -> Callable[[np.ndarray], np.ndarray]:
+        def fix(z: np.ndarray) -> np.ndarray:      # every head as in the base run, the sender from the source
+            z = base["z", l].copy()
+            if l == l_s:
+                z[:, h_s] = source["z", l_s][:, h_s]
+            return z
+        return fix
+    step1 = model.run(base_ids, names={receiver_input},
+                      interventions={("z", l): frozen(l) for l in range(model.cfg.n_layers)})
+
+    def reads(l: int, heads: list[int]) -> Callable[[np.ndarray], np.ndarray]:
+        def patch(x: np.ndarray) -> np.ndarray:
+            x = x.copy()
+            x[:, heads] = step1[receiver_input, l][:, heads]
+            return x
+        return patch
+    by_layer: dict[int, list[int]] = {}
+    for l, h in receivers:
+        by_layer.setdefault(l, []).append(h)
+    step2 = model.run(base_ids, names=(),
+                      interventions={(receiver_input, l): reads(l, hs) for l, hs in by_layer.items()})
+    value = score(step2.logits)
+    if metric == "logit_diff_normalized":
+        m_clean = score(_textbook_run(model, clean_ids, ()).logits)
+        m_corr = score(_textbook_run(model, corrupted_ids, ()).logits)
+        value = (value - m_corr) / (m_clean - m_corr)
+    return value
