@@ -39,9 +39,11 @@ class DirectionLens:
     feature: int | None = None      # the SAE feature index, for sae_lens
 
     def to_dict(self) -> dict:
-        return dict(feature=self.feature, promoted=self.promoted, promoted_ids=self.promoted_ids.tolist(),
+        return dict(feature=self.feature, promoted=self.promoted,
+                    promoted_ids=self.promoted_ids.tolist(),
                     promoted_scores=self.promoted_scores.tolist(), suppressed=self.suppressed,
-                    suppressed_ids=self.suppressed_ids.tolist(), suppressed_scores=self.suppressed_scores.tolist())
+                    suppressed_ids=self.suppressed_ids.tolist(),
+                    suppressed_scores=self.suppressed_scores.tolist())
 
     def __repr__(self) -> str:
         name = "DirectionLens" + ("" if self.feature is None else f"(feature {self.feature})")
@@ -50,18 +52,20 @@ class DirectionLens:
         return f"{name}\n  promotes:   {up}\n  suppresses: {down}"
 
 
-def direction_scores(model: "Model", vectors: np.ndarray, apply_norm_weight: bool = True) -> np.ndarray:
+def direction_scores(model: "Model", vectors: np.ndarray,
+                     apply_norm_weight: bool = True) -> np.ndarray:
     """v' W_U for each direction.  [n, d_model] -> [n, d_vocab]"""
     g = model.params
     v = vectors.astype(g.W_U.dtype)
     if apply_norm_weight:
         if model.cfg.norm == "layernorm":
-            v = v - v.mean(-1, keepdims=True)              # LayerNorm removes the mean of whatever it reads
+            v = v - v.mean(-1, keepdims=True)  # LayerNorm removes the mean of whatever it reads
         v = v * g.lnf_w
     return v @ g.W_U
 
 
-def _lens_rows(model: "Model", vectors: np.ndarray, k: int, apply_norm_weight: bool, features=None) -> list:
+def _lens_rows(model: "Model", vectors: np.ndarray, k: int, apply_norm_weight: bool,
+               features=None) -> list:
     scores = direction_scores(model, vectors, apply_norm_weight)                   # [n, d_vocab]
     k = min(k, scores.shape[1])
     out = []
@@ -70,19 +74,22 @@ def _lens_rows(model: "Model", vectors: np.ndarray, k: int, apply_norm_weight: b
         up = up[np.argsort(-row[up], kind="stable")]
         down = np.argpartition(row, k - 1)[:k]
         down = down[np.argsort(row[down], kind="stable")]
-        out.append(DirectionLens(up, row[up], down, row[down], model.token_strings(up), model.token_strings(down),
+        out.append(DirectionLens(up, row[up], down, row[down],
+                                 model.token_strings(up), model.token_strings(down),
                                  None if features is None else int(features[i])))
     return out
 
 
-def direction_lens(model: "Model", vector, k: int = 10, apply_norm_weight: bool = True) -> DirectionLens:
+def direction_lens(model: "Model", vector, k: int = 10,
+                   apply_norm_weight: bool = True) -> DirectionLens:
     """The tokens a d_model direction promotes and suppresses most (see the module docstring)."""
     v = np.asarray(vector, dtype=np.float64)
     if v.shape != (model.cfg.d_model,):
-        raise InputError(f"the direction must have shape [d_model] = [{model.cfg.d_model}], got {list(v.shape)}.")
+        raise InputError(f"the direction must have shape [d_model] = [{model.cfg.d_model}], "
+                         f"got {list(v.shape)}.")
     if not np.isfinite(v).all():
-        raise InputError("the direction holds NaN or inf values. Check the vector you passed (e.g. the SAE "
-                         "decoder row or neuron weights it came from).")
+        raise InputError("the direction holds NaN or inf values. Check the vector you passed "
+                         "(e.g. the SAE decoder row or neuron weights it came from).")
     return _lens_rows(model, v[None], k, apply_norm_weight)[0]
 
 
@@ -92,18 +99,23 @@ def sae_lens(model: "Model", path: str | os.PathLike, features=None, k: int = 10
     safetensors file, memory-mapped, and lens the chosen ``features`` (all when None)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "sae_weights.safetensors" if (path / "sae_weights.safetensors").is_file() else path / "params.safetensors"
+        path = (path / "sae_weights.safetensors" if (path / "sae_weights.safetensors").is_file()
+                else path / "params.safetensors")
     if not path.is_file():
-        raise CheckpointNotFoundError(f"{path}: no such safetensors file. Give the SAE's .safetensors file "
-                                      f"(SAELens saves sae_weights.safetensors, Gemma Scope params.safetensors).")
+        raise CheckpointNotFoundError(
+            f"{path}: no such safetensors file. Give the SAE's .safetensors file "
+            f"(SAELens saves sae_weights.safetensors, Gemma Scope params.safetensors).")
     infos = read_header(path)
     if "W_dec" not in infos:
-        raise CheckpointError(f"{path} has no tensor 'W_dec' (it holds {', '.join(sorted(infos)[:8])}). "
-                              f"sae_lens reads the SAELens / Gemma Scope layout, W_dec [d_sae, d_model].")
+        raise CheckpointError(
+            f"{path} has no tensor 'W_dec' (it holds {', '.join(sorted(infos)[:8])}). "
+            f"sae_lens reads the SAELens / Gemma Scope layout, W_dec [d_sae, d_model].")
     info = infos["W_dec"]
     if len(info.shape) != 2 or info.shape[1] != model.cfg.d_model:
-        raise CheckpointError(f"{path}: W_dec has shape {list(info.shape)}, but this model needs [d_sae, "
-                              f"{model.cfg.d_model}]: the SAE was trained on another model (or is transposed).")
+        raise CheckpointError(
+            f"{path}: W_dec has shape {list(info.shape)}, but this model needs "
+            f"[d_sae, {model.cfg.d_model}]: "
+            f"the SAE was trained on another model (or is transposed).")
     d_sae = info.shape[0]
     if features is None:
         idx = np.arange(d_sae)
@@ -112,9 +124,9 @@ def sae_lens(model: "Model", path: str | os.PathLike, features=None, k: int = 10
         if idx.ndim != 1 or idx.dtype.kind not in "iu" or idx.size == 0:
             raise InputError(f"features must be an int or a list of ints, got {features!r}.")
         if ((idx < 0) | (idx >= d_sae)).any():
-            raise InputError(f"feature {idx[(idx < 0) | (idx >= d_sae)][0]} is out of range: this SAE has "
-                             f"{d_sae} features, so use 0..{d_sae - 1}.")
-    W_dec = open_tensor(info, {})                                                  # memory-mapped, read-only
+            raise InputError(f"feature {idx[(idx < 0) | (idx >= d_sae)][0]} is out of range: "
+                             f"this SAE has {d_sae} features, so use 0..{d_sae - 1}.")
+    W_dec = open_tensor(info, {})  # memory-mapped, read-only
     out: list[DirectionLens] = []
     for start in range(0, len(idx), 256):                                          # bounded memory
         chosen = idx[start:start + 256]

@@ -39,8 +39,10 @@ CHUNK_ELEMENTS = 1 << 24
 # pieces of STAT_POSITIONS positions (all rows: 2 x 13 x 50257 logits, 5 MB, for GPT-2-small), which
 # stay in cache between the passes, in this many threads at once (numpy releases the GIL in these
 # loops). Right after a multithreaded GEMM, OpenBLAS's idle workers keep spinning on the cores for a
-# while (OPENBLAS_THREAD_TIMEOUT), so on 2 cores the threads mostly help when BLAS runs 1 thread (issue 6).
-STAT_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+# while (OPENBLAS_THREAD_TIMEOUT), so on 2 cores the threads mostly help when BLAS runs 1 thread
+# (issue 6).
+STAT_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1)
 STAT_POSITIONS = 2
 
 
@@ -60,15 +62,18 @@ def lens_logits(model: "Model", resid: np.ndarray, out: np.ndarray | None = None
     return kernels.unembed(normalized, g, cfg, out)
 
 
-def top_k_by_group_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The k largest logits of each row, exactly, plus each row's max.  [..., d_vocab] -> [..., k] ids, [..., k], [...]
+def top_k_by_group_maxima(logits: np.ndarray,
+                          k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k largest logits of each row, exactly, plus each row's max.
+
+    [..., d_vocab] -> [..., k] ids, [..., k], [...]
 
     Why not ``np.argpartition`` over the whole vocabulary: it copies and shuffles every row, and
     costs several times the unembedding itself. Instead, split the vocabulary into groups and take
     each group's max. The k largest values all lie in the k groups with the largest maxima: a group
-    outside them has a max no larger than k other groups' maxima, each of which is an actual logit at
-    least as large. So only k * G candidates are partitioned. The group maxima also give each row's
-    max, which a stable softmax needs anyway.
+    outside them has a max no larger than k other groups' maxima, each of which is an actual logit
+    at least as large. So only k * G candidates are partitioned. The group maxima also give each
+    row's max, which a stable softmax needs anyway.
 
     Group g holds the G columns g, g + n_groups, g + 2 n_groups, ... (an interleaved split, not
     contiguous runs): then the group maxima are the element-wise max of G contiguous slices of the
@@ -77,22 +82,24 @@ def top_k_by_group_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     """
     *lead, d_vocab = logits.shape
     k = min(k, d_vocab)
-    G = 32                                                          # group size: k * G = 160 candidates for top-5
+    G = 32                                      # group size: k * G = 160 candidates for top-5
     n_groups = d_vocab // G
-    if k * G >= d_vocab or k >= n_groups:                           # small vocabulary: partition it all
+    if k * G >= d_vocab or k >= n_groups:       # small vocabulary: partition it all
         cols = np.broadcast_to(np.arange(d_vocab), logits.shape)
         cand, row_max = logits, logits.max(-1)
     else:
         covered = G * n_groups
-        group_max = logits[..., :covered].reshape(*lead, G, n_groups).max(-2)        # [..., n_groups]
-        if covered < d_vocab:                                       # the short extra group: columns covered..
-            group_max = np.concatenate([group_max, logits[..., covered:].max(-1, keepdims=True)], axis=-1)
+        group_max = logits[..., :covered].reshape(*lead, G, n_groups).max(-2)  # [..., n_groups]
+        if covered < d_vocab:                   # the short extra group: columns covered..
+            group_max = np.concatenate([group_max, logits[..., covered:].max(-1, keepdims=True)],
+                                       axis=-1)
         row_max = group_max.max(-1)                                 # [...]
-        groups = np.argpartition(-group_max, k - 1, axis=-1)[..., :k, None]          # [..., k, 1]
+        groups = np.argpartition(-group_max, k - 1, axis=-1)[..., :k, None]    # [..., k, 1]
         i = np.arange(G)
-        cols = np.where(groups == n_groups, covered + i, groups + n_groups * i)     # [..., k, G] vocabulary ids
+        # [..., k, G] vocabulary ids
+        cols = np.where(groups == n_groups, covered + i, groups + n_groups * i)
         cols = cols.reshape(*lead, k * G)
-        outside = cols >= d_vocab                                   # only the short extra group overhangs
+        outside = cols >= d_vocab               # only the short extra group overhangs
         cols = np.minimum(cols, d_vocab - 1)
         cand = np.take_along_axis(logits, cols, axis=-1)            # [..., k * G]
         cand[outside] = -np.inf
@@ -104,20 +111,24 @@ def top_k_by_group_maxima(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
     return ids, np.take_along_axis(values, order, axis=-1), row_max
 
 
-def position_statistics(logits: np.ndarray, target: np.ndarray, k: int, exp_out: np.ndarray) -> dict:
+def position_statistics(logits: np.ndarray, target: np.ndarray, k: int,
+                        exp_out: np.ndarray) -> dict:
     """Every lens statistic for a few positions, over all rows; the last row is final_post.
 
-    logits [R, n_pos, d_vocab], target [n_pos] -> top_ids, top_probs [R, n_pos, k]; the rest [R, n_pos]
+    logits [R, n_pos, d_vocab], target [n_pos]
+    -> top_ids, top_probs [R, n_pos, k]; the rest [R, n_pos]
 
     Overwrites ``logits`` with the shifted logits (logits - row max) to save a buffer, and
     ``exp_out`` (same shape) receives exp(shifted). log p = shifted - log Z, Z = sum(exp(shifted)).
     """
     top_ids, top_logits, row_max = top_k_by_group_maxima(logits, k)
-    target_logit = np.take_along_axis(logits, np.broadcast_to(target[:, None], (len(logits), len(target), 1)),
-                                      axis=-1)[..., 0]                                   # [R, n_pos]
-    rank = np.empty(target_logit.shape, dtype=np.int64)             # tokens strictly above the target
-    for i in np.ndindex(rank.shape):                                # row by row: count_nonzero over a whole
-        rank[i] = np.count_nonzero(logits[i] > target_logit[i])     # row is 4x faster than with axis=-1
+    target_logit = np.take_along_axis(
+        logits, np.broadcast_to(target[:, None], (len(logits), len(target), 1)),
+        axis=-1)[..., 0]                                            # [R, n_pos]
+    rank = np.empty(target_logit.shape, dtype=np.int64)  # tokens strictly above the target
+    # row by row: count_nonzero over a whole row is 4x faster than with axis=-1
+    for i in np.ndindex(rank.shape):
+        rank[i] = np.count_nonzero(logits[i] > target_logit[i])
     shifted = logits
     shifted -= row_max[..., None]                                   # <= 0, so exp cannot overflow
     e = np.exp(shifted, out=exp_out)                                # the one exp pass
@@ -128,9 +139,12 @@ def position_statistics(logits: np.ndarray, target: np.ndarray, k: int, exp_out:
     E_self = np.einsum("rjv,rjv->rj", e, shifted) / Z
     E_final = np.einsum("rjv,jv->rj", shifted, p_final)
     return dict(top_ids=top_ids, top_probs=np.exp(top_logits - (row_max + log_Z)[..., None]),
-                target_logit=target_logit, target_prob=np.exp(target_logit - row_max - log_Z), target_rank=rank,
-                entropy=log_Z - E_self,                             # H = -sum p log p = log Z - E_p[shifted]
-                # KL(p_f || p_r) = sum p_f (log p_f - log p_r) = E_f[shifted_f] - E_f[shifted_r] - log Z_f + log Z_r
+                target_logit=target_logit, target_prob=np.exp(target_logit - row_max - log_Z),
+                target_rank=rank,
+                # H = -sum p log p = log Z - E_p[shifted]
+                entropy=log_Z - E_self,
+                # KL(p_f || p_r) = sum p_f (log p_f - log p_r)
+                #                = E_f[shifted_f] - E_f[shifted_r] - log Z_f + log Z_r
                 kl_to_final=E_final[-1] - E_final - log_Z[-1] + log_Z)
 
 
@@ -140,7 +154,8 @@ def position_statistics(logits: np.ndarray, target: np.ndarray, k: int, exp_out:
 
 @dataclass
 class LensResult:
-    """The logit lens over rows (points in the stream) and positions. Arrays are [row, position](, k)."""
+    """The logit lens over rows (points in the stream) and positions. Arrays are
+    [row, position](, k)."""
 
     labels: np.ndarray          # [rows] str: "0_pre", ..., "final_post" (and "{l}_mid")
     positions: np.ndarray       # [n_pos] int: the sequence positions read
@@ -149,7 +164,8 @@ class LensResult:
     target_ids: np.ndarray      # [n_pos] int: the token tracked at each position
     target_logit: np.ndarray    # [rows, n_pos]
     target_prob: np.ndarray     # [rows, n_pos]
-    target_rank: np.ndarray     # [rows, n_pos] int: how many tokens have a strictly higher logit (0 = top)
+    target_rank: np.ndarray     # [rows, n_pos] int: how many tokens have a strictly higher logit
+                                # (0 = top)
     entropy: np.ndarray         # [rows, n_pos] nats
     kl_to_final: np.ndarray     # [rows, n_pos] nats: KL(p_final || p_row)
     trace: "Trace" = field(repr=False)
@@ -162,21 +178,23 @@ class LensResult:
             if row not in labels:
                 raise InputError(f"no lens row {row!r}; rows are {', '.join(labels)}.")
             return labels.index(row)
-        if isinstance(row, (int, np.integer)) and not isinstance(row, bool) and -len(labels) <= row < len(labels):
+        if (isinstance(row, (int, np.integer)) and not isinstance(row, bool)
+                and -len(labels) <= row < len(labels)):
             return int(row) % len(labels)
-        raise InputError(f"row {row!r} is out of range: give a label ({str(labels[0])!r}...) or 0..{len(labels) - 1}.")
+        raise InputError(f"row {row!r} is out of range: "
+                         f"give a label ({str(labels[0])!r}...) or 0..{len(labels) - 1}.")
 
     def logits(self, row: int | str) -> np.ndarray:
         """One row's lens logits, recomputed.  -> [n_pos, d_vocab]"""
         key = self._keys[self.row_index(row)]
-        if key == "resid_final":        # final_post is the model's own logits, exactly (see run_lens)
+        if key == "resid_final":  # final_post is the model's own logits, exactly (see run_lens)
             return self.trace.logits[self.positions].copy()
         return lens_logits(self.trace.model, self.trace[key][self.positions])
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name).tolist() for name in
-                ("labels", "positions", "top_ids", "top_probs", "target_ids", "target_logit", "target_prob",
-                 "target_rank", "entropy", "kl_to_final")}
+                ("labels", "positions", "top_ids", "top_probs", "target_ids", "target_logit",
+                 "target_prob", "target_rank", "entropy", "kl_to_final")}
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,19 +239,22 @@ def resolve_targets(trace: "Trace", target, positions: np.ndarray) -> np.ndarray
         return np.full(len(positions), model.to_single_token(target), dtype=np.int64)
     arr = np.asarray(target)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
-        raise InputError(f"target must be a token string, an id, or a 1-D array of ids, got {target!r}.")
+        raise InputError(f"target must be a token string, an id, or a 1-D array of ids, "
+                         f"got {target!r}.")
     if len(arr) == trace.n_seq and len(positions) != trace.n_seq:
         arr = arr[positions]                                        # one id per sequence position
     if len(arr) != len(positions):
-        raise InputError(f"target has {len(arr)} ids but the lens reads {len(positions)} positions: "
-                         f"give one id per position.")
+        raise InputError(f"target has {len(arr)} ids but the lens reads {len(positions)} "
+                         f"positions: give one id per position.")
     for t in arr:
-        model.to_single_token(int(t))                               # range check with a clear message
+        model.to_single_token(int(t))                   # range check with a clear message
     return arr.astype(np.int64)
 
 
-def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None, incl_mid: bool = False) -> LensResult:
-    """The logit lens on every row of the recorded stream.  See the module docstring and LensResult."""
+def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None,
+               incl_mid: bool = False) -> LensResult:
+    """The logit lens on every row of the recorded stream.  See the module docstring and
+    LensResult."""
     if not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise InputError(f"top_k must be a positive int, got {top_k!r}.")
     pos = check_positions(trace, positions)
@@ -242,22 +263,24 @@ def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None, incl
     for _, key in rows:
         if key not in trace:
             raise InputError(f"the lens needs {key!r}, which this trace did not record. "
-                             f"Run model.run(ids) without names=..., or include 'resid_pre', 'resid_mid' "
-                             f"and 'resid_final' in names.")
+                             f"Run model.run(ids) without names=..., "
+                             f"or include 'resid_pre', 'resid_mid' and 'resid_final' in names.")
     return run_lens(trace, rows, pos, targets, top_k)
 
 
-def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, top_k: int) -> LensResult:
+def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
+             top_k: int) -> LensResult:
     """The lens on the given rows (the last must be final_post).  Chunked over positions."""
     model = trace.model
     d_vocab, d_model = model.cfg.d_vocab, model.cfg.d_model
     R, n_pos, k = len(rows), len(pos), min(top_k, d_vocab)
     out = {name: np.empty((R, n_pos), dtype=dt) for name, dt in
-           [("target_logit", trace.logits.dtype), ("target_prob", trace.logits.dtype), ("target_rank", np.int64),
-            ("entropy", trace.logits.dtype), ("kl_to_final", trace.logits.dtype)]}
+           [("target_logit", trace.logits.dtype), ("target_prob", trace.logits.dtype),
+            ("target_rank", np.int64), ("entropy", trace.logits.dtype),
+            ("kl_to_final", trace.logits.dtype)]}
     top_ids = np.empty((R, n_pos, k), dtype=np.int64)
     top_probs = np.empty((R, n_pos, k), dtype=trace.logits.dtype)
-    resid = [trace[key] for _, key in rows]                         # R x [n_seq, d_model], no copies
+    resid = [trace[key] for _, key in rows]             # R x [n_seq, d_model], no copies
     chunk = max(1, CHUNK_ELEMENTS // (R * d_vocab))
     # The logits and their exp live in two buffers allocated once and reused by every chunk.
     logits_buf = np.empty((R * min(chunk, n_pos), d_vocab), dtype=trace.logits.dtype)
@@ -265,7 +288,8 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
     results = dict(out, top_ids=top_ids, top_probs=top_probs)      # each [R, n_pos](, k)
 
     def statistics(logits: np.ndarray, exp: np.ndarray, at: slice) -> None:
-        """The statistics of logits [R, n, d_vocab] at positions ``at``, written into ``results``."""
+        """The statistics of logits [R, n, d_vocab] at positions ``at``, written into
+        ``results``."""
         for name, value in position_statistics(logits, targets[at], k, exp).items():
             results[name][:, at] = value
 
@@ -282,12 +306,14 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray, t
         logits[(R - 1) * c:] = trace.logits[p]
         logits3, exp3 = logits.reshape(R, c, d_vocab), exp_buf[:R * c].reshape(R, c, d_vocab)
         # The statistics make several passes over the logits. Done a few positions at a time, each
-        # piece (all rows) stays in cache between passes, and the pieces run in STAT_THREADS threads.
+        # piece (all rows) stays in cache between passes, and the pieces run in STAT_THREADS
+        # threads.
         pieces = [(logits3[:, a:a + STAT_POSITIONS], exp3[:, a:a + STAT_POSITIONS],
-                   slice(start + a, start + min(a + STAT_POSITIONS, c))) for a in range(0, c, STAT_POSITIONS)]
+                   slice(start + a, start + min(a + STAT_POSITIONS, c)))
+                  for a in range(0, c, STAT_POSITIONS)]
         list((pool.map if pool is not None else map)(statistics, *zip(*pieces)))
     if pool is not None:
         pool.shutdown()
     return LensResult(labels=np.array([label for label, _ in rows]), positions=pos, top_ids=top_ids,
-                      top_probs=top_probs, target_ids=targets, trace=trace, _keys=tuple(key for _, key in rows),
-                      **out)
+                      top_probs=top_probs, target_ids=targets, trace=trace,
+                      _keys=tuple(key for _, key in rows), **out)

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from ..analysis.attribution import Attribution, layer_attribution
+from ..analysis.lens import LensResult, check_positions, lens_logits, run_lens
 from ..config import ModelConfig
 from ..errors import InputError
-from ..analysis.lens import LensResult, check_positions, lens_logits, run_lens
-from ..model import Model, load
 from ..loading.checkpoint import GlobalParams, LayerParams
+from ..model import Model, load
 
 INIT_STD = 0.02  # GPT-2's initialisation scale (Radford et al. 2019; nanoGPT uses the same)
 
@@ -40,10 +40,11 @@ INIT_STD = 0.02  # GPT-2's initialisation scale (Radford et al. 2019; nanoGPT us
 # torch.randint(0, 50256, (1, 50)) ids are valid.
 DEFAULTS = {
     "llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2, intermediate_size=172, vocab_size=50257, max_position_embeddings=2048,
-                  rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False,
-                  attention_bias=False, mlp_bias=False, head_dim=None, rope_scaling=None,
-                  bos_token_id=50256, eos_token_id=50256),
+                  num_key_value_heads=2, intermediate_size=172, vocab_size=50257,
+                  max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  hidden_act="silu", tie_word_embeddings=False, attention_bias=False,
+                  mlp_bias=False, head_dim=None, rope_scaling=None, bos_token_id=50256,
+                  eos_token_id=50256),
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=4, n_head=4, n_inner=None, n_positions=1024,
                  vocab_size=50257, layer_norm_epsilon=1e-5, activation_function="gelu_new",
                  tie_word_embeddings=True, bos_token_id=50256, eos_token_id=50256),
@@ -58,23 +59,27 @@ class HookedAutoConfig(dict):
 
     def __init__(self, name: str = "llama", **overrides):
         if name not in DEFAULTS:
-            raise InputError(f"HookedAutoConfig(name={name!r}): minilens builds {', '.join(map(repr, DEFAULTS))}.")
+            raise InputError(f"HookedAutoConfig(name={name!r}): "
+                             f"minilens builds {', '.join(map(repr, DEFAULTS))}.")
         unknown = sorted(set(overrides) - set(DEFAULTS[name]))
         if unknown:
-            raise InputError(f"HookedAutoConfig({name!r}) has no field {', '.join(map(repr, unknown))}; "
-                             f"its Hugging Face fields are {', '.join(sorted(DEFAULTS[name]))}.")
+            raise InputError(
+                f"HookedAutoConfig({name!r}) has no field {', '.join(map(repr, unknown))}; "
+                f"its Hugging Face fields are {', '.join(sorted(DEFAULTS[name]))}.")
         super().__init__({**DEFAULTS[name], **overrides})
         self.name = name
         self.cfg = ModelConfig.from_hf(dict(self), source=f"HookedAutoConfig({name!r})")
 
 
 class HookedAutoModel(Model):
-    """A minilens Model with fixed-seed random weights (no torch), or real ones via from_pretrained."""
+    """A minilens Model with fixed-seed random weights (no torch), or real ones via
+    from_pretrained."""
 
     def __init__(self, config: HookedAutoConfig, seed: int = 0, dtype=np.float32):
         if not isinstance(config, HookedAutoConfig):
-            raise InputError(f"HookedAutoModel needs a HookedAutoConfig, got {type(config).__name__}. "
-                             f"For a checkpoint folder use HookedAutoModel.from_pretrained(path).")
+            raise InputError(
+                f"HookedAutoModel needs a HookedAutoConfig, got {type(config).__name__}. "
+                f"For a checkpoint folder use HookedAutoModel.from_pretrained(path).")
         cfg = config.cfg
         params, layers = random_params(cfg, seed, np.dtype(dtype))
         super().__init__(cfg, params, layers, dtype=dtype)
@@ -85,7 +90,8 @@ class HookedAutoModel(Model):
         return load(path, dtype=dtype)
 
 
-def random_params(cfg: ModelConfig, seed: int, dtype: np.dtype) -> tuple[GlobalParams, list[LayerParams]]:
+def random_params(cfg: ModelConfig, seed: int,
+                  dtype: np.dtype) -> tuple[GlobalParams, list[LayerParams]]:
     """GPT-2-style initialisation: N(0, 0.02) matrices and biases, norm weights 1 + N(0, 0.02).
 
     Biases and norm weights are random too (not 0 and 1), so that every bias and gamma term of
@@ -106,7 +112,8 @@ def random_params(cfg: ModelConfig, seed: int, dtype: np.dtype) -> tuple[GlobalP
     params = GlobalParams(
         W_E=W_E, W_pos=normal(cfg.n_ctx, d) if cfg.positional == "learned" else None,
         lnf_w=normal(d, centre=1.0), lnf_b=maybe(cfg.norm_bias, d),
-        W_U=W_E.T if cfg.tie_embeddings else np.ascontiguousarray(normal(V, d).T),  # [d_model, d_vocab]
+        # [d_model, d_vocab]
+        W_U=W_E.T if cfg.tie_embeddings else np.ascontiguousarray(normal(V, d).T),
         b_U=None)
     layers = [LayerParams(
         ln1_w=normal(d, centre=1.0), ln1_b=maybe(cfg.norm_bias, d),
@@ -130,7 +137,8 @@ class LayerLens:
     """``LogitLens.logit_lens``'s answer for one layer: the stream *after* block ``layer``."""
 
     layer: int
-    row: str                        # the lens row read: "{layer+1}_pre", or "final_post" for the last layer
+    row: str                        # the lens row read: "{layer+1}_pre", or "final_post" for the
+                                    # last layer
     target: int                     # vocabulary id
     logits: np.ndarray              # [n_seq, d_vocab] lens logits at this layer
     target_logit: np.ndarray        # [n_seq]
@@ -138,48 +146,58 @@ class LayerLens:
     target_rank: np.ndarray         # [n_seq] 0 = top
     top_ids: np.ndarray             # [n_seq, k]
     top_probs: np.ndarray           # [n_seq, k]
-    token_contributions: Attribution  # by="token" through this layer's attention, target logit at the last position
+    token_contributions: Attribution  # by="token" through this layer's attention, target logit
+                                      # at the last position
 
     def to_dict(self) -> dict:
-        """JSON-ready. The full [n_seq, d_vocab] logits are left out (millions of numbers); the rest is kept."""
+        """JSON-ready. The full [n_seq, d_vocab] logits are left out (millions of numbers); the
+        rest is kept."""
         return dict(layer=self.layer, row=self.row, target=self.target,
                     logits=f"omitted: shape {list(self.logits.shape)}",
                     target_logit=self.target_logit.tolist(), target_prob=self.target_prob.tolist(),
                     target_rank=self.target_rank.tolist(), top_ids=self.top_ids.tolist(),
-                    top_probs=self.top_probs.tolist(), token_contributions=self.token_contributions.to_dict())
+                    top_probs=self.top_probs.tolist(),
+                    token_contributions=self.token_contributions.to_dict())
 
 
 class LogitLens:
-    """The seed's tool: ``layer_attribution(input_ids, target_idx)`` and ``logit_lens(input_ids, target_idx, layer_idx)``."""
+    """The seed's tool: ``layer_attribution(input_ids, target_idx)`` and
+    ``logit_lens(input_ids, target_idx, layer_idx)``."""
 
     def __init__(self, model: Model, top_k: int = 5):
         self.model = model
         self.top_k = top_k
 
     def layer_attribution(self, input_ids, target_idx: int) -> Attribution:
-        """How much each layer's attn and mlp (and the embedding) add to vocabulary id ``target_idx``'s
-        logit at the last position (direct logit attribution; sums to the logit)."""
+        """How much each layer's attn and mlp (and the embedding) add to vocabulary id
+        ``target_idx``'s logit at the last position (direct logit attribution; sums to the
+        logit)."""
         trace = self.model.run(input_ids)
         return layer_attribution(trace, _vocab_id(target_idx), position=-1, by="layer")
 
     layer_attributions = layer_attribution  # the seed spells it both ways
 
     def logit_lens(self, input_ids, target_idx: int, layer_idx: int) -> LayerLens:
-        """The lens after block ``layer_idx`` (any layer, the last two included): its logits, the target's
-        logit, probability and rank at every position, the top tokens, and each source token's
-        contribution through that layer's attention to the target's logit at the last position."""
+        """The lens after block ``layer_idx`` (any layer, the last two included): its logits, the
+        target's logit, probability and rank at every position, the top tokens, and each source
+        token's contribution through that layer's attention to the target's logit at the last
+        position."""
         target = _vocab_id(target_idx)
         trace = self.model.run(input_ids)
         l = trace.layer_index(layer_idx)
         L = trace.n_layers
-        row = ("final_post", "resid_final") if l == L - 1 else (f"{l + 1}_pre", ("resid_pre", l + 1))
+        row = (("final_post", "resid_final") if l == L - 1
+               else (f"{l + 1}_pre", ("resid_pre", l + 1)))
         pos = check_positions(trace, None)
         targets = np.full(trace.n_seq, self.model.to_single_token(target), dtype=np.int64)
         lens = run_lens(trace, [row, ("final_post", "resid_final")], pos, targets, self.top_k)
-        return LayerLens(layer=l, row=row[0], target=target, logits=lens_logits(self.model, trace[row[1]]),
+        return LayerLens(layer=l, row=row[0], target=target,
+                         logits=lens_logits(self.model, trace[row[1]]),
                          target_logit=lens.target_logit[0], target_prob=lens.target_prob[0],
-                         target_rank=lens.target_rank[0], top_ids=lens.top_ids[0], top_probs=lens.top_probs[0],
-                         token_contributions=layer_attribution(trace, target, position=-1, by="token", layer=l))
+                         target_rank=lens.target_rank[0], top_ids=lens.top_ids[0],
+                         top_probs=lens.top_probs[0],
+                         token_contributions=layer_attribution(trace, target, position=-1,
+                                                               by="token", layer=l))
 
 
 def _vocab_id(target_idx) -> int:
@@ -213,10 +231,12 @@ class BaseInterpretabilityBench:
         return self._tools[name]
 
     def use_tools(self, *names: str):
-        """Decorator: call the function with each tool passed as a keyword argument named like the tool."""
+        """Decorator: call the function with each tool passed as a keyword argument named like the
+        tool."""
         unknown = [n for n in names if n not in TOOLS]
         if unknown:
-            raise InputError(f"unknown tool {unknown[0]!r}; available tools: {', '.join(sorted(TOOLS))}.")
+            raise InputError(f"unknown tool {unknown[0]!r}; "
+                             f"available tools: {', '.join(sorted(TOOLS))}.")
 
         def decorate(fn):
             @functools.wraps(fn)
@@ -238,10 +258,12 @@ class BaseInterpretabilityBench:
             raise InputError(f"cannot create save_dir {str(self.save_dir)!r} ({e.strerror}). "
                              f"Pass save_dir= a folder you can write to.") from None
         if not os.access(self.save_dir, os.W_OK | os.X_OK):
-            raise InputError(f"save_dir {str(self.save_dir)!r} is not writable. Pass save_dir= a folder you can write to.")
+            raise InputError(f"save_dir {str(self.save_dir)!r} is not writable. "
+                             f"Pass save_dir= a folder you can write to.")
 
     def log_experiment(self, fn, args: tuple, kwargs: dict, result, seconds: float) -> Path:
-        """Write one run (arguments, result, time, source) to a new JSON file; earlier runs are never overwritten."""
+        """Write one run (arguments, result, time, source) to a new JSON file; earlier runs are
+        never overwritten."""
         self._check_save_dir()
         try:
             bound = inspect.signature(fn).bind_partial(*args, **kwargs).arguments
@@ -252,8 +274,8 @@ class BaseInterpretabilityBench:
         except (OSError, TypeError):
             source = None
         record = dict(function=fn.__name__, time=datetime.now().isoformat(timespec="seconds"),
-                      seconds=seconds, arguments=to_jsonable(dict(bound)), result=to_jsonable(result),
-                      source=source, model=repr(self.model))
+                      seconds=seconds, arguments=to_jsonable(dict(bound)),
+                      result=to_jsonable(result), source=source, model=repr(self.model))
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         for n in range(1, 100_000):
             path = self.save_dir / f"{fn.__name__}-{stamp}-{n:03d}.json"
@@ -264,12 +286,14 @@ class BaseInterpretabilityBench:
             except FileExistsError:
                 continue
             except OSError as e:
-                raise InputError(f"cannot write {path} ({e.strerror}). Pass save_dir= a folder you can write to.") from None
+                raise InputError(f"cannot write {path} ({e.strerror}). "
+                                 f"Pass save_dir= a folder you can write to.") from None
         raise InputError(f"{self.save_dir} holds too many runs of {fn.__name__} this second.")
 
 
 def to_jsonable(x):
-    """numpy arrays and scalars -> lists and numbers; minilens results -> dicts; anything else -> repr."""
+    """numpy arrays and scalars -> lists and numbers; minilens results -> dicts;
+    anything else -> repr."""
     if isinstance(x, (str, bool, int, float)) or x is None:
         return x
     if hasattr(x, "to_dict"):
@@ -285,5 +309,5 @@ def to_jsonable(x):
     return repr(x)
 
 
-__all__ = ["HookedAutoConfig", "HookedAutoModel", "BaseInterpretabilityBench", "LogitLens", "LayerLens",
-           "LensResult", "Attribution"]
+__all__ = ["HookedAutoConfig", "HookedAutoModel", "BaseInterpretabilityBench", "LogitLens",
+           "LayerLens", "LensResult", "Attribution"]

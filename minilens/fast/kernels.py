@@ -21,7 +21,9 @@ def rms_norm_scale(x: np.ndarray, eps: float) -> np.ndarray:
 
 def normalize(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, kind: str,
               eps: float, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Either norm, also returning its divisor s, which attribution freezes.  -> [..., d_model], [..., 1]
+    """Either norm, also returning its divisor s, which attribution freezes.
+
+    -> [..., d_model], [..., 1]
 
     LayerNorm: y = (x - mean(x)) / s * gamma + beta, s = sqrt(var(x) + eps).
     RMSNorm:   y = x / s * gamma,                    s = sqrt(mean(x^2) + eps).
@@ -91,7 +93,8 @@ def softmax_in_place(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+               out: np.ndarray | None = None) -> np.ndarray:
     """Rotate each head's first rotary_dim dims by position, into out (which may be x itself).
 
     [..., n_seq, n_heads, d_head] -> same. x_rot -> x_rot * cos + rotate_half(x_rot) * sin; the
@@ -102,8 +105,9 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, out: np.ndarray 
     r = cos.shape[-1]
     x_rot = x[..., :r]
     half = r // 2
-    rotated_half = np.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)  # rotate_half(x): a copy
-    cos, sin = cos[:, None, :], sin[:, None, :]                                       # broadcast over heads
+    # rotate_half(x): a copy
+    rotated_half = np.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    cos, sin = cos[:, None, :], sin[:, None, :]                  # broadcast over heads
     if out is None:
         out = np.empty_like(x)
     if out is not x:

@@ -44,7 +44,7 @@ def anonymous_map(nbytes: int) -> mmap.mmap:
     (Python's default for mmap(-1, ...) on Unix is MAP_SHARED)."""
     if hasattr(mmap, "MAP_PRIVATE"):
         return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
-    return mmap.mmap(-1, nbytes)                       # Windows: anonymous maps are private to the process
+    return mmap.mmap(-1, nbytes)        # Windows: anonymous maps are private to the process
 
 
 class ArrayPool:
@@ -53,12 +53,15 @@ class ArrayPool:
     def __init__(self, max_free_bytes: int = MAX_FREE_BYTES):
         self.max_free_bytes = max_free_bytes
         self.free_bytes = 0
-        self.run_bytes = self.last_run_bytes = 0         # what this run and the one before asked for
-        self._free: OrderedDict[int, list[mmap.mmap]] = OrderedDict()   # nbytes -> unused maps; oldest size first
-        self._lock = threading.RLock()   # re-entrant: a garbage collection inside empty() may give memory back
+        self.run_bytes = self.last_run_bytes = 0  # what this run and the one before asked for
+        # nbytes -> unused maps; oldest size first
+        self._free: OrderedDict[int, list[mmap.mmap]] = OrderedDict()
+        # re-entrant: a garbage collection inside empty() may give memory back
+        self._lock = threading.RLock()
 
     def begin_run(self) -> None:
-        """A forward pass starts: what the last one asked for becomes the measure of what to keep."""
+        """A forward pass starts: what the last one asked for becomes the measure of what to
+        keep."""
         with self._lock:
             self.last_run_bytes, self.run_bytes = self.run_bytes, 0
 
@@ -92,11 +95,12 @@ class ArrayPool:
     def _give_back(self, nbytes: int, buf: mmap.mmap) -> None:
         with self._lock:
             if nbytes > self.keep_limit():
-                return                                # not kept: the map is unmapped when `buf` is collected
+                return            # not kept: the map is unmapped when `buf` is collected
             self._free.setdefault(nbytes, []).append(buf)
             self._free.move_to_end(nbytes)
             self.free_bytes += nbytes
-            while self.free_bytes > self.keep_limit():   # forget the sizes that were used longest ago
+            # forget the sizes that were used longest ago
+            while self.free_bytes > self.keep_limit():
                 oldest, maps = next(iter(self._free.items()))
                 maps.pop(0)
                 self.free_bytes -= oldest

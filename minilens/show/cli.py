@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-
-from ..errors import CheckpointNotFoundError, InputError, MinilensError
+from ..errors import InputError, MinilensError
 
 DEFAULT_MODEL = "shakespeare-llama"
 EXIT_USAGE = 2
@@ -55,7 +54,8 @@ def _isatty(stream) -> bool:
 
 
 def use_color(choice: str, stream) -> bool:
-    """--color auto|always|never; auto means a terminal, NO_COLOR unset (https://no-color.org) and TERM != dumb."""
+    """--color auto|always|never; auto means a terminal, NO_COLOR unset (https://no-color.org) and
+    TERM != dumb."""
     if choice == "always":
         return True
     if choice == "never":
@@ -125,7 +125,8 @@ def table_width(args) -> int:
         return 10 ** 6                          # --last N decides, not the width
     if _isatty(sys.stdout):
         return shutil.get_terminal_size((100, 24)).columns
-    return int(os.environ.get("COLUMNS", "0") or 0) or 200   # piped: room for a log file, not a terminal
+    # piped: room for a log file, not a terminal
+    return int(os.environ.get("COLUMNS", "0") or 0) or 200
 
 
 def cmd_lens(args) -> int:
@@ -136,7 +137,8 @@ def cmd_lens(args) -> int:
     trace = run_trace(model, args.text, progress)
     if args.last is not None and args.last < 1:
         raise InputError(f"--last must be at least 1, got {args.last}.")
-    positions = None if args.last is None else list(range(max(0, trace.n_seq - args.last), trace.n_seq))
+    positions = (None if args.last is None
+                 else list(range(max(0, trace.n_seq - args.last), trace.n_seq)))
     progress(f"reading {trace.n_layers + 1} rows through the unembedding")
     lens = logit_lens(trace, target=args.target, top_k=5 if args.top_k is None else args.top_k,
                       positions=positions, incl_mid=args.mid)
@@ -145,14 +147,17 @@ def cmd_lens(args) -> int:
     out = [render.lens_table(lens, color=color, width=table_width(args))]
     if args.target is not None:
         tgt = render.show_token(model.token_strings([int(lens.target_ids[0])])[0])
-        out.append(f"\nprobability of '{tgt}' (and its rank, 0 = top-1) at each layer and position:")
+        out.append(f"\nprobability of '{tgt}' (and its rank, 0 = top-1) "
+                   f"at each layer and position:")
         probs, ranks = lens.target_prob, lens.target_rank
-        out.append(render.lens_table(lens, color=color, width=table_width(args), values=probs,
-                                     cell=lambda r, j: f"{render.fmt_prob(float(probs[r, j]))} r{int(ranks[r, j])}"))
+        out.append(render.lens_table(
+            lens, color=color, width=table_width(args), values=probs,
+            cell=lambda r, j: f"{render.fmt_prob(float(probs[r, j]))} r{int(ranks[r, j])}"))
     if args.top_k is not None:
         last = -1
         tok = model.token_strings([int(trace.ids[lens.positions[last]])])[0]
-        out.append(f"\ntop-{lens.top_ids.shape[2]} at the last position ('{render.show_token(tok)}'):")
+        out.append(f"\ntop-{lens.top_ids.shape[2]} at the last position "
+                   f"('{render.show_token(tok)}'):")
         w = max(len(str(x)) for x in lens.labels)
         for r, label in enumerate(lens.labels):
             strs = model.token_strings(lens.top_ids[r, last])
@@ -161,11 +166,13 @@ def cmd_lens(args) -> int:
             out.append(f"{str(label).ljust(w)}  {cells}")
     print("\n".join(out))
     if args.html:
-        write_file(args.html, render.report(lens=lens, metric=args.metric, title="minilens: logit lens",
-                                            text=args.text, model_name=str(path)))
+        write_file(args.html, render.report(lens=lens, metric=args.metric,
+                                            title="minilens: logit lens", text=args.text,
+                                            model_name=str(path)))
     if args.json:
         d = lens.to_dict()
-        d.update(model=str(path), text=args.text, tokens=model.token_strings(trace.ids[lens.positions]),
+        d.update(model=str(path), text=args.text,
+                 tokens=model.token_strings(trace.ids[lens.positions]),
                  top_tokens=[[model.token_strings(ids) for ids in row] for row in lens.top_ids])
         write_file(args.json, json.dumps(d, indent=1))
     return 0
@@ -178,16 +185,16 @@ def cmd_attribute(args) -> int:
     model, path = load_model(args, progress)
     trace = run_trace(model, args.text, progress)
     progress(f"splitting the logit by {args.by}")
-    attr = layer_attribution(trace, args.target, position=args.position, by=args.by, contrast=args.contrast,
-                             layer=args.layer)
+    attr = layer_attribution(trace, args.target, position=args.position, by=args.by,
+                             contrast=args.contrast, layer=args.layer)
     progress.clear()
     if args.top < 1:
         raise InputError(f"--top must be at least 1, got {args.top}.")
     print(render.attribution_title(attr))
     print(render.attribution_bars(attr, color=use_color(args.color, sys.stdout), top=args.top))
     if args.html:
-        write_file(args.html, render.report(attr=attr, title="minilens: layer attribution", text=args.text,
-                                            model_name=str(path)))
+        write_file(args.html, render.report(attr=attr, title="minilens: layer attribution",
+                                            text=args.text, model_name=str(path)))
     if args.json:
         d = attr.to_dict()
         d.update(model=str(path), text=args.text, sum=float(attr.values.sum()),
@@ -207,13 +214,14 @@ def cmd_generate(args) -> int:
     sys.stdout.write(args.text)
     sys.stdout.flush()
     shown = ""
-    for _ in range(args.n):                     # one token at a time, so the text appears as it is made
+    for _ in range(args.n):     # one token at a time, so the text appears as it is made
         longer = model.generate(ids, 1)
-        if len(longer) == len(ids):             # the context limit was reached
+        if len(longer) == len(ids):     # the context limit was reached
             break
         ids = longer
         text = model.decode(ids[n_prompt:])
-        sys.stdout.write(text[len(shown):])     # decode the whole continuation: a character can span tokens
+        # decode the whole continuation: a character can span tokens
+        sys.stdout.write(text[len(shown):])
         sys.stdout.flush()
         shown = text
     sys.stdout.write("\n")
@@ -236,17 +244,19 @@ def cmd_info(args) -> int:
         ("heads", f"{c.n_heads} query / {c.n_kv_heads} key-value, d_head {c.d_head}"),
         ("d_mlp", f"{c.d_mlp}" + (" (gated)" if c.gated_mlp else "")),
         ("d_vocab", str(c.d_vocab)),
-        ("context", f"{c.n_ctx} (learned positions)" if c.n_ctx else f"{c.positional} positions, no hard limit"),
+        ("context", (f"{c.n_ctx} (learned positions)" if c.n_ctx
+                     else f"{c.positional} positions, no hard limit")),
         ("norm", f"{c.norm} (eps {c.norm_eps:g}), activation {c.act}"),
         ("parameters", f"{c.n_params:,}"),
-        ("dtype", f"stored {', '.join(f'{d} ({n} tensors)' for d, n in sorted(stored.items()))}; "
-                  f"computed in {model.dtype.name}"),
+        ("dtype", (f"stored {', '.join(f'{d} ({n} tensors)' for d, n in sorted(stored.items()))}; "
+                   f"computed in {model.dtype.name}")),
     ]
     folder = Path(model.folder)
     files = sorted(p for p in folder.iterdir() if p.is_file())
     w = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(w)}  {v}" for k, v in rows]
-    lines.append("files".ljust(w) + "  " + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.2f} MB)" for p in files))
+    lines.append("files".ljust(w) + "  "
+                 + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.2f} MB)" for p in files))
     print("\n".join(lines))
     return 0
 
@@ -285,8 +295,10 @@ def cmd_convert(args) -> int:
     try:
         out = gguf_to_hf(args.gguf, args.out_dir, progress=say if _isatty(sys.stderr) else None)
     except InputError as e:  # the Python argument names become the command's own words
-        raise InputError(str(e).replace("gguf_path", "MODEL.gguf").replace("out_dir", "OUT_DIR")) from None
-    print(f"wrote a Hugging Face folder: {out} (load it with transformers' from_pretrained, or minilens.load)")
+        raise InputError(str(e).replace("gguf_path", "MODEL.gguf")
+                         .replace("out_dir", "OUT_DIR")) from None
+    print(f"wrote a Hugging Face folder: {out} "
+          f"(load it with transformers' from_pretrained, or minilens.load)")
     return 0
 
 
@@ -295,7 +307,8 @@ def cmd_convert(args) -> int:
 # ------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="minilens", description="The logit lens and layer attribution on a NumPy forward pass.")
+    parser = _Parser(prog="minilens",
+                     description="The logit lens and layer attribution on a NumPy forward pass.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -311,11 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lens", help="what every layer would predict: the logit-lens table")
     p.add_argument("text")
     p.add_argument("--target", metavar="TOK", default=None,
-                   help="also show this token's probability and rank at every layer (one token, e.g. ' the')")
+                   help="also show this token's probability and rank at every layer "
+                        "(one token, e.g. ' the')")
     p.add_argument("--top-k", metavar="K", type=int, default=None,
-                   help="print the top K tokens at the last position for every row (K also sets the hover list)")
-    p.add_argument("--mid", action="store_true", help="add the rows after each attention sublayer ({l}_mid)")
-    p.add_argument("--last", metavar="N", type=int, default=None, help="show only the last N positions")
+                   help="print the top K tokens at the last position for every row "
+                        "(K also sets the hover list)")
+    p.add_argument("--mid", action="store_true",
+                   help="add the rows after each attention sublayer ({l}_mid)")
+    p.add_argument("--last", metavar="N", type=int, default=None,
+                   help="show only the last N positions")
     p.add_argument("--metric", choices=("prob", "target_prob", "entropy", "kl"), default="prob",
                    help="what colours the HTML heatmap (default: the top-1 probability)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
@@ -324,15 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
     colour(p)
     p.set_defaults(func=cmd_lens)
 
-    p = sub.add_parser("attribute", help="split one logit into what each layer/head/neuron/token wrote")
+    p = sub.add_parser("attribute",
+                       help="split one logit into what each layer/head/neuron/token wrote")
     p.add_argument("text")
-    p.add_argument("--target", metavar="TOK", required=True, help="the token whose logit is split (one token)")
-    p.add_argument("--contrast", metavar="TOK", default=None, help="split logit[target] - logit[contrast] instead")
+    p.add_argument("--target", metavar="TOK", required=True,
+                   help="the token whose logit is split (one token)")
+    p.add_argument("--contrast", metavar="TOK", default=None,
+                   help="split logit[target] - logit[contrast] instead")
     p.add_argument("--by", choices=("layer", "head", "token", "neuron"), default="layer")
     p.add_argument("--layer", metavar="L", type=int, default=None,
-                   help="the layer to split (required for --by token and --by neuron; optional for head)")
-    p.add_argument("--position", metavar="P", type=int, default=-1, help="the position predicted (default: the last)")
-    p.add_argument("--top", metavar="N", type=int, default=20, help="how many parts to list (default 20)")
+                   help="the layer to split "
+                        "(required for --by token and --by neuron; optional for head)")
+    p.add_argument("--position", metavar="P", type=int, default=-1,
+                   help="the position predicted (default: the last)")
+    p.add_argument("--top", metavar="N", type=int, default=20,
+                   help="how many parts to list (default 20)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
     common(p)
@@ -341,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="greedy generation")
     p.add_argument("text")
-    p.add_argument("-n", metavar="N", type=int, default=20, help="how many tokens to add (default 20)")
+    p.add_argument("-n", metavar="N", type=int, default=20,
+                   help="how many tokens to add (default 20)")
     common(p)
     p.set_defaults(func=cmd_generate)
 
@@ -360,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="write a GGUF model as a Hugging Face folder (config.json, "
                                        "model.safetensors in float32, tokenizer.json)")
-    p.add_argument("gguf", metavar="MODEL.gguf", help="the GGUF file (or a folder holding one, or a fetched name)")
+    p.add_argument("gguf", metavar="MODEL.gguf",
+                   help="the GGUF file (or a folder holding one, or a fetched name)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="a new or empty folder to write")
     p.set_defaults(func=cmd_convert)
     return parser
@@ -374,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     except MinilensError as e:
         print(f"minilens: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:                      # `minilens lens ... | head`: the reader left; not an error
+    except BrokenPipeError:  # `minilens lens ... | head`: the reader left; not an error
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:

@@ -8,13 +8,13 @@ is an SVG <title>, which every browser shows without JavaScript.
 
 Every heatmap cell is a ``<g class="ml-cell" data-row=.. data-pos=.. data-value=..>`` and every
 attribution bar a ``<g class="ml-bar" data-label=.. data-value=..>``, so tests (and scripts) can
-count and read them. Nothing here computes model numbers: it draws what LensResult and Attribution hold.
+count and read them. Nothing here computes model numbers: it draws what LensResult and Attribution
+hold.
 """
 
 from __future__ import annotations
 
 import html
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,7 +46,8 @@ def show_token(s: str, width: int | None = None) -> str:
 
 
 def fmt_prob(p: float) -> str:
-    """Probabilities in 4-5 characters: two decimals, or e-notation below 0.01 (where 0.00 would hide them)."""
+    """Probabilities in 4-5 characters: two decimals, or e-notation below 0.01 (where 0.00 would
+    hide them)."""
     return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
 
 
@@ -62,7 +63,8 @@ def metric_values(lens: "LensResult", metric: str) -> tuple[np.ndarray, float, f
     if metric == "entropy":   # 0 (certain) .. log(d_vocab) (uniform)
         return lens.entropy, 0.0, float(np.log(d_vocab)), "entropy (nats); darker = more certain"
     kl = lens.kl_to_final
-    return kl, 0.0, float(max(np.max(kl), 1e-9)), "KL(final || layer) (nats); darker = closer to the final answer"
+    return (kl, 0.0, float(max(np.max(kl), 1e-9)),
+            "KL(final || layer) (nats); darker = closer to the final answer")
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,8 +72,8 @@ def metric_values(lens: "LensResult", metric: str) -> tuple[np.ndarray, float, f
 # ------------------------------------------------------------------------------------------
 
 # A perceptually ordered ramp (white -> light blue -> deep blue), after nostalgebraist's lens plots.
-_RAMP = np.array([[255, 255, 255], [222, 235, 247], [158, 202, 225], [66, 146, 198], [8, 81, 156], [8, 38, 92]],
-                 dtype=np.float64)
+_RAMP = np.array([[255, 255, 255], [222, 235, 247], [158, 202, 225], [66, 146, 198], [8, 81, 156],
+                  [8, 38, 92]], dtype=np.float64)
 
 
 def ramp(t: float) -> tuple[int, int, int]:
@@ -85,7 +87,8 @@ def ramp(t: float) -> tuple[int, int, int]:
 
 def cell_colour(value: float, lo: float, hi: float, metric: str) -> tuple[int, int, int]:
     t = (value - lo) / (hi - lo) if hi > lo else 0.0
-    if metric in ("entropy", "kl"):   # low entropy / low KL is the "confident" end: dark, like high prob
+    # low entropy / low KL is the "confident" end: dark, like high prob
+    if metric in ("entropy", "kl"):
         t = 1.0 - t
     return ramp(t)
 
@@ -113,7 +116,8 @@ def ansi_cell(text: str, p: float) -> str:
 
 def lens_table(lens: "LensResult", color: bool = False, width: int = 100, token_width: int = 6,
                values: np.ndarray | None = None, cell=None) -> str:
-    """The classic lens table. Rows: lens rows; columns: positions; cells: top-1 token and its probability.
+    """The classic lens table. Rows: lens rows; columns: positions; cells: top-1 token and its
+    probability.
 
     Only as many of the *last* positions as fit in ``width`` characters are shown (the prediction at
     the end is what people look at first), with a note saying how many were left out.
@@ -127,7 +131,7 @@ def lens_table(lens: "LensResult", color: bool = False, width: int = 100, token_
     if cell is None:
         top = lens.top_ids[:, :, 0]
         top_strs = {}
-        def cell(r, j):  # noqa: E306  (a closure over the cache)
+        def cell(r, j):  # a closure over the cache
             t = int(top[r, j])
             if t not in top_strs:
                 top_strs[t] = show_token(model.token_strings([t])[0], token_width)
@@ -139,8 +143,8 @@ def lens_table(lens: "LensResult", color: bool = False, width: int = 100, token_
     cols = range(first, len(lens.positions))
     lines = []
     if first:
-        lines.append(f"(showing the last {len(cols)} of {len(lens.positions)} positions; widen the terminal "
-                     f"or use --last N)")
+        lines.append(f"(showing the last {len(cols)} of {len(lens.positions)} positions; "
+                     f"widen the terminal or use --last N)")
     lines.append(" " * label_w + " " + " ".join(head_toks[j].ljust(col_w) for j in cols))
     for r, label in enumerate(lens.labels):
         cells = []
@@ -151,8 +155,10 @@ def lens_table(lens: "LensResult", color: bool = False, width: int = 100, token_
     return "\n".join(line.rstrip() if not color else line for line in lines)
 
 
-def attribution_bars(attr: "Attribution", color: bool = False, top: int = 20, bar_width: int = 30) -> str:
-    """The parts as a bar list, largest |value| first, then the check: sum of parts vs the model's logit."""
+def attribution_bars(attr: "Attribution", color: bool = False, top: int = 20,
+                     bar_width: int = 30) -> str:
+    """The parts as a bar list, largest |value| first, then the check: sum of parts vs the model's
+    logit."""
     values = attr.values
     order = np.argsort(-np.abs(values), kind="stable")
     shown = order[:top]
@@ -174,7 +180,8 @@ def attribution_bars(attr: "Attribution", color: bool = False, top: int = 20, ba
     w = max(len(logit_name), len("sum of all parts"))
     lines.append(f"{'sum of all parts'.ljust(w)} = {total:+.6f}   ({len(values)} parts)")
     lines.append(f"{logit_name.ljust(w)} = {attr.logit:+.6f}"
-                 + ("" if attr.capped_logit is None else f"  (before the soft-cap; {attr.capped_logit:+.6f} after)"))
+                 + ("" if attr.capped_logit is None
+                    else f"  (before the soft-cap; {attr.capped_logit:+.6f} after)"))
     lines.append(f"{'difference'.ljust(w)} = {total - attr.logit:+.2e}")
     return "\n".join(lines)
 
@@ -182,7 +189,8 @@ def attribution_bars(attr: "Attribution", color: bool = False, top: int = 20, ba
 def attribution_title(attr: "Attribution") -> str:
     what = repr(attr.target_str) if attr.target_str is not None else f"#{attr.target}"
     if attr.contrast is not None:
-        what += " - " + (repr(attr.contrast_str) if attr.contrast_str is not None else f"#{attr.contrast}")
+        what += " - " + (repr(attr.contrast_str) if attr.contrast_str is not None
+                         else f"#{attr.contrast}")
     layer = "" if attr.layer is None else f" in layer {attr.layer}"
     return f"logit[{what}] at position {attr.position}, split by {attr.by}{layer}"
 
@@ -196,8 +204,9 @@ def _e(s) -> str:
 
 
 def heatmap_svg(lens: "LensResult", metric: str = "prob", token_width: int = 7) -> str:
-    """The logit-lens heatmap: rows by positions, each cell coloured by ``metric`` and labelled with the
-    top-1 token; hovering shows the top-k, entropy, KL and the target's probability (an SVG <title>)."""
+    """The logit-lens heatmap: rows by positions, each cell coloured by ``metric`` and labelled with
+    the top-1 token; hovering shows the top-k, entropy, KL and the target's probability (an SVG
+    <title>)."""
     values, lo, hi, caption = metric_values(lens, metric)
     model = lens.trace.model
     R, P = values.shape
@@ -213,39 +222,46 @@ def heatmap_svg(lens: "LensResult", metric: str = "prob", token_width: int = 7) 
     legend_w = 24
     W = LEFT + P * CELL_W + 80 + legend_w
     H = TOP + R * CELL_H + 30
-    out = [f'<svg class="ml-heatmap" width="{W}" height="{H}" '
-           f'viewBox="0 0 {W} {H}" data-rows="{R}" data-positions="{P}" data-metric="{_e(metric)}" '
-           f'font-family="monospace" font-size="11">']
+    out = [(f'<svg class="ml-heatmap" width="{W}" height="{H}" '
+            f'viewBox="0 0 {W} {H}" data-rows="{R}" data-positions="{P}" '
+            f'data-metric="{_e(metric)}" font-family="monospace" font-size="11">')]
     for j in range(P):   # column heads: the input token at each position, rotated so long ones fit
         x = LEFT + j * CELL_W + CELL_W / 2
-        out.append(f'<text class="ml-col" x="{x:.1f}" y="{TOP - 6}" transform="rotate(-30 {x:.1f} {TOP - 6})">'
+        out.append(f'<text class="ml-col" x="{x:.1f}" y="{TOP - 6}" '
+                   f'transform="rotate(-30 {x:.1f} {TOP - 6})">'
                    f'{_e(show_token(in_toks[j], 12))}<title>position {int(lens.positions[j])}: '
                    f'{_e(repr(in_toks[j]))}</title></text>')
     for r in range(R):
         y = TOP + r * CELL_H
-        out.append(f'<text class="ml-rowlabel" x="{LEFT - 6}" y="{y + CELL_H / 2 + 4:.1f}" text-anchor="end">'
-                   f'{_e(lens.labels[r])}</text>')
+        out.append(f'<text class="ml-rowlabel" x="{LEFT - 6}" y="{y + CELL_H / 2 + 4:.1f}" '
+                   f'text-anchor="end">{_e(lens.labels[r])}</text>')
         for j in range(P):
             v = float(values[r, j])
             rgb = cell_colour(v, lo, hi, metric)
-            top = ", ".join(f"{tok(int(t))!r} {float(p):.3f}" for t, p in zip(lens.top_ids[r, j], lens.top_probs[r, j]))
+            top = ", ".join(f"{tok(int(t))!r} {float(p):.3f}"
+                            for t, p in zip(lens.top_ids[r, j], lens.top_probs[r, j]))
             title = (f"{lens.labels[r]}, position {int(lens.positions[j])} ({in_toks[j]!r})\n"
                      f"top-{lens.top_ids.shape[2]}: {top}\n"
-                     f"entropy {float(lens.entropy[r, j]):.3f} nats, KL to final {float(lens.kl_to_final[r, j]):.3f} nats\n"
-                     f"target {tgt_toks[j]!r}: p={float(lens.target_prob[r, j]):.3g}, rank {int(lens.target_rank[r, j])}")
+                     f"entropy {float(lens.entropy[r, j]):.3f} nats, "
+                     f"KL to final {float(lens.kl_to_final[r, j]):.3f} nats\n"
+                     f"target {tgt_toks[j]!r}: p={float(lens.target_prob[r, j]):.3g}, "
+                     f"rank {int(lens.target_rank[r, j])}")
             x = LEFT + j * CELL_W
             out.append(f'<g class="ml-cell" data-row="{r}" data-pos="{j}" data-value="{v:.6g}">'
-                       f'<rect x="{x + GAP / 2}" y="{y + GAP / 2}" width="{CELL_W - GAP}" height="{CELL_H - GAP}" '
+                       f'<rect x="{x + GAP / 2}" y="{y + GAP / 2}" '
+                       f'width="{CELL_W - GAP}" height="{CELL_H - GAP}" '
                        f'fill="{hexcolour(rgb)}"/>'
-                       f'<text x="{x + CELL_W / 2}" y="{y + CELL_H / 2 + 4:.1f}" text-anchor="middle" '
-                       f'fill="{ink(rgb)}">{_e(show_token(tok(int(lens.top_ids[r, j, 0])), token_width))}</text>'
+                       f'<text x="{x + CELL_W / 2}" y="{y + CELL_H / 2 + 4:.1f}" '
+                       f'text-anchor="middle" fill="{ink(rgb)}">'
+                       f'{_e(show_token(tok(int(lens.top_ids[r, j, 0])), token_width))}</text>'
                        f'<title>{_e(title)}</title></g>')
     # The legend: ten swatches from lo (bottom) to hi (top).
     lx, steps = LEFT + P * CELL_W + 16, 10
     lh = (R * CELL_H) / steps
     for s in range(steps):
         v = lo + (hi - lo) * (steps - 1 - s) / (steps - 1)
-        out.append(f'<rect class="ml-legend" x="{lx}" y="{TOP + s * lh:.1f}" width="{legend_w}" height="{lh + 0.5:.1f}" '
+        out.append(f'<rect class="ml-legend" x="{lx}" y="{TOP + s * lh:.1f}" '
+                   f'width="{legend_w}" height="{lh + 0.5:.1f}" '
                    f'fill="{hexcolour(cell_colour(v, lo, hi, metric))}"/>')
     out.append(f'<text x="{lx + legend_w + 4}" y="{TOP + 10}">{hi:.3g}</text>')
     out.append(f'<text x="{lx + legend_w + 4}" y="{TOP + R * CELL_H}">{lo:.3g}</text>')
@@ -255,10 +271,12 @@ def heatmap_svg(lens: "LensResult", metric: str = "prob", token_width: int = 7) 
 
 
 def attribution_svg(attr: "Attribution", top: int = 24) -> str:
-    """The attribution as horizontal bars around a zero line: green adds to the logit, red takes away.
+    """The attribution as horizontal bars around a zero line: green adds to the logit, red takes
+    away.
 
-    by="layer" and by="token" keep their natural order (depth, or position); heads and neurons show the
-    ``top`` parts of largest |value|, and one bar for all the others, so the bars still sum to the logit.
+    by="layer" and by="token" keep their natural order (depth, or position); heads and neurons show
+    the ``top`` parts of largest |value|, and one bar for all the others, so the bars still sum to
+    the logit.
     """
     labels, values = [str(x) for x in attr.labels], attr.values.astype(np.float64)
     if attr.by in ("head", "neuron") and len(values) > top:
@@ -271,8 +289,8 @@ def attribution_svg(attr: "Attribution", top: int = 24) -> str:
     W, H = label_w + 2 * half + 90, 30 + n * bar_h + 50
     scale = float(np.max(np.abs(values))) or 1.0
     zero = label_w + half
-    out = [f'<svg class="ml-attribution" width="{W}" height="{H}" '
-           f'viewBox="0 0 {W} {H}" data-parts="{n}" font-family="monospace" font-size="11">',
+    out = [(f'<svg class="ml-attribution" width="{W}" height="{H}" '
+            f'viewBox="0 0 {W} {H}" data-parts="{n}" font-family="monospace" font-size="11">'),
            f'<text x="4" y="16" font-weight="bold">{_e(attribution_title(attr))}</text>']
     for i, (label, v) in enumerate(zip(labels, values)):
         y = 26 + i * bar_h
@@ -281,14 +299,17 @@ def attribution_svg(attr: "Attribution", top: int = 24) -> str:
         colour = "#1a9850" if v >= 0 else "#d73027"
         tx, anchor = (zero + w + 4, "start") if v >= 0 else (zero - w - 4, "end")
         out.append(f'<g class="ml-bar" data-label="{_e(label)}" data-value="{v:.6g}">'
-                   f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{_e(show_token(label, 20))}</text>'
-                   f'<rect x="{x:.2f}" y="{y + 2}" width="{max(w, 0.5):.2f}" height="{bar_h - 4}" fill="{colour}"/>'
+                   f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">'
+                   f'{_e(show_token(label, 20))}</text>'
+                   f'<rect x="{x:.2f}" y="{y + 2}" width="{max(w, 0.5):.2f}" '
+                   f'height="{bar_h - 4}" fill="{colour}"/>'
                    f'<text x="{tx:.2f}" y="{y + 13}" text-anchor="{anchor}">{v:+.3f}</text>'
                    f'<title>{_e(label)}: {v:+.6f}</title></g>')
     out.append(f'<line x1="{zero}" y1="24" x2="{zero}" y2="{26 + n * bar_h}" stroke="#333"/>')
     total = float(attr.values.sum())
     y = 26 + n * bar_h + 18
-    out.append(f'<text class="ml-check" x="4" y="{y}">sum of all {len(attr.values)} parts = {total:+.6f}; '
+    out.append(f'<text class="ml-check" x="4" y="{y}">'
+               f'sum of all {len(attr.values)} parts = {total:+.6f}; '
                f'model logit = {attr.logit:+.6f}; difference = {total - attr.logit:+.1e}</text>')
     out.append("</svg>")
     return "".join(out)
@@ -303,7 +324,8 @@ CSS = """
 .minilens h1 { font-size: 20px; margin: 0 0 4px 0; }
 .minilens h2 { font-size: 16px; margin: 18px 0 4px 0; }
 .minilens .ml-meta { color: #555; font-size: 13px; margin: 2px 0 8px 0; }
-.minilens .ml-prompt { font-family: monospace; background: #f4f4f4; padding: 4px 8px; white-space: pre-wrap; }
+.minilens .ml-prompt { font-family: monospace; background: #f4f4f4; padding: 4px 8px; \
+white-space: pre-wrap; }
 .minilens .ml-cell text { pointer-events: none; }
 .minilens .ml-cell:hover rect { stroke: #e6550d; stroke-width: 2; }
 """
@@ -317,7 +339,8 @@ def lens_html(lens: "LensResult", metric: str = "prob") -> str:
     """An HTML fragment (a <div> with its own <style>): what Jupyter shows for a LensResult."""
     model = lens.trace.model
     n = len(lens.positions)
-    meta = (f"{model.cfg.family}, {model.cfg.n_layers} layers; {len(lens.labels)} rows x {n} positions. "
+    meta = (f"{model.cfg.family}, {model.cfg.n_layers} layers; "
+            f"{len(lens.labels)} rows x {n} positions. "
             f"Hover a cell for the top-{lens.top_ids.shape[2]}.")
     return _fragment(f'<div class="ml-meta">{_e(meta)}</div>{heatmap_svg(lens, metric)}')
 
@@ -327,8 +350,9 @@ def attribution_html(attr: "Attribution") -> str:
     return _fragment(attribution_svg(attr))
 
 
-def report(lens: "LensResult | None" = None, attr: "Attribution | None" = None, metric: str = "prob",
-           title: str = "minilens report", text: str | None = None, model_name: str | None = None) -> str:
+def report(lens: "LensResult | None" = None, attr: "Attribution | None" = None,
+           metric: str = "prob", title: str = "minilens report", text: str | None = None,
+           model_name: str | None = None) -> str:
     """A whole HTML document, self-contained: inline CSS and SVG, no scripts, fonts or links."""
     if lens is None and attr is None:
         raise InputError("report() needs a LensResult, an Attribution, or both.")
@@ -345,25 +369,31 @@ def report(lens: "LensResult | None" = None, attr: "Attribution | None" = None, 
         parts.append(f"<h2>Layer attribution</h2>{attribution_html(attr)}")
     body = "".join(parts)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><style>body {{ margin: 16px; background: #fff; }}{CSS}</style></head>"
+            f"<title>{_e(title)}</title>"
+            f"<style>body {{ margin: 16px; background: #fff; }}{CSS}</style></head>"
             f'<body class="minilens">{body}</body></html>\n')
 
 
 def lens_repr(lens: "LensResult") -> str:
-    """The plain-text table ``repr(lens)`` shows: top-1 token and probability, the last 8 positions."""
+    """The plain-text table ``repr(lens)`` shows: top-1 token and probability, the last 8
+    positions."""
     model = lens.trace.model
     show = list(range(len(lens.positions)))[-8:]
 
     def tok(i) -> str:
         return repr(model.token_strings([i])[0])[1:-1][:12]
 
-    head = ["row"] + [f"{int(lens.positions[j])}:{tok(lens.trace.ids[lens.positions[j]])}" for j in show]
-    body = [[str(label)] + [f"{tok(lens.top_ids[r, j, 0])} {fmt_prob(lens.top_probs[r, j, 0])}" for j in show]
+    head = ["row"] + [f"{int(lens.positions[j])}:{tok(lens.trace.ids[lens.positions[j]])}"
+                      for j in show]
+    body = [[str(label)] + [f"{tok(lens.top_ids[r, j, 0])} {fmt_prob(lens.top_probs[r, j, 0])}"
+                            for j in show]
             for r, label in enumerate(lens.labels)]
     widths = [max(len(line[c]) for line in [head] + body) for c in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [head] + body]
-    more = f", last {len(show)} of {len(lens.positions)} positions" if len(show) < len(lens.positions) else ""
-    return (f"LensResult({len(lens.labels)} rows x {len(lens.positions)} positions{more}; top-1 token and prob)\n"
+    more = (f", last {len(show)} of {len(lens.positions)} positions"
+            if len(show) < len(lens.positions) else "")
+    return (f"LensResult({len(lens.labels)} rows x {len(lens.positions)} positions{more}; "
+            f"top-1 token and prob)\n"
             + "\n".join(lines))
 
 
