@@ -22,9 +22,19 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ModelConfig
-from .ops import (ACTIVATIONS, apply_rope, causal_mask, gqa_repeat, layer_norm, linear, rms_norm,
-                  rope_tables, softcap, softmax)
 from .loading.checkpoint import GlobalParams, LayerParams
+from .ops import (
+    ACTIVATIONS,
+    apply_rope,
+    causal_mask,
+    gqa_repeat,
+    layer_norm,
+    linear,
+    rms_norm,
+    rope_tables,
+    softcap,
+    softmax,
+)
 
 
 def record_nothing(name: str, layer: int | None, value: np.ndarray) -> np.ndarray:
@@ -33,7 +43,8 @@ def record_nothing(name: str, layer: int | None, value: np.ndarray) -> np.ndarra
 
 
 def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec=record_nothing,
-            start: int = 0, resid: np.ndarray | None = None, read: slice = slice(None)) -> np.ndarray:
+            start: int = 0, resid: np.ndarray | None = None,
+            read: slice = slice(None)) -> np.ndarray:
     """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]
 
     ``start``, ``resid``: begin at block ``start`` with ``resid`` as its resid_pre, instead of at
@@ -86,7 +97,7 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope, rec, l: int
     """Causal multi-head self-attention.  [n_seq, d_model] -> [n_seq, d_model]"""
     *lead, n_seq, _ = x.shape
     n_heads, n_kv_heads, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    q = linear(x, w.W_Q, w.b_Q).reshape(*lead, n_seq, n_heads, d_head)     # [n_seq, n_heads, d_head]
+    q = linear(x, w.W_Q, w.b_Q).reshape(*lead, n_seq, n_heads, d_head)    # [n_seq, n_heads, d_head]
     k = linear(x, w.W_K, w.b_K).reshape(*lead, n_seq, n_kv_heads, d_head)  # [n_seq, n_kv, d_head]
     v = linear(x, w.W_V, w.b_V).reshape(*lead, n_seq, n_kv_heads, d_head)  # [n_seq, n_kv, d_head]
     if cfg.qk_norm:                                  # Qwen3: RMSNorm over each head's q and k

@@ -17,18 +17,26 @@ from .fast.forward import forward as fast_forward
 from .fast.memory import ArrayPool
 from .fast.recorder import PooledRecorder
 from .forward import forward as textbook_forward
+from .loading.checkpoint import (
+    LAYOUTS,
+    Checkpoint,
+    GlobalParams,
+    LazyLayers,
+    blas_ready,
+    find_safetensors,
+    resolve,
+)
 from .loading.gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
 from .loading.tokenizer import Tokenizer
 from .trace import INTERVENABLE, LAYER_KEYS, Recorder, Trace
-from .loading.checkpoint import LAYOUTS, Checkpoint, GlobalParams, LazyLayers, blas_ready, find_safetensors, resolve
-
 
 # ------------------------------------------------------------------------------------------
 # The model object: weights, tokenizer, input checks
 # ------------------------------------------------------------------------------------------
 
 class Model:
-    """A loaded checkpoint. ``run`` returns a Trace; the model itself holds no state between runs."""
+    """A loaded checkpoint. ``run`` returns a Trace; the model itself holds no state between
+    runs."""
 
     def __init__(self, cfg: ModelConfig, params: GlobalParams, layers, dtype=np.float32,
                  tokenizer: Tokenizer | None = None, folder: Path | None = None, files: tuple = ()):
@@ -41,28 +49,33 @@ class Model:
         self.checkpoint = None                      # set by load(): the stored tensors by name
         self.folder = folder
         self.files = files
-        self.pool = ArrayPool()           # the memory of dropped traces, for the next run (fast/memory.py)
-        self.fast = True                  # run fast/forward.py; False runs forward.py, the textbook pass
+        # the memory of dropped traces, for the next run (fast/memory.py)
+        self.pool = ArrayPool()
+        self.fast = True            # run fast/forward.py; False runs forward.py, the textbook pass
 
     def __repr__(self) -> str:
         c = self.cfg
-        return (f"Model({c.family}: {c.n_layers} layers, d_model={c.d_model}, heads={c.n_heads}/{c.n_kv_heads}, "
+        return (f"Model({c.family}: {c.n_layers} layers, d_model={c.d_model}, "
+                f"heads={c.n_heads}/{c.n_kv_heads}, "
                 f"d_vocab={c.d_vocab}, dtype={self.dtype.name}, from {self.folder})")
 
     # ---- tokens ---------------------------------------------------------------------------
     def _need_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             if self.tokenizer_problem:  # a GGUF file whose tokenizer minilens cannot build
-                raise TokenizerMissingError(f"{self.tokenizer_problem} The model still runs on token ids: "
+                raise TokenizerMissingError(f"{self.tokenizer_problem} "
+                                            f"The model still runs on token ids: "
                                             f"pass a list or array of ints instead of text.")
             raise TokenizerMissingError(
                 f"this model ({self.folder}) has no tokenizer.json, so it cannot read text. "
-                f"Pass token ids (a list or array of ints) instead, or put the tokenizer.json beside config.json."
+                f"Pass token ids (a list or array of ints) instead, "
+                f"or put the tokenizer.json beside config.json."
             )
         return self.tokenizer
 
     def to_tokens(self, text: str, prepend_bos: bool | None = None) -> np.ndarray:
-        """Text -> ids [n_seq] int64. Llama-style families prepend BOS; override with prepend_bos."""
+        """Text -> ids [n_seq] int64. Llama-style families prepend BOS; override with
+        prepend_bos."""
         return self._need_tokenizer().encode(text, prepend_bos)
 
     def to_str_tokens(self, ids) -> list[str]:
@@ -71,7 +84,8 @@ class Model:
         return self._need_tokenizer().str_tokens(self.check_ids(ids))
 
     def token_strings(self, ids) -> list[str]:
-        """Each id as its token string, or "#id" when the model has no tokenizer: for labels and tables."""
+        """Each id as its token string, or "#id" when the model has no tokenizer: for labels and
+        tables."""
         ids = np.asarray(ids).reshape(-1)
         if self.tokenizer is None:
             return [f"#{int(i)}" for i in ids]
@@ -85,18 +99,21 @@ class Model:
         if isinstance(token, str):
             token_id = self._need_tokenizer().single_token(token)
             if not 0 <= token_id < self.cfg.d_vocab:  # a tokenizer.json from another model
-                raise InputError(f"{token!r} tokenizes to id {token_id}, beyond this model's vocabulary "
-                                 f"0..{self.cfg.d_vocab - 1}: tokenizer.json does not belong to this checkpoint.")
+                raise InputError(f"{token!r} tokenizes to id {token_id}, "
+                                 f"beyond this model's vocabulary 0..{self.cfg.d_vocab - 1}: "
+                                 f"tokenizer.json does not belong to this checkpoint.")
             return token_id
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
-            raise InputError(f"a token must be a string (exactly one token) or an int id, got {token!r} "
-                             f"({type(token).__name__}).")
+            raise InputError(f"a token must be a string (exactly one token) or an int id, "
+                             f"got {token!r} ({type(token).__name__}).")
         if not 0 <= token < self.cfg.d_vocab:
-            raise InputError(f"token id {token} is out of range: this model's vocabulary is 0..{self.cfg.d_vocab - 1}.")
+            raise InputError(f"token id {token} is out of range: "
+                             f"this model's vocabulary is 0..{self.cfg.d_vocab - 1}.")
         return int(token)
 
     def check_ids(self, ids, allow_batch: bool = False) -> np.ndarray:
-        """Any array-like of token ids (list, numpy, or a torch tensor via __array__) -> checked int64 array.
+        """Any array-like of token ids (list, numpy, or a torch tensor via __array__) -> checked
+        int64 array.
 
         [n_seq] or [1, n_seq] -> [n_seq]; with allow_batch, [batch, n_seq] stays 2-D.
         """
@@ -105,61 +122,77 @@ class Model:
         try:
             arr = np.asarray(ids)
         except (ValueError, TypeError):
-            raise InputError("token ids must be a rectangular array; a batch needs sequences of equal length "
+            raise InputError("token ids must be a rectangular array; "
+                             "a batch needs sequences of equal length "
                              "(pad them, or run them one at a time).") from None
         if arr.dtype == object:
             odd = next((x for x in arr.reshape(-1) if not isinstance(x, (int, np.integer))), None)
-            raise InputError(f"token ids must be ints, but the input holds {odd!r} ({type(odd).__name__}). "
+            raise InputError(f"token ids must be ints, "
+                             f"but the input holds {odd!r} ({type(odd).__name__}). "
                              f"Pass a list or array of ints, or a str to tokenize.")
         if arr.ndim == 2 and arr.shape[0] == 1 and not allow_batch:
             arr = arr[0]
         if arr.ndim != (2 if allow_batch and arr.ndim == 2 else 1):
-            raise InputError(f"token ids must have shape [n_seq]{' or [batch, n_seq]' if allow_batch else ' or [1, n_seq]'},"
-                             f" got shape {list(arr.shape)}." + (" Wrap a single id in a list: [id]." if arr.ndim == 0 else "")
-                             + (" For several sequences use model.run_batch(ids)." if arr.ndim == 2 else ""))
+            raise InputError(f"token ids must have shape [n_seq]"
+                             f"{' or [batch, n_seq]' if allow_batch else ' or [1, n_seq]'},"
+                             f" got shape {list(arr.shape)}."
+                             + (" Wrap a single id in a list: [id]." if arr.ndim == 0 else "")
+                             + (" For several sequences use model.run_batch(ids)."
+                                if arr.ndim == 2 else ""))
         if arr.size == 0 or arr.shape[-1] == 0:
             raise InputError("the input is empty: give at least one token.")
         if arr.dtype.kind in "USO":
-            raise InputError(f"token ids must be ints, got strings such as {str(arr.reshape(-1)[0])!r}. "
-                             f"To run text, pass one str (model.run('some text')), not a list of strings.")
+            raise InputError(f"token ids must be ints, "
+                             f"got strings such as {str(arr.reshape(-1)[0])!r}. "
+                             f"To run text, pass one str (model.run('some text')), "
+                             f"not a list of strings.")
         if arr.dtype.kind not in "iu":
             raise InputError(f"token ids must be integers, got dtype {arr.dtype}. "
                              f"If they are whole numbers, cast them: ids.astype(int).")
         bad = (arr < 0) | (arr >= self.cfg.d_vocab)
         if bad.any():
             first = int(np.argwhere(bad)[0][-1])
-            raise InputError(f"token id {arr.reshape(-1)[np.flatnonzero(bad)[0]]} at position {first} is out of range:"
-                             f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}. Were the ids made by another "
+            raise InputError(f"token id {arr.reshape(-1)[np.flatnonzero(bad)[0]]} "
+                             f"at position {first} is out of range:"
+                             f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}. "
+                             f"Were the ids made by another "
                              f"model's tokenizer? Use model.to_tokens(text).")
         if self.cfg.n_ctx is not None and arr.shape[-1] > self.cfg.n_ctx:
-            raise InputError(f"the input has {arr.shape[-1]} tokens, but this {self.cfg.family} model has learned "
-                             f"positions for only {self.cfg.n_ctx} (n_positions). Shorten the input.")
+            raise InputError(f"the input has {arr.shape[-1]} tokens, "
+                             f"but this {self.cfg.family} model has learned "
+                             f"positions for only {self.cfg.n_ctx} (n_positions). "
+                             f"Shorten the input.")
         return arr.astype(np.int64)
 
     # ---- running --------------------------------------------------------------------------
-    def run(self, ids, names: Iterable[str] | None = None, interventions: dict | None = None) -> Trace:
-        """Run one sequence (text, a list of ints, or ids [n_seq] / [1, n_seq]) and record its stream.
+    def run(self, ids, names: Iterable[str] | None = None,
+            interventions: dict | None = None) -> Trace:
+        """Run one sequence (text, a list of ints, or ids [n_seq] / [1, n_seq]) and record its
+        stream.
 
-        ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are always
-        kept. ``interventions`` replaces values as the pass makes them, and the rest of the pass uses
-        the replacement: ``{("resid_pre", 5): fn, ("z", 3): array, "embed": fn}``, each a function
-        of the value (returning its replacement, same shape and dtype) or an array. The keys are
-        those of trace.INTERVENABLE; ``trace.intervened`` lists the ones replaced. A run with
-        interventions goes through forward.py, where each ``rec(...)`` is a place it can happen.
+        ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are
+        always kept. ``interventions`` replaces values as the pass makes them, and the rest of the
+        pass uses the replacement: ``{("resid_pre", 5): fn, ("z", 3): array, "embed": fn}``, each a
+        function of the value (returning its replacement, same shape and dtype) or an array. The
+        keys are those of trace.INTERVENABLE; ``trace.intervened`` lists the ones replaced. A run
+        with interventions goes through forward.py, where each ``rec(...)`` is a place it can
+        happen.
         """
         ids = self.check_ids(ids)
         rec, logits = self._forward(ids, names, interventions)
         return Trace(self, ids, rec.store, logits, frozenset(rec.intervened))
 
     def _forward(self, ids: np.ndarray, names, interventions=None, start: int = 0,
-                 resid: np.ndarray | None = None, read: slice = slice(None)) -> tuple[Recorder, np.ndarray]:
+                 resid: np.ndarray | None = None,
+                 read: slice = slice(None)) -> tuple[Recorder, np.ndarray]:
         """The one place that chooses the forward pass: fast/forward.py, or forward.py (the textbook
         pass, also for every run with interventions or a restart at block ``start``)."""
         if self.fast and not interventions and resid is None and read == slice(None):
             rec = PooledRecorder(names, self.pool)
             return rec, fast_forward(ids, self.params, self.layers, self.cfg, rec)
         rec = Recorder(names, self.check_interventions(interventions))
-        return rec, textbook_forward(ids, self.params, self.layers, self.cfg, rec, start, resid, read)
+        return rec, textbook_forward(ids, self.params, self.layers, self.cfg, rec, start, resid,
+                                     read)
 
     def check_interventions(self, interventions) -> dict:
         """{key or (key, layer): fn or array} -> {(key, layer): fn or array}, every key checked."""
@@ -178,23 +211,29 @@ class Model:
             if per_layer and layer is None:
                 raise InputError(f"{name!r} is per layer: give ({name!r}, layer).")
             if not per_layer and layer is not None:
-                raise InputError(f"{name!r} is not per layer: give {name!r} alone, not ({name!r}, {layer!r}).")
+                raise InputError(f"{name!r} is not per layer: "
+                                 f"give {name!r} alone, not ({name!r}, {layer!r}).")
             if per_layer:
                 L = self.cfg.n_layers
-                if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not -L <= layer < L:
-                    raise InputError(f"intervention layer {layer!r} is out of range: this model has {L} layers.")
+                if (not isinstance(layer, (int, np.integer)) or isinstance(layer, bool)
+                        or not -L <= layer < L):
+                    raise InputError(f"intervention layer {layer!r} is out of range: "
+                                     f"this model has {L} layers.")
                 layer = int(layer) % L
             if not callable(what) and not isinstance(what, np.ndarray):
-                raise InputError(f"the intervention on {key!r} must be a function of the value or an array, "
+                raise InputError(f"the intervention on {key!r} "
+                                 f"must be a function of the value or an array, "
                                  f"got {type(what).__name__}.")
             out[(name, layer)] = what
         return out
 
-    def run_batch(self, ids, names: Iterable[str] | None = None, interventions: dict | None = None) -> list[Trace]:
+    def run_batch(self, ids, names: Iterable[str] | None = None,
+                  interventions: dict | None = None) -> list[Trace]:
         """Run several equal-length sequences at once ([batch, n_seq]); one Trace per sequence.
 
-        The matrix products see batch * n_seq rows at once, which helps short sequences; the numbers
-        equal running each sequence alone. Interventions see the whole batch: [batch, ...] values.
+        The matrix products see batch * n_seq rows at once, which helps short sequences; the
+        numbers equal running each sequence alone. Interventions see the whole batch: [batch, ...]
+        values.
         """
         ids = self.check_ids(ids, allow_batch=True)
         ids = ids[None] if ids.ndim == 1 else ids
@@ -203,10 +242,11 @@ class Model:
                       frozenset(rec.intervened)) for b in range(len(ids))]
 
     def free_memory(self) -> None:
-        """Give the memory of dropped traces back to the operating system (see minilens/fast/memory.py).
+        """Give the memory of dropped traces back to the operating system (see
+        minilens/fast/memory.py).
 
-        A model keeps as much as its last run asked for (at most 1 GiB), so that a run like the last one
-        does not have to fault in new memory. ``model.pool = None`` switches the recycling off.
+        A model keeps as much as its last run asked for (at most 1 GiB), so that a run like the last
+        one does not have to fault in new memory. ``model.pool = None`` switches the recycling off.
         """
         if self.pool is not None:                       # None: recycling switched off by the user
             self.pool.clear()
@@ -216,7 +256,8 @@ class Model:
         return self.run(ids, names=()).logits
 
     def generate(self, ids, n_new: int = 20) -> np.ndarray:
-        """Greedy decoding, re-running the whole sequence each step (minilens keeps no KV cache)."""
+        """Greedy decoding, re-running the whole sequence each step (minilens keeps no KV
+        cache)."""
         ids = self.check_ids(ids)
         for _ in range(n_new):
             next_id = int(self(ids)[-1].argmax())
@@ -230,8 +271,8 @@ class Model:
 CACHE_LAYERS_MAX_BYTES = 2 << 30
 
 
-def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layers: bool | None = None,
-         fast: bool = True) -> Model:
+def load(path_or_name, dtype=np.float32, check_finite: bool = False,
+         cache_layers: bool | None = None, fast: bool = True) -> Model:
     """Load a Hugging Face checkpoint folder (or a model name from the local HF cache).
 
     ``dtype`` is the compute dtype: float32 by default, float64 as a reference mode. Stored
@@ -252,12 +293,14 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     except TypeError:
         dtype = None
     if dtype not in (np.float32, np.float64):
-        raise InputError(f"dtype must be float32 or float64 (np.float32, np.float64), got {dtype or 'something else'}.")
+        raise InputError(f"dtype must be float32 or float64 (np.float32, np.float64), "
+                         f"got {dtype or 'something else'}.")
     folder = resolve(path_or_name)
     gguf_path = find_gguf(folder)
     if gguf_path is not None:
         hf, ckpt = open_gguf(gguf_path)
-        cfg = rope_freq_factors(ckpt.gguf, ModelConfig.from_hf(hf, source=f"{gguf_path} (its GGUF metadata)"))
+        cfg = rope_freq_factors(ckpt.gguf,
+                                ModelConfig.from_hf(hf, source=f"{gguf_path} (its GGUF metadata)"))
         folder, files = gguf_path.parent, [gguf_path]
     else:
         cfg = ModelConfig.from_file(folder / "config.json")
@@ -267,8 +310,8 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
     if check_finite:
         check_weights_finite(ckpt)
     params = blas_ready(ckpt.layout.globals(ckpt.getter(dtype), cfg))
-    # A cheap default check: the global weights are already widened, so scanning them costs one pass.
-    # If they hold NaN or inf, scan the whole checkpoint to name the first bad tensor.
+    # A cheap default check: the global weights are already widened, so scanning them costs one
+    # pass. If they hold NaN or inf, scan the whole checkpoint to name the first bad tensor.
     if not check_finite and not all(all_finite(a) for a in vars(params).values() if a is not None):
         check_weights_finite(ckpt)
     if cache_layers is None:
@@ -282,17 +325,19 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False, cache_layer
             tokenizer, tokenizer_problem = None, str(e)
     else:
         tok_path = folder / "tokenizer.json"
-        tokenizer = Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file() else None
+        tokenizer = (Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file()
+                     else None)
     model = Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
     model.tokenizer_problem = tokenizer_problem
-    model.checkpoint = ckpt                   # the stored tensors, by name (their dtypes, files, shapes)
+    model.checkpoint = ckpt             # the stored tensors, by name (their dtypes, files, shapes)
     model.fast = bool(fast)
     return model
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """No NaN or inf in ``a``. min and max are NaN if any element is, and infinite if any is, so this
-    needs no boolean temporary of a's size (a tenth of a second on a 1B model's embeddings; issue 6)."""
+    """No NaN or inf in ``a``. min and max are NaN if any element is, and infinite if any is, so
+    this needs no boolean temporary of a's size (a tenth of a second on a 1B model's embeddings;
+    issue 6)."""
     return a.size == 0 or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
 
 
@@ -302,4 +347,5 @@ def check_weights_finite(ckpt: Checkpoint) -> None:
     for name, info in ckpt.infos.items():
         if not all_finite(get(name, info.shape)):
             raise CheckpointError(f"tensor {name!r} in {info.file} holds NaN or inf values. "
-                                  f"The checkpoint is corrupt or diverged in training; use another one.")
+                                  f"The checkpoint is corrupt or diverged in training; "
+                                  f"use another one.")

@@ -2,30 +2,33 @@
 
 Keys follow TransformerLens's hook vocabulary, so that people who know it feel at home:
 
-======================  =====================================  ========================================
-key                     shape                                  meaning
-======================  =====================================  ========================================
-"embed"                 [n_seq, d_model]                       token embeddings W_E[ids] (Gemma: times sqrt(d_model))
-"pos_embed"             [n_seq, d_model]                       learned position embeddings (GPT-2 only)
-("resid_pre", l)        [n_seq, d_model]                       the stream entering block l
-("scale_ln1", l)        [n_seq, 1]                             the divisor of block l's first norm
-("attn_out", l)         [n_seq, d_model]                       what attention writes to the stream
-("scale_ln1_post", l)   [n_seq, 1]                             Gemma 2: divisor of the norm on attention's output
-("resid_mid", l)        [n_seq, d_model]                       resid_pre + attn_out
-("scale_ln2", l)        [n_seq, 1]                             the divisor of block l's second norm
-("mlp_out", l)          [n_seq, d_model]                       what the MLP writes to the stream
-("scale_ln2_post", l)   [n_seq, 1]                             Gemma 2: divisor of the norm on the MLP's output
-("resid_post", l)       [n_seq, d_model]                       resid_mid + mlp_out
-("q"|"k"|"v", l)        [n_seq, n_(kv_)heads, d_head]          per-head queries (after RoPE), keys, values
-("z", l)                [n_seq, n_heads, d_head]               each head's output before W_O
-("pattern", l)          [n_heads, n_seq, n_seq]                attention probabilities [head, query, key] (*)
-("mlp_post", l)         [n_seq, d_mlp]                         the MLP's hidden activations (before W_out)
-"scale_final"           [n_seq, 1]                             the final norm's divisor on the last residual
-"resid_final"           [n_seq, d_model]                       the last residual stream (== resid_post, L-1)
-"normalized"            [n_seq, d_model]                       N(resid_final): the final normalized stream
-"logits_precap"         [n_seq, d_vocab]                       Gemma 2: the logits before the final soft-cap
-"logits"                [n_seq, d_vocab]                       (also trace.logits), after any soft-cap
-======================  =====================================  ========================================
+=====================  =============================  ==============================================
+key                    shape                          meaning
+=====================  =============================  ==============================================
+"embed"                [n_seq, d_model]               token embeddings W_E[ids]
+                                                      (Gemma: times sqrt(d_model))
+"pos_embed"            [n_seq, d_model]               learned position embeddings (GPT-2 only)
+("resid_pre", l)       [n_seq, d_model]               the stream entering block l
+("scale_ln1", l)       [n_seq, 1]                     the divisor of block l's first norm
+("attn_out", l)        [n_seq, d_model]               what attention writes to the stream
+("scale_ln1_post", l)  [n_seq, 1]                     Gemma 2: divisor of the norm on attention's
+                                                      output
+("resid_mid", l)       [n_seq, d_model]               resid_pre + attn_out
+("scale_ln2", l)       [n_seq, 1]                     the divisor of block l's second norm
+("mlp_out", l)         [n_seq, d_model]               what the MLP writes to the stream
+("scale_ln2_post", l)  [n_seq, 1]                     Gemma 2: divisor of the norm on the MLP's
+                                                      output
+("resid_post", l)      [n_seq, d_model]               resid_mid + mlp_out
+("q"|"k"|"v", l)       [n_seq, n_(kv_)heads, d_head]  per-head queries (after RoPE), keys, values
+("z", l)               [n_seq, n_heads, d_head]       each head's output before W_O
+("pattern", l)         [n_heads, n_seq, n_seq]        attention probabilities [head, query, key] (*)
+("mlp_post", l)        [n_seq, d_mlp]                 the MLP's hidden activations (before W_out)
+"scale_final"          [n_seq, 1]                     the final norm's divisor on the last residual
+"resid_final"          [n_seq, d_model]               the last residual stream (== resid_post, L-1)
+"normalized"           [n_seq, d_model]               N(resid_final): the final normalized stream
+"logits_precap"        [n_seq, d_vocab]               Gemma 2: the logits before the final soft-cap
+"logits"               [n_seq, d_vocab]               (also trace.logits), after any soft-cap
+=====================  =============================  ==============================================
 
 (*) In the fast forward pass (fast/forward.py) the pattern is derived, not stored: it keeps the
 scores of only one block of queries at a time, and the trace recomputes a layer's pattern from its
@@ -44,14 +47,18 @@ import numpy as np
 
 from .errors import InputError, NotRecordedError
 
-LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post", "resid_mid",
-              "scale_ln2", "mlp_post", "mlp_out", "scale_ln2_post", "resid_post")
-GLOBAL_KEYS = ("embed", "pos_embed", "resid_final", "scale_final", "normalized", "logits_precap", "logits")
+LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post",
+              "resid_mid", "scale_ln2", "mlp_post", "mlp_out", "scale_ln2_post", "resid_post")
+GLOBAL_KEYS = ("embed", "pos_embed", "resid_final", "scale_final", "normalized", "logits_precap",
+               "logits")
 ALL_KEYS = LAYER_KEYS + GLOBAL_KEYS
 
 
 class Derived:
-    """An activation computed on first read: ``fn(*arrays, *args)``. ``arrays`` carry any batch axis."""
+    """An activation computed on first read: ``fn(*arrays, *args)``.
+
+    ``arrays`` carry any batch axis.
+    """
 
     def __init__(self, fn, arrays: tuple, *args):
         self.fn, self.arrays, self.args = fn, arrays, args
@@ -66,8 +73,8 @@ class Derived:
 
 # The values an intervention may replace: every activation the forward pass computes and uses
 # downstream (not the norms' divisors, which are recorded for attribution but recomputed as used).
-INTERVENABLE = ("embed", "pos_embed", "resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
-                "mlp_post", "mlp_out", "resid_post", "resid_final", "normalized")
+INTERVENABLE = ("embed", "pos_embed", "resid_pre", "q", "k", "v", "pattern", "z", "attn_out",
+                "resid_mid", "mlp_post", "mlp_out", "resid_post", "resid_final", "normalized")
 
 
 class Recorder:
@@ -80,13 +87,16 @@ class Recorder:
 
     def __init__(self, names: Iterable[str] | None, interventions: dict | None = None):
         if isinstance(names, str) or (names is not None and not hasattr(names, "__iter__")):
-            raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, got {names!r}.")
+            raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, "
+                             f"got {names!r}.")
         self.names = None if names is None else set(names)
         unknown = sorted(map(repr, (self.names or set()) - set(ALL_KEYS)))
         if unknown:  # a typo would otherwise record nothing, and fail only later
-            raise InputError(f"unknown trace key {unknown[0]} in names; keys are {', '.join(ALL_KEYS)}.")
+            raise InputError(f"unknown trace key {unknown[0]} in names; "
+                             f"keys are {', '.join(ALL_KEYS)}.")
         self.store: dict[tuple[str, int | None], np.ndarray] = {}
-        self.interventions = interventions or {}     # {(name, layer): function or array}, checked by Model
+        # {(name, layer): function or array}, checked by Model
+        self.interventions = interventions or {}
         self.intervened: set = set()                 # the (name, layer) keys actually replaced
 
     def wants(self, name: str) -> bool:
@@ -105,12 +115,14 @@ class Recorder:
         key = name if layer is None else (name, layer)
         new = what(value) if callable(what) else what
         if not isinstance(new, np.ndarray):
-            raise InputError(f"the intervention on {key!r} returned {type(new).__name__}, not an array: "
-                             f"return the replacement value (an ndarray of shape {value.shape}).")
+            raise InputError(f"the intervention on {key!r} returned {type(new).__name__}, "
+                             f"not an array: return the replacement value "
+                             f"(an ndarray of shape {value.shape}).")
         if new.shape != value.shape or new.dtype != value.dtype:
-            raise InputError(f"the intervention on {key!r} returned shape {new.shape} {new.dtype}, but the "
-                             f"value it replaces is {value.shape} {value.dtype}: return an array of the "
-                             f"same shape and dtype (edit a copy of the input).")
+            raise InputError(f"the intervention on {key!r} returned shape {new.shape} {new.dtype}, "
+                             f"but the value it replaces is {value.shape} {value.dtype}: "
+                             f"return an array of the same shape and dtype "
+                             f"(edit a copy of the input).")
         self.intervened.add(key)
         return new
 
@@ -124,11 +136,11 @@ class Trace:
 
     def __init__(self, model: Any, ids: np.ndarray, store: dict, logits: np.ndarray,
                  intervened: frozenset = frozenset()):
-        self.model = model                          # the Model that ran (model.py); not imported here
-        self.ids = ids                              # [n_seq] int64
+        self.model = model                        # the Model that ran (model.py); not imported here
+        self.ids = ids                            # [n_seq] int64
         self._store = store
-        self.logits = logits                        # [n_seq, d_vocab]
-        self.intervened = intervened                # the keys an intervention replaced in this run
+        self.logits = logits                      # [n_seq, d_vocab]
+        self.intervened = intervened              # the keys an intervention replaced in this run
 
     @property
     def n_seq(self) -> int:
@@ -145,9 +157,10 @@ class Trace:
     def layer_index(self, layer: int) -> int:
         """A layer index, negative allowed, checked against the model's depth."""
         L = self.n_layers
-        if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or not -L <= layer < L:
-            raise InputError(f"layer {layer!r} is out of range: this model has {L} layers, so use 0..{L - 1} "
-                             f"(or -{L}..-1 from the end).")
+        if (not isinstance(layer, (int, np.integer)) or isinstance(layer, bool)
+                or not -L <= layer < L):
+            raise InputError(f"layer {layer!r} is out of range: this model has {L} layers, "
+                             f"so use 0..{L - 1} (or -{L}..-1 from the end).")
         return int(layer) % L
 
     def __contains__(self, key) -> bool:
@@ -173,7 +186,8 @@ class Trace:
                 raise InputError(f"trace keys are a name or (name, layer), got {key!r}.")
             name, layer = key
             if name not in LAYER_KEYS:
-                raise InputError(f"{name!r} is not a per-layer key; per-layer keys are {', '.join(LAYER_KEYS)}.")
+                raise InputError(f"{name!r} is not a per-layer key; "
+                                 f"per-layer keys are {', '.join(LAYER_KEYS)}.")
             stored = (name, self.layer_index(layer))
         else:
             name = key
@@ -185,8 +199,9 @@ class Trace:
                 raise InputError(f"unknown trace key {name!r}; keys are {', '.join(ALL_KEYS)}.")
             stored = (name, None)
         if stored not in self._store:
-            raise NotRecordedError(f"{key!r} was not recorded in this trace. Run model.run(ids) without names=..., "
-                           f"or include {name!r} in names.")
+            raise NotRecordedError(f"{key!r} was not recorded in this trace. "
+                                   f"Run model.run(ids) without names=..., "
+                                   f"or include {name!r} in names.")
         return stored
 
     def __repr__(self) -> str:

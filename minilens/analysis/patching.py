@@ -1,4 +1,5 @@
-"""Causal interventions: activation patching, ablation, attention knockout, direct against total effect.
+"""Causal interventions: activation patching, ablation, attention knockout, direct against total
+effect.
 
 The logit lens and attribution say what each part of the model *writes* toward a prediction.
 Interventions say what the prediction *depends on*: change one activation, run the rest of the
@@ -30,9 +31,10 @@ from ..ops import log_softmax
 METRICS = ("logit_diff", "logit_diff_normalized", "logprob")
 DIRECTIONS = ("denoising", "noising")
 BY = ("position", "head", "head_position")
-PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern",
-             "mlp_post")
-HEAD_KEYS = {"z": "n_heads", "q": "n_heads", "pattern": "n_heads", "k": "n_kv_heads", "v": "n_kv_heads"}
+PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v",
+             "pattern", "mlp_post")
+HEAD_KEYS = {"z": "n_heads", "q": "n_heads", "pattern": "n_heads", "k": "n_kv_heads",
+             "v": "n_kv_heads"}
 BATCH = 64  # patched runs per batch: bounds the [batch, n_seq, d_vocab] logits
 
 
@@ -40,7 +42,8 @@ BATCH = 64  # patched runs per batch: bounds the [batch, n_seq, d_vocab] logits
 class PatchingResult:
     """The metric after each patch: ``values[layer, column]``, columns being positions or heads."""
 
-    values: np.ndarray              # [n_layers, n_cols] (by="head_position": [n_layers, n_heads, n_seq])
+    # [n_layers, n_cols] (by="head_position": [n_layers, n_heads, n_seq])
+    values: np.ndarray
     key: str
     by: str
     direction: str
@@ -58,13 +61,14 @@ class PatchingResult:
         cols = self.columns if self.values.ndim == 2 else [f"{c} @{p}" for c in self.columns
                                                             for p in self.positions]
         order = np.argsort(-np.abs(flat - base), axis=None, kind="stable")[:k]
-        return [(f"L{self.layers[i // flat.shape[1]]} {cols[i % flat.shape[1]]}", float(flat.flat[i]))
+        return [(f"L{self.layers[i // flat.shape[1]]} {cols[i % flat.shape[1]]}",
+                 float(flat.flat[i]))
                 for i in order]
 
     def describe(self) -> str:
         arrow = "clean -> corrupted" if self.direction == "denoising" else "corrupted -> clean"
-        return (f"{self.direction} ({arrow}): {self.key} patched by {self.by}; metric {self.metric} "
-                f"(clean {self.clean:+.4f}, corrupted {self.corrupted:+.4f})")
+        return (f"{self.direction} ({arrow}): {self.key} patched by {self.by}; "
+                f"metric {self.metric} (clean {self.clean:+.4f}, corrupted {self.corrupted:+.4f})")
 
 
 def make_metric(model, metric, target, contrast) -> Callable[[np.ndarray], float]:
@@ -80,8 +84,9 @@ def make_metric(model, metric, target, contrast) -> Callable[[np.ndarray], float
         call.reads_last = False
         return call
     if metric not in METRICS:
-        raise InputError(f"metric {metric!r} is not known; use one of {', '.join(METRICS)}, or a function "
-                         f"of the final logits [n_seq, d_vocab] returning one number.")
+        raise InputError(f"metric {metric!r} is not known; use one of {', '.join(METRICS)}, "
+                         f"or a function of the final logits "
+                         f"[n_seq, d_vocab] returning one number.")
     if target is None:
         raise InputError(f"metric {metric!r} needs target= (the token the clean prompt predicts).")
     t = model.to_single_token(target)
@@ -90,7 +95,8 @@ def make_metric(model, metric, target, contrast) -> Callable[[np.ndarray], float
             return float(log_softmax(logits[-1].astype(np.float64))[t])
     else:
         if contrast is None:
-            raise InputError(f"metric {metric!r} needs contrast= (the token the corrupted prompt favours).")
+            raise InputError(f"metric {metric!r} needs contrast= "
+                             f"(the token the corrupted prompt favours).")
         c = model.to_single_token(contrast)
 
         def score(logits: np.ndarray) -> float:
@@ -103,10 +109,10 @@ def _aligned(model, clean, corrupted) -> tuple[np.ndarray, np.ndarray]:
     a = model.to_tokens(clean) if isinstance(clean, str) else model.check_ids(clean)
     b = model.to_tokens(corrupted) if isinstance(corrupted, str) else model.check_ids(corrupted)
     if len(a) != len(b):
-        raise InputError(f"the clean prompt has {len(a)} tokens and the corrupted one {len(b)}; patching "
-                         f"copies activations position by position, so they must align. Change words for "
-                         f"words of the same token count (e.g. one name for another), and check with "
-                         f"model.to_str_tokens.")
+        raise InputError(f"the clean prompt has {len(a)} tokens and the corrupted one {len(b)}; "
+                         f"patching copies activations position by position, so they must align. "
+                         f"Change words for words of the same token count "
+                         f"(e.g. one name for another), and check with model.to_str_tokens.")
     return a, b
 
 
@@ -119,8 +125,8 @@ def _textbook_run(model, ids, names):
 
 
 def activation_patching(model, clean, corrupted, metric="logit_diff", key: str = "resid_pre",
-                        by: str = "position", direction: str = "denoising", target=None, contrast=None,
-                        layers=None) -> PatchingResult:
+                        by: str = "position", direction: str = "denoising", target=None,
+                        contrast=None, layers=None) -> PatchingResult:
     """Patch ``key`` from one run into the other, one layer and one position (or head) at a time.
 
     ``metric``: "logit_diff" (target minus contrast at the last position), "logit_diff_normalized"
@@ -131,14 +137,16 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
     query heads, so patching it patches what the whole group reads).
     """
     if key not in PATCHABLE:
-        raise InputError(f"key {key!r} cannot be patched; patchable keys are {', '.join(PATCHABLE)}.")
+        raise InputError(f"key {key!r} cannot be patched; "
+                         f"patchable keys are {', '.join(PATCHABLE)}.")
     if by not in BY:
         raise InputError(f"by={by!r}; use one of {', '.join(BY)}.")
     if by != "position" and key not in HEAD_KEYS:
-        raise InputError(f"by={by!r} needs a per-head key ({', '.join(HEAD_KEYS)}); {key!r} has no heads. "
-                         f"Use by='position'.")
+        raise InputError(f"by={by!r} needs a per-head key ({', '.join(HEAD_KEYS)}); "
+                         f"{key!r} has no heads. Use by='position'.")
     if direction not in DIRECTIONS:
-        raise InputError(f"direction={direction!r}; use 'denoising' (clean -> corrupted) or 'noising' "
+        raise InputError(f"direction={direction!r}; "
+                         f"use 'denoising' (clean -> corrupted) or 'noising' "
                          f"(corrupted -> clean).")
     clean_ids, corrupted_ids = _aligned(model, clean, corrupted)
     score = make_metric(model, metric, target, contrast)
@@ -148,11 +156,13 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
     m_clean, m_corrupted = score(runs["clean"].logits), score(runs["corrupted"].logits)
     normalized = metric == "logit_diff_normalized"
     if normalized and m_clean == m_corrupted:
-        raise InputError("the clean and corrupted runs give the same logit difference, so the normalised "
-                         "metric is undefined; choose prompts whose predictions differ.")
+        raise InputError("the clean and corrupted runs give the same logit difference, "
+                         "so the normalised metric is undefined; "
+                         "choose prompts whose predictions differ.")
     base, source = (runs["corrupted"], runs["clean"]) if direction == "denoising" else \
         (runs["clean"], runs["corrupted"])
-    layers = list(range(model.cfg.n_layers)) if layers is None else [base.layer_index(l) for l in layers]
+    layers = (list(range(model.cfg.n_layers)) if layers is None
+              else [base.layer_index(l) for l in layers])
     n_seq = len(clean_ids)
     n_heads = getattr(model.cfg, HEAD_KEYS[key]) if key in HEAD_KEYS else 0
     cells = [(p, None) for p in range(n_seq)] if by == "position" else \
@@ -165,7 +175,8 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
         for lo in range(0, len(cells), BATCH):
             chunk = cells[lo:lo + BATCH]
             patch = _patcher(key, src, chunk)
-            resid = np.broadcast_to(base["resid_pre", l], (len(chunk), *base["resid_pre", l].shape)).copy()
+            resid = np.broadcast_to(base["resid_pre", l],
+                                    (len(chunk), *base["resid_pre", l].shape)).copy()
             ids = np.broadcast_to(base.ids, (len(chunk), n_seq))
             read = slice(-1, None) if score.reads_last else slice(None)
             _, logits = model._forward(ids, (), {(key, l): patch}, start=l, resid=resid, read=read)
@@ -179,7 +190,8 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
     if by == "head_position":
         values = values.reshape(len(layers), n_heads, n_seq)
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
-    return PatchingResult(values, key, by, direction, name, layers, columns, m_clean, m_corrupted, positions)
+    return PatchingResult(values, key, by, direction, name, layers, columns, m_clean, m_corrupted,
+                          positions)
 
 
 def _patcher(key: str, src: np.ndarray, cells: list) -> Callable[[np.ndarray], np.ndarray]:
@@ -211,7 +223,8 @@ COMPONENTS = {"head": "z", "neuron": "mlp_post", "attn": "attn_out", "mlp": "mlp
 
 def ablation(model, component: str, layer: int, index: int | None = None, kind: str = "zero",
              reference=None) -> dict:
-    """The interventions that ablate one component: ``model.run(ids, interventions=ablation(...))``.
+    """The interventions that ablate one component:
+    ``model.run(ids, interventions=ablation(...))``.
 
     component: "head" (head ``index``'s z), "neuron" (mlp_post[..., index]), "attn" or "mlp" (the
     sublayer's whole output). kind: "zero"; "mean" (its mean over the ``reference`` texts or ids,
@@ -233,7 +246,8 @@ def ablation(model, component: str, layer: int, index: int | None = None, kind: 
         fill = None
     else:
         if reference is None:
-            raise InputError(f"kind={kind!r} needs reference= (texts or ids to take the {kind} from).")
+            raise InputError(f"kind={kind!r} needs reference= "
+                             f"(texts or ids to take the {kind} from).")
         one = isinstance(reference, str) or (isinstance(reference, (list, tuple, np.ndarray))
                                              and len(reference) and np.ndim(reference[0]) == 0
                                              and not isinstance(reference[0], str))
@@ -243,7 +257,8 @@ def ablation(model, component: str, layer: int, index: int | None = None, kind: 
             fill = np.mean(np.concatenate([v[part].reshape(len(v), -1) for v in values]), axis=0)
         else:
             if len(values) != 1:
-                raise InputError("kind='resample' takes one reference text (its activations replace the run's).")
+                raise InputError("kind='resample' takes one reference text "
+                                 "(its activations replace the run's).")
             fill = values[0][part]
 
     def ablate(value: np.ndarray) -> np.ndarray:
@@ -269,10 +284,12 @@ def knockout(model, layers, target: int, sources, heads=None) -> dict:
     n_heads = model.cfg.n_heads
     heads = list(range(n_heads)) if heads is None else list(heads)
     if any(not 0 <= h < n_heads for h in heads):
-        raise InputError(f"heads {heads} out of range: the model has {n_heads} heads (0..{n_heads - 1}).")
+        raise InputError(f"heads {heads} out of range: "
+                         f"the model has {n_heads} heads (0..{n_heads - 1}).")
     sources = sorted({int(s) for s in np.atleast_1d(sources)} - {int(target)})
     if any(s > target or s < 0 for s in sources):
-        raise InputError(f"sources {sources}: a position attends only to itself and earlier ones (0..{target}).")
+        raise InputError(f"sources {sources}: "
+                         f"a position attends only to itself and earlier ones (0..{target}).")
 
     def cut(pattern: np.ndarray) -> np.ndarray:          # [..., n_heads, n_seq, n_seq]
         pattern = pattern.copy()
@@ -302,8 +319,8 @@ class EffectsResult:
     clean: float
 
 
-def direct_and_total_effects(model, text, target, contrast=None, kind: str = "mean", reference=None,
-                             heads: bool = False) -> EffectsResult:
+def direct_and_total_effects(model, text, target, contrast=None, kind: str = "mean",
+                             reference=None, heads: bool = False) -> EffectsResult:
     """For each layer's attention and MLP (and each head, with ``heads=True``): the direct effect on
     logit[target] - logit[contrast] (or logit[target]) at the last position, and the total effect
     of ablating it (``kind``: "zero", "mean" or "resample" over ``reference``)."""
@@ -330,7 +347,8 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
             for component, h, label in parts:
                 labels.append(label)
                 direct.append(attr[label] if h is None else by_head[label])
-                ablated = model.run(ids, names=(), interventions=ablation(model, component, l, h, kind, reference))
+                ablated = model.run(ids, names=(),
+                                    interventions=ablation(model, component, l, h, kind, reference))
                 total.append(clean - metric(ablated.logits))
     finally:
         model.fast = fast
@@ -343,17 +361,19 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
 # ----------------------------------------------------------------------------------------------
 
 def steer(vector, scale: float = 1.0, positions=None) -> Callable[[np.ndarray], np.ndarray]:
-    """An intervention that adds ``scale * vector`` to the stream (activation steering, Turner et al.
-    2023): ``model.run(ids, interventions={("resid_pre", 6): ml.steer(v, 4.0)})``. ``positions``
-    limits it to some positions (default: all)."""
+    """An intervention that adds ``scale * vector`` to the stream (activation steering, Turner et
+    al. 2023): ``model.run(ids, interventions={("resid_pre", 6): ml.steer(v, 4.0)})``.
+    ``positions`` limits it to some positions (default: all)."""
     v = np.asarray(vector, dtype=np.float64)
     if v.ndim != 1 or not np.isfinite(v).all() or not np.isfinite(scale):
-        raise InputError("steer: vector must be a finite 1-D array of d_model numbers and scale finite.")
+        raise InputError("steer: vector must be a finite 1-D array of d_model numbers "
+                         "and scale finite.")
 
     def add(value: np.ndarray) -> np.ndarray:
         if value.shape[-1] != v.shape[0]:
-            raise InputError(f"steer: the vector has {v.shape[0]} numbers, the value it is added to "
-                             f"{value.shape[-1]} per position; steer a d_model-wide key such as resid_pre.")
+            raise InputError(f"steer: the vector has {v.shape[0]} numbers, "
+                             f"the value it is added to {value.shape[-1]} per position; "
+                             f"steer a d_model-wide key such as resid_pre.")
         value = value.copy()
         where = (Ellipsis, slice(None) if positions is None else np.asarray(positions), slice(None))
         value[where] += (scale * v).astype(value.dtype)
@@ -361,22 +381,27 @@ def steer(vector, scale: float = 1.0, positions=None) -> Callable[[np.ndarray], 
     return add
 
 
-def path_patching(model, clean, corrupted, sender: tuple[int, int], receivers: list[tuple[int, int]],
-                  receiver_input: str = "q", metric="logit_diff", target=None, contrast=None,
+def path_patching(model, clean, corrupted, sender: tuple[int, int],
+                  receivers: list[tuple[int, int]], receiver_input: str = "q",
+                  metric="logit_diff", target=None, contrast=None,
                   direction: str = "denoising") -> float:
     """The effect of one sender head on the metric through the receivers' ``receiver_input`` only
     (Wang et al. 2022). Denoising: on the corrupted run, (1) rerun with the sender head's z taken
     from the clean run and every other head frozen at its corrupted value, recording what the
     receivers read; (2) rerun the corrupted prompt with only the receivers' q, k or v replaced by
-    those. Receivers are (layer, head), with KV heads for "k" and "v"; all after the sender's layer.
+    those. Receivers are (layer, head), with KV heads for "k" and "v"; all after the sender's
+    layer.
     Noising swaps the two runs. -> the metric after step 2."""
     if receiver_input not in ("q", "k", "v"):
-        raise InputError(f"receiver_input={receiver_input!r}; path patching reaches a receiver's q, k or v.")
+        raise InputError(f"receiver_input={receiver_input!r}; "
+                         f"path patching reaches a receiver's q, k or v.")
     if direction not in DIRECTIONS:
         raise InputError(f"direction={direction!r}; use 'denoising' or 'noising'.")
     clean_ids, corrupted_ids = _aligned(model, clean, corrupted)
-    score = make_metric(model, metric if metric != "logit_diff_normalized" else "logit_diff", target, contrast)
-    base_ids, source_ids = (corrupted_ids, clean_ids) if direction == "denoising" else (clean_ids, corrupted_ids)
+    score = make_metric(model, metric if metric != "logit_diff_normalized" else "logit_diff",
+                        target, contrast)
+    base_ids, source_ids = ((corrupted_ids, clean_ids) if direction == "denoising"
+                            else (clean_ids, corrupted_ids))
     base, source = _textbook_run(model, base_ids, {"z"}), _textbook_run(model, source_ids, {"z"})
     l_s, h_s = sender
     n_heads = model.cfg.n_heads if receiver_input == "q" else model.cfg.n_kv_heads
@@ -385,11 +410,14 @@ def path_patching(model, clean, corrupted, sender: tuple[int, int], receivers: l
                          f"heads 0..{model.cfg.n_heads - 1}.")
     for l, h in receivers:
         if not (l_s < l < model.cfg.n_layers and 0 <= h < n_heads):
-            raise InputError(f"receiver {(l, h)}: receivers sit in a later layer than the sender ({l_s}) and "
-                             f"index {'query' if receiver_input == 'q' else 'KV'} heads 0..{n_heads - 1}.")
+            raise InputError(f"receiver {(l, h)}: "
+                             f"receivers sit in a later layer than the sender ({l_s}) and "
+                             f"index {'query' if receiver_input == 'q' else 'KV'} "
+                             f"heads 0..{n_heads - 1}.")
 
     def frozen(l: int) -> Callable[[np.ndarray], np.ndarray]:
-        def fix(z: np.ndarray) -> np.ndarray:      # every head as in the base run, the sender from the source
+        # every head as in the base run, the sender from the source
+        def fix(z: np.ndarray) -> np.ndarray:
             z = base["z", l].copy()
             if l == l_s:
                 z[:, h_s] = source["z", l_s][:, h_s]
@@ -408,7 +436,8 @@ def path_patching(model, clean, corrupted, sender: tuple[int, int], receivers: l
     for l, h in receivers:
         by_layer.setdefault(l, []).append(h)
     step2 = model.run(base_ids, names=(),
-                      interventions={(receiver_input, l): reads(l, hs) for l, hs in by_layer.items()})
+                      interventions={(receiver_input, l): reads(l, hs)
+                                     for l, hs in by_layer.items()})
     value = score(step2.logits)
     if metric == "logit_diff_normalized":
         m_clean = score(_textbook_run(model, clean_ids, ()).logits)
