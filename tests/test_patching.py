@@ -141,7 +141,6 @@ def test_the_grid_equals_one_patch_at_a_time_and_the_normalised_ends_are_0_and_1
             assert abs(raw.values[i, p] - want) <= BATCHED * scale_of(one), \
                 (f"grid cell (layer {l}, position {p}) differs from patching that one cell "
                  f"in a full run")
-    t, s = model.to_str_tokens([1])[0] if model.tokenizer else 1, 2  # noqa: F841
     norm = activation_patching(model, clean, corrupted, "logit_diff_normalized", target=1,
                                contrast=s, layers=[0, 2])
     assert (norm.clean, norm.corrupted) == (1.0, 0.0), \
