@@ -142,7 +142,7 @@ def test_the_grid_equals_one_patch_at_a_time_and_the_normalised_ends_are_0_and_1
                 (f"grid cell (layer {l}, position {p}) differs from patching that one cell "
                  f"in a full run")
     norm = activation_patching(model, clean, corrupted, "logit_diff_normalized", target=1,
-                               contrast=s, layers=[0, 2])
+                               contrast=2, layers=[0, 2])
     assert (norm.clean, norm.corrupted) == (1.0, 0.0), \
         "the normalised metric is 1 on clean, 0 on corrupted"
     lds = (raw.values - raw.corrupted) / (raw.clean - raw.corrupted)
