@@ -9,6 +9,10 @@ divisor gives every early layer the wrong temperature, so minilens never does th
 Memory stays bounded: logits are computed for a chunk of positions across all rows at a time
 (at most CHUNK_ELEMENTS numbers), reduced to statistics, and dropped. No [rows, n_seq, d_vocab]
 array is ever built; ``LensResult.logits(row)`` recomputes one row on demand.
+
+``translators=`` (the tuned lens, analysis/tuned_lens.py; Belrose et al. 2023) reads row
+``"{l}_pre"`` as N(x_l A_l + b_l) W_U + b_U instead: an affine map per layer, applied before the
+final norm. ``final_post`` stays the model's own logits.
 """
 
 from __future__ import annotations
@@ -170,6 +174,7 @@ class LensResult:
     kl_to_final: np.ndarray     # [rows, n_pos] nats: KL(p_final || p_row)
     trace: "Trace" = field(repr=False)
     _keys: tuple = field(repr=False, default=())
+    translators: object = field(repr=False, default=None)   # tuned_lens.Translators, or None
 
     def row_index(self, row: int | str) -> int:
         """A row given by label ("3_pre") or index (negative allowed)."""
@@ -189,7 +194,8 @@ class LensResult:
         key = self._keys[self.row_index(row)]
         if key == "resid_final":  # final_post is the model's own logits, exactly (see run_lens)
             return self.trace.logits[self.positions].copy()
-        return lens_logits(self.trace.model, self.trace[key][self.positions])
+        resid = translated(self.translators, key, self.trace[key][self.positions])
+        return lens_logits(self.trace.model, resid)
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name).tolist() for name in
@@ -251,10 +257,35 @@ def resolve_targets(trace: "Trace", target, positions: np.ndarray) -> np.ndarray
     return arr.astype(np.int64)
 
 
+def translated(translators, key, resid: np.ndarray) -> np.ndarray:
+    """A row's stream as the lens reads it: x_l A_l + b_l for ``("resid_pre", l)`` when there
+    are translators, else x itself.  [n_pos, d_model] -> [n_pos, d_model]"""
+    if translators is None or not (isinstance(key, tuple) and key[0] == "resid_pre"):
+        return resid
+    return translators.translate(key[1], resid)
+
+
+def check_translators(trace: "Trace", translators, incl_mid: bool) -> None:
+    """Translators fit for this model's shape, and only for the rows they were fit for."""
+    cfg = trace.model.cfg
+    shape = (getattr(translators, "n_layers", None), getattr(translators, "d_model", None))
+    if not callable(getattr(translators, "translate", None)):
+        raise InputError(f"translators must be a tuned_lens.Translators (from fit_affine_lens, "
+                         f"refine_lens or load_translators), got {type(translators).__name__}.")
+    if shape != (cfg.n_layers, cfg.d_model):
+        raise InputError(f"these translators are for {shape[0]} layers of d_model {shape[1]}, "
+                         f"but the traced model has {cfg.n_layers} layers of d_model "
+                         f"{cfg.d_model}: fit (or load) translators for this model.")
+    if incl_mid:
+        raise InputError("translators are fit for the '{l}_pre' rows only; "
+                         "use incl_mid=False with translators.")
+
+
 def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None,
-               incl_mid: bool = False) -> LensResult:
+               incl_mid: bool = False, translators=None) -> LensResult:
     """The logit lens on every row of the recorded stream.  See the module docstring and
-    LensResult."""
+    LensResult. ``translators``: read each ``"{l}_pre"`` row through its affine translator
+    first (the tuned lens; see analysis/tuned_lens.py)."""
     if not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise InputError(f"top_k must be a positive int, got {top_k!r}.")
     pos = check_positions(trace, positions)
@@ -265,11 +296,13 @@ def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None,
             raise InputError(f"the lens needs {key!r}, which this trace did not record. "
                              f"Run model.run(ids) without names=..., "
                              f"or include 'resid_pre', 'resid_mid' and 'resid_final' in names.")
-    return run_lens(trace, rows, pos, targets, top_k)
+    if translators is not None:
+        check_translators(trace, translators, incl_mid)
+    return run_lens(trace, rows, pos, targets, top_k, translators)
 
 
 def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
-             top_k: int) -> LensResult:
+             top_k: int, translators=None) -> LensResult:
     """The lens on the given rows (the last must be final_post).  Chunked over positions."""
     model = trace.model
     d_vocab, d_model = model.cfg.d_vocab, model.cfg.d_model
@@ -297,7 +330,8 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
     for start in range(0, n_pos, chunk):
         p = pos[start:start + chunk]
         c = len(p)
-        stacked = np.stack([x[p] for x in resid[:-1]])              # [R - 1, c, d_model]
+        stacked = np.stack([translated(translators, key, x[p])      # [R - 1, c, d_model]
+                            for (_, key), x in zip(rows[:-1], resid[:-1])])
         # One GEMM for all rows but the last. The last row, final_post, is N(x_L) W_U + b_U: the
         # model's own logits, taken as they are so that it equals trace.logits bit for bit (a GEMM
         # over a different number of rows may round differently in the last place).
@@ -316,4 +350,4 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
         pool.shutdown()
     return LensResult(labels=np.array([label for label, _ in rows]), positions=pos, top_ids=top_ids,
                       top_probs=top_probs, target_ids=targets, trace=trace,
-                      _keys=tuple(key for _, key in rows), **out)
+                      _keys=tuple(key for _, key in rows), translators=translators, **out)
