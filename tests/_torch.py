@@ -14,7 +14,7 @@ REQUIRE_TORCH = bool(os.environ.get("MINILENS_REQUIRE_TORCH"))
 def import_torch():
     """-> (torch, transformers), or skip the calling module when they are absent outside CI."""
     if REQUIRE_TORCH:
-        import torch  # noqa: F401  (an ImportError here fails the run, as it must in CI)
+        import torch  # an ImportError here fails the run, as it must in CI
         import transformers
         return torch, transformers
     return pytest.importorskip("torch"), pytest.importorskip("transformers")

@@ -5,23 +5,26 @@ safetensors, no tokenizer) written under ``tmp_path``, and the transformers mode
 (in eval mode, in the dtype it was saved in). Two calls in one test get two folders.
 
     from factories import make_gpt2, make_llama, load_reference
-    folder, hf = make_gpt2(tmp_path)                                   # GPT-2, float32
-    folder, hf = make_llama(tmp_path, n_kv_heads=2)                    # Llama with GQA
-    folder, hf = make_llama(tmp_path, dtype="bfloat16", shard=True)    # bf16 weights, several shards
-    folder, hf = make_llama(tmp_path, dialect="rope_scaling", rope={"rope_type": "linear", "factor": 2.0})
-    ref = load_reference(folder, "float64")                            # transformers, from the saved bytes
+    folder, hf = make_gpt2(tmp_path)                                 # GPT-2, float32
+    folder, hf = make_llama(tmp_path, n_kv_heads=2)                  # Llama with GQA
+    folder, hf = make_llama(tmp_path, dtype="bfloat16", shard=True)  # bf16 weights, several shards
+    folder, hf = make_llama(tmp_path, dialect="rope_scaling",
+                            rope={"rope_type": "linear", "factor": 2.0})
+    ref = load_reference(folder, "float64")          # transformers, from the saved bytes
 
 Keyword arguments (all optional):
 - ``n_layers, d_model, n_heads, n_kv_heads (llama), d_head (llama), d_mlp, d_vocab, n_ctx``: sizes,
   in minilens's vocabulary. Defaults are tiny: 2 layers, d_model 32, 4 heads, d_vocab 101.
-- ``rope`` (llama): a dict merged into ``rope_parameters``, e.g. ``{"rope_type": "llama3", "factor": 8.0,
-  "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}``.
-  ``rope_theta`` defaults to 10000.
-- ``dtype``: "float32" (default), "float16", "bfloat16" or "float64": the dtype of the stored tensors.
+- ``rope`` (llama): a dict merged into ``rope_parameters``, e.g. ``{"rope_type": "llama3",
+  "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+  "original_max_position_embeddings": 64}``. ``rope_theta`` defaults to 10000.
+- ``dtype``: "float32" (default), "float16", "bfloat16" or "float64": the dtype of the stored
+  tensors.
 - ``shard``: save with ``max_shard_size="20KB"``, so an index file and several shards appear.
 - ``dialect`` (llama): how config.json spells rotary settings. "rope_parameters" is what
   transformers >= 5 writes. "rope_scaling" and "rope_scaling_type" rewrite it in the hub dialect
-  (top-level ``rope_theta``, ``rope_scaling`` keyed by ``rope_type`` or by ``type``, ``head_dim: null``).
+  (top-level ``rope_theta``, ``rope_scaling`` keyed by ``rope_type`` or by ``type``,
+  ``head_dim: null``).
 - ``seed``: the weights are random, but reproducible.
 - any other keyword goes to the transformers config unchanged (``tie_word_embeddings``,
   ``attention_bias``, ``mlp_bias``, ``max_position_embeddings``, ...).
@@ -50,17 +53,22 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def randomize(model, seed: int = 0) -> None:
-    """Draw every parameter at random: norm weights near 1, biases and matrices O(1/sqrt(fan_in))."""
+    """Draw every parameter at random: norm weights near 1, biases and matrices
+    O(1/sqrt(fan_in))."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
-            if "norm" in name or name.split(".")[-2].startswith("ln"):      # LayerNorm/RMSNorm gamma and beta
+            if "norm" in name or name.split(".")[-2].startswith("ln"):
+                # LayerNorm/RMSNorm gamma and beta
                 value = (1.0 + 0.2 * noise) if name.endswith("weight") else 0.2 * noise
-            elif p.ndim == 1:                                                 # biases
+            elif p.ndim == 1:
+                # biases
                 value = 0.2 * noise
-            else:                                                             # matrices and embeddings
-                value = noise / p.shape[-1] ** 0.5 if "wte" not in name and "embed" not in name else noise * 0.5
+            else:
+                # matrices and embeddings
+                value = (noise / p.shape[-1] ** 0.5 if "wte" not in name and "embed" not in name
+                         else noise * 0.5)
             p.copy_(value.to(p.dtype))
 
 
@@ -76,23 +84,26 @@ def make_gpt2(tmp_path, *, n_layers=2, d_model=32, n_heads=4, d_mlp=None, d_voca
               dtype="float32", shard=False, seed=0, **overrides):
     """A random GPT-2 saved under tmp_path.  -> (folder, transformers GPT2LMHeadModel)"""
     cfg = transformers.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_inner=d_mlp,
-                                  vocab_size=d_vocab, n_positions=n_ctx, bos_token_id=0, eos_token_id=0,
-                                  **overrides)
+                                  vocab_size=d_vocab, n_positions=n_ctx, bos_token_id=0,
+                                  eos_token_id=0, **overrides)
     model = transformers.GPT2LMHeadModel(cfg).to(torch.float64)
     randomize(model, seed)
     folder = _save(model, tmp_path, "gpt2", dtype, shard)
     return folder, model
 
 
-def make_llama(tmp_path, *, n_layers=2, d_model=32, n_heads=4, n_kv_heads=None, d_head=None, d_mlp=64,
-               d_vocab=101, rope=None, dtype="float32", shard=False, dialect="rope_parameters", seed=0,
-               **overrides):
+def make_llama(tmp_path, *, n_layers=2, d_model=32, n_heads=4, n_kv_heads=None, d_head=None,
+               d_mlp=64, d_vocab=101, rope=None, dtype="float32", shard=False,
+               dialect="rope_parameters", seed=0, **overrides):
     """A random Llama saved under tmp_path.  -> (folder, transformers LlamaForCausalLM)"""
     rope_parameters = {"rope_type": "default", "rope_theta": 10000.0, **(rope or {})}
     overrides.setdefault("max_position_embeddings", 256)
-    cfg = transformers.LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model, num_attention_heads=n_heads,
-                                   num_key_value_heads=n_kv_heads or n_heads, head_dim=d_head or d_model // n_heads,
-                                   intermediate_size=d_mlp, vocab_size=d_vocab, rope_parameters=rope_parameters,
+    cfg = transformers.LlamaConfig(num_hidden_layers=n_layers, hidden_size=d_model,
+                                   num_attention_heads=n_heads,
+                                   num_key_value_heads=n_kv_heads or n_heads,
+                                   head_dim=d_head or d_model // n_heads,
+                                   intermediate_size=d_mlp, vocab_size=d_vocab,
+                                   rope_parameters=rope_parameters,
                                    bos_token_id=1, eos_token_id=2, **overrides)
     model = transformers.LlamaForCausalLM(cfg).to(torch.float64)
     randomize(model, seed)
@@ -133,7 +144,8 @@ def load_reference(folder, dtype="float64", attn_implementation="sdpa"):
 
 
 def prompt(n_seq: int = 48, d_vocab: int = 101, seed: int = 0):
-    """Random token ids [n_seq] (int64 numpy), >= 40 long by default: RoPE layout bugs hide in short prompts."""
+    """Random token ids [n_seq] (int64 numpy), >= 40 long by default: RoPE layout bugs hide in short
+    prompts."""
     import numpy as np
     return np.random.default_rng(seed).integers(0, d_vocab, size=n_seq, dtype=np.int64)
 
@@ -164,10 +176,12 @@ def parity_errors(trace, ref: dict, relative: bool = False) -> dict:
     """
     def err(ours, theirs, scale=None):
         e = float(np.abs(ours.astype(np.float64) - theirs).max())
-        return e / max(1.0, float(np.abs(theirs).max()) if scale is None else scale) if relative else e
+        return (e / max(1.0, float(np.abs(theirs).max()) if scale is None else scale)
+                if relative else e)
     n_layers = trace.model.cfg.n_layers
     assert len(ref["resid_pre"]) == n_layers, "transformers returned a different number of layers"
-    out = {f"resid_pre {l}": err(trace["resid_pre", l], ref["resid_pre"][l]) for l in range(n_layers)}
+    out = {f"resid_pre {l}": err(trace["resid_pre", l], ref["resid_pre"][l])
+           for l in range(n_layers)}
     out["normalized"] = err(trace["normalized"], ref["normalized"])
     precap = float(np.abs(trace["logits_precap"]).max()) if "logits_precap" in trace else None
     out["logits"] = err(trace.logits, ref["logits"], precap)

@@ -54,9 +54,8 @@ import shutil
 import zlib
 from pathlib import Path
 
-import numpy as np
-
 import gguf
+import numpy as np
 from gguf import GGMLQuantizationType as QType
 
 # HF model_type -> the GGUF architecture the converter writes.

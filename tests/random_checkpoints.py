@@ -30,25 +30,31 @@ from minilens.loading.checkpoint import LAYOUTS
 def gpt2_config(*, n_layers=2, d_model=32, n_heads=4, d_mlp=None, d_vocab=101, n_ctx=64, tie=True,
                 act="gelu_new", **extra) -> dict:
     """A GPT-2 config.json dict, as transformers writes it."""
-    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": n_layers, "n_embd": d_model,
-            "n_head": n_heads, "n_inner": d_mlp, "vocab_size": d_vocab, "n_positions": n_ctx,
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_layer": n_layers,
+            "n_embd": d_model, "n_head": n_heads, "n_inner": d_mlp, "vocab_size": d_vocab,
+            "n_positions": n_ctx,
             "layer_norm_epsilon": 1e-5, "activation_function": act, "tie_word_embeddings": tie,
             "bos_token_id": 0, "eos_token_id": 0, **extra}
 
 
-def llama_config(*, n_layers=2, d_model=32, n_heads=4, n_kv_heads=None, d_head=None, d_mlp=64, d_vocab=101,
-                 tie=False, bias=False, mlp_bias=False, rope=None, model_type="llama", **extra) -> dict:
+def llama_config(*, n_layers=2, d_model=32, n_heads=4, n_kv_heads=None, d_head=None, d_mlp=64,
+                 d_vocab=101, tie=False, bias=False, mlp_bias=False, rope=None, model_type="llama",
+                 **extra) -> dict:
     """A Llama-style config.json dict in transformers 5's dialect (``rope_parameters``)."""
-    return {"model_type": model_type, "architectures": ["LlamaForCausalLM"], "num_hidden_layers": n_layers,
-            "hidden_size": d_model, "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads or n_heads,
-            "head_dim": d_head or d_model // n_heads, "intermediate_size": d_mlp, "vocab_size": d_vocab,
-            "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": tie, "attention_bias": bias,
-            "mlp_bias": mlp_bias, "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **(rope or {})}, **extra}
+    return {"model_type": model_type, "architectures": ["LlamaForCausalLM"],
+            "num_hidden_layers": n_layers, "hidden_size": d_model, "num_attention_heads": n_heads,
+            "num_key_value_heads": n_kv_heads or n_heads, "head_dim": d_head or d_model // n_heads,
+            "intermediate_size": d_mlp, "vocab_size": d_vocab, "rms_norm_eps": 1e-6,
+            "hidden_act": "silu", "tie_word_embeddings": tie, "attention_bias": bias,
+            "mlp_bias": mlp_bias, "max_position_embeddings": 256, "bos_token_id": 1,
+            "eos_token_id": 2,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, **(rope or {})},
+            **extra}
 
 
 def tensor_shapes(hf: dict) -> dict[str, tuple]:
-    """The checkpoint tensor names (with prefix) and shapes that minilens's layout expects for this config."""
+    """The checkpoint tensor names (with prefix) and shapes that minilens's layout expects for this
+    config."""
     cfg = ModelConfig.from_hf(hf)
     layout = LAYOUTS[cfg.family]
     shapes: dict[str, tuple] = {}
@@ -71,14 +77,16 @@ def random_tensors(hf: dict, seed: int = 0, dtype=np.float32) -> dict[str, np.nd
     for name, shape in tensor_shapes(hf).items():
         noise = rng.standard_normal(shape)
         leaf = name.split(".")[-2] if "." in name else name
-        if len(shape) == 1 and name.endswith("weight") and ("norm" in name or leaf.startswith("ln")):
+        if (len(shape) == 1 and name.endswith("weight")
+                and ("norm" in name or leaf.startswith("ln"))):
             value = 1.0 + 0.2 * noise                        # norm gains
         elif len(shape) == 1:
             value = 0.2 * noise                              # biases
         elif any(k in name for k in ("wte", "wpe", "embed")):
             value = 0.5 * noise                              # embeddings
         else:
-            value = noise / np.sqrt(np.sqrt(shape[0] * shape[1]))  # matrices: ~1/sqrt(fan_in) either layout
+            # matrices: ~1/sqrt(fan_in) either layout
+            value = noise / np.sqrt(np.sqrt(shape[0] * shape[1]))
         out[name] = np.ascontiguousarray(value.astype(dtype))
     return out
 
@@ -95,7 +103,8 @@ def write_checkpoint(folder, hf: dict, seed: int = 0, dtype=np.float32, n_shards
 
 
 def save_tensors(folder: Path, tensors: dict[str, np.ndarray], n_shards: int = 1) -> None:
-    """Write tensors as one model.safetensors, or as shards named by model.safetensors.index.json."""
+    """Write tensors as one model.safetensors, or as shards named by
+    model.safetensors.index.json."""
     if n_shards == 1:
         save_file(tensors, str(folder / "model.safetensors"))
         return
@@ -106,5 +115,6 @@ def save_tensors(folder: Path, tensors: dict[str, np.ndarray], n_shards: int = 1
         shard = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
         save_file({n: tensors[n] for n in group}, str(folder / shard))
         weight_map.update({n: shard for n in group})
-    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())},
+             "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

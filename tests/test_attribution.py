@@ -18,10 +18,11 @@ from minilens.course.bench import HookedAutoConfig, HookedAutoModel
 CONFIGS = [
     ("gpt2", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=500)),
     ("gpt2", dict(n_layer=2, n_embd=24, n_head=3, vocab_size=300, tie_word_embeddings=False)),
-    ("llama", dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                   intermediate_size=48, vocab_size=400)),
-    ("llama", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1,
-                   intermediate_size=40, vocab_size=300, attention_bias=True, mlp_bias=True,
+    ("llama", dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=48, vocab_size=400)),
+    ("llama", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                   num_key_value_heads=1, intermediate_size=40, vocab_size=300,
+                   attention_bias=True, mlp_bias=True,
                    tie_word_embeddings=True)),
 ]
 
@@ -29,7 +30,8 @@ CONFIGS = [
 def make(i, dtype):
     name, overrides = CONFIGS[i]
     model = HookedAutoModel(HookedAutoConfig(name, **overrides), seed=i, dtype=dtype)
-    model.params.W_U = model.params.W_U * 50  # peaked logits: O(1-10), so the sums are not trivially ~0
+    # peaked logits: O(1-10), so the sums are not trivially ~0
+    model.params.W_U = model.params.W_U * 50
     return model, model.run(np.random.default_rng(i).integers(0, model.cfg.d_vocab, 17))
 
 
@@ -42,11 +44,13 @@ def test_every_split_sums_to_the_logit(i, dtype):
     for position in (0, 7, -1):
         target, contrast = (int(t) for t in rng.choice(model.cfg.d_vocab, 2, replace=False))
         for c in (None, contrast):
-            logit = float(trace.logits[position, target]) - (0.0 if c is None else float(trace.logits[position, c]))
+            logit = (float(trace.logits[position, target])
+                     - (0.0 if c is None else float(trace.logits[position, c])))
             splits = [("layer", None), ("head", None)] + [(by, l) for l in range(model.cfg.n_layers)
                                                          for by in ("head", "neuron", "token")]
             for by, layer in splits:
-                a = ml.layer_attribution(trace, target, position=position, by=by, contrast=c, layer=layer)
+                a = ml.layer_attribution(trace, target, position=position, by=by, contrast=c,
+                                         layer=layer)
                 assert a.logit == logit, (
                     f"by={by} position={position} contrast={c}: a.logit is {a.logit}, the "
                     f"model's is {logit}: is it read from trace.logits (minus the contrast's), "

@@ -19,8 +19,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors
 
 from minilens.errors import CheckpointError
 from minilens.loading.gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
@@ -281,17 +280,15 @@ def test_gguf_bos_matches_llama_cpp(config, request):
 @pytest.fixture(scope="module")
 def smollm_md():
     from _real_model import smollm2_path
-
     from minilens.loading.gguf_file import GGUFFile
     return GGUFFile(smollm2_path()).metadata
 
 
 def test_smollm2_gguf_loads_without_bos_like_transformers():
     """The loader wires gguf_add_bos: SmolLM2's file says add_bos_token false."""
+    import minilens as ml
     from _real_model import smollm2_path
     from _torch import import_torch
-
-    import minilens as ml
     _, transformers = import_torch()
     pytest.importorskip("gguf")
     path = smollm2_path()

@@ -1,4 +1,5 @@
-"""The HTML report really renders: headless Chromium takes a screenshot, and the test reads its pixels.
+"""The HTML report really renders: headless Chromium takes a screenshot, and the test reads its
+pixels.
 
 Parsing the HTML proves the markup is there; only a browser proves it draws. The test opens the
 report that ``minilens lens --html`` writes, screenshots it, decodes the PNG with the small decoder
@@ -34,12 +35,14 @@ def find_chromium():
         if shutil.which(name):
             return shutil.which(name)
     if os.environ.get("MINILENS_REQUIRE_BROWSER") == "1":
-        pytest.fail("MINILENS_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install chromium (see .ci/run)")
+        pytest.fail("MINILENS_REQUIRE_BROWSER=1 but no chromium on PATH: "
+                    "apt-get install chromium (see .ci/run)")
     pytest.skip("headless Chromium is not installed (apt-get install chromium); CI requires it")
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """8-bit RGB/RGBA, non-interlaced PNG -> [height, width, channels] uint8 (what Chromium writes)."""
+    """8-bit RGB/RGBA, non-interlaced PNG -> [height, width, channels] uint8 (what Chromium
+    writes)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, width = 8, b"", None
     while pos < len(data):
@@ -47,7 +50,8 @@ def decode_png(data: bytes) -> np.ndarray:
         body = data[pos + 8:pos + 8 + length]
         if kind == b"IHDR":
             width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            assert depth == 8 and colour in (2, 6) and interlace == 0, f"unsupported PNG: {depth=} {colour=}"
+            assert depth == 8 and colour in (2, 6) and interlace == 0, (
+                f"unsupported PNG: {depth=} {colour=}")
             channels = 3 if colour == 2 else 4
         elif kind == b"IDAT":
             idat += body
@@ -96,14 +100,17 @@ class Cells(HTMLParser):
             self.cell = (int(a["data-row"]), int(a["data-pos"]))
         elif tag == "rect" and self.cell is not None:
             rgb = tuple(int(a["fill"][i:i + 2], 16) for i in (1, 3, 5))
-            self.cells.append(self.cell + (float(a["x"]), float(a["y"]), float(a["width"]), float(a["height"]), rgb))
+            self.cells.append(self.cell + (float(a["x"]), float(a["y"]), float(a["width"]),
+                                           float(a["height"]), rgb))
             self.cell = None
 
 
-def screenshot(chromium: str, html: Path, png: Path, size: tuple[int, int], tmp: Path) -> np.ndarray:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={tmp / 'profile'}",
+def screenshot(chromium: str, html: Path, png: Path, size: tuple[int, int],
+               tmp: Path) -> np.ndarray:
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", "--hide-scrollbars", "--force-device-scale-factor=1",
+           f"--user-data-dir={tmp / 'profile'}",
            f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", html.as_uri()]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert png.is_file(), f"chromium wrote no screenshot (exit {p.returncode}): {p.stderr[-2000:]}"
@@ -128,17 +135,18 @@ def test_heatmap_renders_in_headless_chromium(tmp_path, capsys):
     flat = img.reshape(-1, 3)
     non_white = np.mean(np.any(flat < 250, axis=1))
     n_colours = len(np.unique(flat[:: 7], axis=0))
-    assert non_white > 0.05 and n_colours > 20, f"the screenshot looks blank ({non_white:.1%} non-white, {n_colours} colours)"
+    assert non_white > 0.05 and n_colours > 20, (
+        f"the screenshot looks blank ({non_white:.1%} non-white, {n_colours} colours)")
 
-    # Find where the grid sits: candidates are top-left corners of regions in the darkest cell's colour
-    # (a near-white cell would merge with the page's white background).
+    # Find where the grid sits: candidates are top-left corners of regions in the darkest cell's
+    # colour (a near-white cell would merge with the page's white background).
     first = min(cells, key=lambda c: sum(c[6]))
     fill0 = np.array(first[6])
     match = np.all(img.astype(int) == fill0, axis=2)
     corner = match.copy()
     corner[1:] &= ~match[:-1]
     corner[:, 1:] &= ~match[:, :-1]
-    inset = 4                                                       # px inside each rect, clear of the text
+    inset = 4                                   # px inside each rect, clear of the text
     best = 0
     for py, px in np.argwhere(corner):
         dx, dy = px - first[2], py - first[3]
@@ -155,7 +163,7 @@ def test_heatmap_renders_in_headless_chromium(tmp_path, capsys):
         best = max(best, hits)
         if best == len(cells):
             break
-    assert best == R * P, (f"only {best} of the {R} x {P} heatmap cells were found on screen in their own colour; "
-                           f"see {tmp_path / 'lens.png'}")
+    assert best == R * P, (f"only {best} of the {R} x {P} heatmap cells were found on screen "
+                           f"in their own colour; see {tmp_path / 'lens.png'}")
     distinct = len({c[6] for c in cells})
     assert distinct > 3, "the cells are shaded by probability, so they are not all one colour"

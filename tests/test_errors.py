@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
 import struct
 from pathlib import Path
 
@@ -25,23 +23,33 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import minilens as ml
-from minilens import (CheckpointError, CheckpointNotFoundError, InputError, MinilensError, NotRecordedError,
-                      TokenizerMissingError, UnsupportedModelError)
-from random_checkpoints import gpt2_config, llama_config, random_tensors, save_tensors, write_checkpoint
+from minilens import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    InputError,
+    MinilensError,
+    NotRecordedError,
+    TokenizerMissingError,
+    UnsupportedModelError,
+)
+from random_checkpoints import gpt2_config, llama_config, random_tensors, write_checkpoint
 
 
 @contextlib.contextmanager
 def expect(exc_type, *fragments):
-    """Assert that the block raises ``exc_type`` (a MinilensError) whose message holds every fragment."""
+    """Assert that the block raises ``exc_type`` (a MinilensError) whose message holds every
+    fragment."""
     with pytest.raises(exc_type) as info:
         yield info
-    assert isinstance(info.value, MinilensError), f"{type(info.value).__name__} is not a minilens error"
+    assert isinstance(info.value, MinilensError), (
+        f"{type(info.value).__name__} is not a minilens error")
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"the message lacks {fragment!r}:\n{message}"
 
 
-WORDS = ["[UNK]", "to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler"]
+WORDS = ["[UNK]", "to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis",
+         "nobler"]
 
 
 def write_tokenizer(folder: Path) -> None:
@@ -53,7 +61,8 @@ def write_tokenizer(folder: Path) -> None:
 
 @pytest.fixture
 def gpt2(tmp_path) -> Path:
-    folder = write_checkpoint(tmp_path / "gpt2", gpt2_config(n_layers=2, d_vocab=len(WORDS) + 4, n_ctx=16))
+    folder = write_checkpoint(tmp_path / "gpt2",
+                              gpt2_config(n_layers=2, d_vocab=len(WORDS) + 4, n_ctx=16))
     write_tokenizer(folder)
     return folder
 
@@ -85,7 +94,8 @@ def edit_config(folder: Path, **changes) -> None:
 # ------------------------------------------------------------------------------------------
 
 def test_missing_folder(tmp_path):
-    with expect(CheckpointNotFoundError, "no-such-model", "minilens never downloads", "huggingface-cli download"):
+    with expect(CheckpointNotFoundError, "no-such-model", "minilens never downloads",
+                "huggingface-cli download"):
         ml.load(tmp_path / "no-such-model")
 
 
@@ -182,7 +192,8 @@ def test_missing_model_type(gpt2):
 
 def test_task_head_architecture(gpt2):
     edit_config(gpt2, architectures=["GPT2ForSequenceClassification"])
-    with expect(UnsupportedModelError, "'GPT2ForSequenceClassification'", "task head", "LMHeadModel"):
+    with expect(UnsupportedModelError, "'GPT2ForSequenceClassification'", "task head",
+                "LMHeadModel"):
         ml.load(gpt2)
 
 
@@ -248,7 +259,8 @@ def test_safetensors_unreadable(gpt2, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(safetensors, "open", refuse, raising=False)
-    with expect(CheckpointError, "model.safetensors", "cannot be read (Permission denied)", "permissions"):
+    with expect(CheckpointError, "model.safetensors", "cannot be read (Permission denied)",
+                "permissions"):
         ml.load(gpt2)
 
 
@@ -303,7 +315,8 @@ def test_safetensors_negative_offset(gpt2):
 
 def test_safetensors_offsets_overlap(gpt2):
     def change(h):
-        a, b = sorted((k for k in h if k != "__metadata__"), key=lambda k: h[k]["data_offsets"][0])[:2]
+        a, b = sorted((k for k in h if k != "__metadata__"),
+                      key=lambda k: h[k]["data_offsets"][0])[:2]
         size_b = h[b]["data_offsets"][1] - h[b]["data_offsets"][0]
         h[b]["data_offsets"] = [h[a]["data_offsets"][0], h[a]["data_offsets"][0] + size_b]
     rewrite_header(gpt2, change)
@@ -321,7 +334,8 @@ def test_safetensors_header_length_lowered(gpt2, lowered_by):
     (n,) = struct.unpack("<Q", blob[:8])
     header, data = blob[8:8 + n].rstrip() + b" " * 16, blob[8 + n:]
     path.write_bytes(st_bytes(header, data, n_header=len(header) - lowered_by))
-    with expect(CheckpointError, "model.safetensors", f"bytes [{len(data)}, {len(data) + lowered_by})",
+    with expect(CheckpointError, "model.safetensors",
+                f"bytes [{len(data)}, {len(data) + lowered_by})",
                 "belong to no tensor", "download it again"):
         ml.load(gpt2)
 
@@ -331,12 +345,14 @@ def test_safetensors_trailing_bytes(gpt2):
     blob = path.read_bytes()
     n_data = len(blob) - 8 - struct.unpack("<Q", blob[:8])[0]
     path.write_bytes(blob + b"\0" * 7)
-    with expect(CheckpointError, "model.safetensors", f"bytes [{n_data}, {n_data + 7})", "belong to no tensor"):
+    with expect(CheckpointError, "model.safetensors", f"bytes [{n_data}, {n_data + 7})",
+                "belong to no tensor"):
         ml.load(gpt2)
 
 
 def test_safetensors_gap_between_tensors(gpt2):
-    """Two tensors moved 4 bytes on leave bytes that no tensor covers, in the middle of the block."""
+    """Two tensors moved 4 bytes on leave bytes that no tensor covers, in the middle of the
+    block."""
     moved = {}
 
     def change(h):
@@ -347,13 +363,15 @@ def test_safetensors_gap_between_tensors(gpt2):
     path = gpt2 / "model.safetensors"
     rewrite_header(gpt2, change)
     path.write_bytes(path.read_bytes() + b"\0" * 4)
-    with expect(CheckpointError, "model.safetensors", f"bytes [{moved['begin']}, {moved['begin'] + 4})",
+    with expect(CheckpointError, "model.safetensors",
+                f"bytes [{moved['begin']}, {moved['begin'] + 4})",
                 f"a gap before {moved['name']!r}"):
         ml.load(gpt2)
 
 
 def test_safetensors_coverage_agrees_with_the_reference_library(gpt2):
-    """The reference library refuses the same lowered header; and it and minilens accept the original."""
+    """The reference library refuses the same lowered header; and it and minilens accept the
+    original."""
     from safetensors.numpy import load_file
 
     path = gpt2 / "model.safetensors"
@@ -414,7 +432,8 @@ def test_tensor_missing(tmp_path):
     tensors = random_tensors(hf)
     del tensors["transformer.h.1.mlp.c_fc.bias"]
     folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors)
-    with expect(CheckpointError, "'h.1.mlp.c_fc.bias'", "missing from", "model.safetensors", "num_hidden_layers"):
+    with expect(CheckpointError, "'h.1.mlp.c_fc.bias'", "missing from", "model.safetensors",
+                "num_hidden_layers"):
         ml.load(folder)
 
 
@@ -437,14 +456,16 @@ def test_more_layers_than_the_config_says(tmp_path):
 def test_tensor_wrong_shape(tmp_path):
     tensors = random_tensors(llama_config(d_mlp=48))
     folder = write_checkpoint(tmp_path / "m", llama_config(d_mlp=64), tensors=tensors)
-    with expect(CheckpointError, "'layers.0.mlp.", "has shape", "implies", "do not belong together"):
+    with expect(CheckpointError, "'layers.0.mlp.", "has shape", "implies",
+                "do not belong together"):
         ml.load(folder)
 
 
 def test_shard_missing(tmp_path):
     folder = write_checkpoint(tmp_path / "m", llama_config(), n_shards=3)
     (folder / "model-00002-of-00003.safetensors").unlink()
-    with expect(CheckpointNotFoundError, "model-00002-of-00003.safetensors", "fetch the missing shard"):
+    with expect(CheckpointNotFoundError, "model-00002-of-00003.safetensors",
+                "fetch the missing shard"):
         ml.load(folder)
 
 
@@ -468,7 +489,8 @@ def test_tensor_in_two_shards(tmp_path):
     folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors, n_shards=2)
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     # a third shard repeating one tensor, as when two downloads are mixed
-    save_file({"model.norm.weight": tensors["model.norm.weight"]}, str(folder / "extra.safetensors"))
+    save_file({"model.norm.weight": tensors["model.norm.weight"]},
+              str(folder / "extra.safetensors"))
     index["weight_map"]["model.norm.weight"] = "extra.safetensors"
     index["weight_map"]["other"] = "model-00001-of-00002.safetensors"
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
@@ -488,7 +510,8 @@ def test_nan_found_on_request_names_the_tensor(tmp_path):
     tensors["model.layers.1.mlp.down_proj.weight"][3, 5] = np.nan
     folder = write_checkpoint(tmp_path / "m", hf, tensors=tensors)
     ml.load(folder)   # layer weights are not scanned by default: they are read lazily
-    with expect(CheckpointError, "'layers.1.mlp.down_proj.weight'", "NaN or inf", "use another one"):
+    with expect(CheckpointError, "'layers.1.mlp.down_proj.weight'", "NaN or inf",
+                "use another one"):
         ml.load(folder, check_finite=True)
 
 
@@ -521,7 +544,8 @@ def test_empty_text(model):
 
 
 def test_negative_id(model):
-    with expect(InputError, "token id -1 at position 2", "out of range", "0..15", "model.to_tokens"):
+    with expect(InputError, "token id -1 at position 2", "out of range", "0..15",
+                "model.to_tokens"):
         model.run([1, 2, -1])
 
 
@@ -592,7 +616,8 @@ def test_text_without_tokenizer(llama):
 # ------------------------------------------------------------------------------------------
 
 def test_target_of_several_tokens(model):
-    with expect(InputError, "'to be' is 2 tokens", "['to', 'be']", "Pick one of them", "target='to'"):
+    with expect(InputError, "'to be' is 2 tokens", "['to', 'be']", "Pick one of them",
+                "target='to'"):
         model.to_single_token("to be")
 
 
@@ -785,7 +810,8 @@ def test_bench_save_dir_cannot_be_written(model, tmp_path):
     def experiment(logit_lens):
         return logit_lens.layer_attribution([1, 2, 3], 4)
 
-    with expect(InputError, "cannot create save_dir", "a-file", "Pass save_dir= a folder you can write to"):
+    with expect(InputError, "cannot create save_dir", "a-file",
+                "Pass save_dir= a folder you can write to"):
         experiment()
 
 

@@ -3,7 +3,8 @@
 Each fast path is checked against the textbook form, written out here in one line, on inputs where
 the fast path's special cases all occur: several query blocks (a block size smaller than n_seq), a
 sliding window that drops whole key blocks, soft-capping; a lens split over several threads; a model
-that widens its layers afresh on every use. No timing is measured here: tests/benchmarks/run.py does.
+that widens its layers afresh on every use. No timing is measured here: tests/benchmarks/run.py
+does.
 """
 import math
 
@@ -13,8 +14,7 @@ import pytest
 import minilens as ml
 from minilens import ops
 from minilens.analysis import lens
-from minilens.fast import forward as model
-from minilens.fast import kernels
+from minilens.fast import forward as model, kernels
 
 
 def textbook_attention(q, k, v, scale, softcap=None, window=None):
@@ -40,19 +40,21 @@ def test_blocked_causal_attention_equals_the_textbook_form(monkeypatch, block, w
     # 1e-12: float64, and the only difference is the order of the softmax's sums over fewer zeros.
     assert np.allclose(pattern, ref_pattern, rtol=0, atol=1e-12), \
         "blocked attention: does each block see keys lo..stop-1, and is the masked rest exactly 0?"
-    assert np.allclose(z, ref_z, rtol=0, atol=1e-12), "blocked attention: is z written in [n_seq, n_heads, d_head]?"
+    assert np.allclose(z, ref_z, rtol=0, atol=1e-12), (
+        "blocked attention: is z written in [n_seq, n_heads, d_head]?")
     assert np.all(pattern[:, np.triu_indices(19, 1)[0], np.triu_indices(19, 1)[1]] == 0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch, tmp_path, dtype):
     """The forward pass keeps one block of pattern rows at a time; the trace recomputes the pattern
-    when it is read. Every block the forward pass used is captured here and must equal the trace's."""
+    when it is read. Every block the forward pass used is captured here and must equal the
+    trace's."""
     from factories import make_llama
     monkeypatch.setattr(model, "ATTENTION_BLOCK", 8)
     folder, _ = make_llama(tmp_path, n_layers=2, n_kv_heads=2)
     m = ml.load(folder, dtype=dtype)
-    used = []                                                  # (start, stop, lo, rows): 3 blocks per layer
+    used = []                                   # (start, stop, lo, rows): 3 blocks per layer
     pattern_rows = model.pattern_rows
 
     def capture(q, k_T, scale, softcap, mask, start, stop, lo, out):
@@ -63,7 +65,8 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
     monkeypatch.setattr(model, "pattern_rows", capture)
     ids = np.arange(20) % 37
     trace = m.run(ids)
-    assert isinstance(trace._store["pattern", 0], ml.trace.Derived), "the pattern should not be computed by run()"
+    assert isinstance(trace._store["pattern", 0], ml.trace.Derived), (
+        "the pattern should not be computed by run()")
     monkeypatch.setattr(model, "pattern_rows", pattern_rows)
     assert len(used) == 2 * 3, "20 tokens in blocks of 8 are 3 blocks per layer"
     by_layer = [used[:3], used[3:]]
@@ -71,15 +74,18 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
         pattern = trace["pattern", l]
         assert trace["pattern", l] is pattern, "a derived value is computed once, then kept"
         for start, stop, lo, rows in blocks:
-            assert np.array_equal(pattern[:, start:stop, lo:stop], rows), f"layer {l}, queries {start}..{stop}"
+            assert np.array_equal(pattern[:, start:stop, lo:stop], rows), (
+                f"layer {l}, queries {start}..{stop}")
         assert np.all(pattern[:, np.triu_indices(20, 1)[0], np.triu_indices(20, 1)[1]] == 0)
 
 
 def test_fused_gelu_equals_the_textbook_formula():
     x = np.linspace(-8, 8, 1001)
     textbook = 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
-    assert np.allclose(kernels.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), "fused GELU: is c factored correctly?"
-    assert np.allclose(ops.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), "ops.gelu_new is the formula"
+    assert np.allclose(kernels.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), (
+        "fused GELU: is c factored correctly?")
+    assert np.allclose(ops.gelu_new(x), textbook, rtol=1e-14, atol=1e-15), (
+        "ops.gelu_new is the formula")
     assert kernels.gelu_new(x.astype(np.float32)).dtype == np.float32
 
 
@@ -89,12 +95,13 @@ def test_in_place_softmax_equals_softmax():
     assert np.array_equal(kernels.softmax_in_place(x.copy()), expected)
 
 
-@pytest.mark.parametrize("rotary_dim", [8, 4])                  # full and partial rotation of d_head 8
+@pytest.mark.parametrize("rotary_dim", [8, 4])          # full and partial rotation of d_head 8
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rope_in_place_and_into_out_equal_the_textbook_rotation(rotary_dim, dtype):
-    """apply_rope writes into out, which the forward pass makes the array the trace keeps (out=x)."""
+    """apply_rope writes into out, which the forward pass makes the array the trace keeps
+    (out=x)."""
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 11, 3, 8)).astype(dtype)            # [batch, n_seq, n_heads, d_head]
+    x = rng.standard_normal((2, 11, 3, 8)).astype(dtype)    # [batch, n_seq, n_heads, d_head]
     angles = np.outer(np.arange(11), rng.uniform(0.1, 1.0, rotary_dim // 2))
     cos, sin = (np.concatenate([f(angles)] * 2, axis=-1).astype(dtype) for f in (np.cos, np.sin))
     half, r = rotary_dim // 2, rotary_dim
@@ -105,10 +112,13 @@ def test_rope_in_place_and_into_out_equal_the_textbook_rotation(rotary_dim, dtyp
     fresh = kernels.apply_rope(x, cos, sin)
     in_place = x.copy()
     assert kernels.apply_rope(in_place, cos, sin, out=in_place) is in_place
-    assert np.array_equal(ops.apply_rope(x, cos, sin), textbook), "ops.apply_rope is the textbook rotation"
+    assert np.array_equal(ops.apply_rope(x, cos, sin), textbook), (
+        "ops.apply_rope is the textbook rotation")
     # The rotation is x_rot * cos + rotate_half(x_rot) * sin, rounded the same way in every form.
-    assert np.array_equal(fresh, textbook), "RoPE: does dim i pair with i + rotary_dim / 2 (half-split)?"
-    assert np.array_equal(in_place, fresh), "in-place RoPE: was rotate_half(x) copied before x was overwritten?"
+    assert np.array_equal(fresh, textbook), (
+        "RoPE: does dim i pair with i + rotary_dim / 2 (half-split)?")
+    assert np.array_equal(in_place, fresh), (
+        "in-place RoPE: was rotate_half(x) copied before x was overwritten?")
     assert fresh.dtype == dtype
 
 
@@ -119,8 +129,9 @@ def test_activations_into_out_equal_the_fresh_result(act):
     assert kernels.ACTIVATIONS[act](x, out=out) is out
     assert np.array_equal(out, kernels.ACTIVATIONS[act](x)) and out.dtype == np.float32
     x64 = x.astype(np.float64)
-    assert np.allclose(kernels.ACTIVATIONS[act](x64), ops.ACTIVATIONS[act](x64), rtol=1e-14, atol=1e-15), \
-        f"{act}: the in-place kernel and ops.py's equation differ"
+    assert np.allclose(kernels.ACTIVATIONS[act](x64), ops.ACTIVATIONS[act](x64),
+                       rtol=1e-14, atol=1e-15), (
+        f"{act}: the in-place kernel and ops.py's equation differ")
 
 
 @pytest.fixture(scope="module")
@@ -144,17 +155,20 @@ def test_small_models_cache_their_layers_by_default(gpt2):
 
 def test_lens_statistics_in_threads_equal_one_thread(gpt2, monkeypatch):
     trace = ml.load(gpt2, dtype=np.float64).run(np.arange(50) % 257)
-    monkeypatch.setattr(lens, "CHUNK_ELEMENTS", 4 * 257 * 7)                  # several chunks, uneven last
+    monkeypatch.setattr(lens, "CHUNK_ELEMENTS", 4 * 257 * 7)  # several chunks, uneven last
     monkeypatch.setattr(lens, "STAT_THREADS", 1)
     one = ml.logit_lens(trace, target=5, top_k=3)
     monkeypatch.setattr(lens, "STAT_THREADS", 3)
-    monkeypatch.setattr(lens, "STAT_POSITIONS", 3)                            # pieces of 3 positions, uneven last
+    monkeypatch.setattr(lens, "STAT_POSITIONS", 3)  # pieces of 3 positions, uneven last
     three = ml.logit_lens(trace, target=5, top_k=3)
-    for name in ("top_ids", "top_probs", "target_logit", "target_prob", "target_rank", "entropy", "kl_to_final"):
-        assert np.array_equal(getattr(one, name), getattr(three, name)), f"threaded lens statistics differ in {name}"
+    for name in ("top_ids", "top_probs", "target_logit", "target_prob", "target_rank", "entropy",
+                 "kl_to_final"):
+        assert np.array_equal(getattr(one, name), getattr(three, name)), (
+            f"threaded lens statistics differ in {name}")
 
 
 def test_the_activation_names_are_one_list():
     from minilens.config import ACTIVATION_NAMES
-    assert set(ops.ACTIVATIONS) == set(kernels.ACTIVATIONS) == set(ACTIVATION_NAMES), \
-        "config.ACTIVATION_NAMES, ops.ACTIVATIONS and fast.kernels.ACTIVATIONS must name the same activations"
+    assert set(ops.ACTIVATIONS) == set(kernels.ACTIVATIONS) == set(ACTIVATION_NAMES), (
+        "config.ACTIVATION_NAMES, ops.ACTIVATIONS and fast.kernels.ACTIVATIONS "
+        "must name the same activations")

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import minilens as ml
-from minilens.show import cli
 from minilens.loading import fetch
 from minilens.loading.checkpoint import resolve
+from minilens.show import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_MODEL = bool(os.environ.get("MINILENS_REQUIRE_MODEL"))

@@ -45,7 +45,8 @@ def tiny_llama(n_layers=1, d=32, heads=4, kv_heads=2, d_mlp=64, vocab=64) -> tup
     rng = np.random.default_rng(0)
     meta = [("general.architecture", STR, "llama"), ("llama.block_count", U32, n_layers),
             ("llama.embedding_length", U32, d), ("llama.feed_forward_length", U32, d_mlp),
-            ("llama.attention.head_count", U32, heads), ("llama.attention.head_count_kv", U32, kv_heads),
+            ("llama.attention.head_count", U32, heads),
+            ("llama.attention.head_count_kv", U32, kv_heads),
             ("llama.context_length", U32, 128), ("llama.rope.freq_base", F32, 10000.0),
             ("llama.attention.layer_norm_rms_epsilon", F32, 1e-5)]
     d_kv = d // heads * kv_heads
@@ -67,7 +68,8 @@ def gguf_bytes(meta, tensors, *, version=3, alignment=32, types=None, offsets=No
     for i, (name, shape, array) in enumerate(tensors):
         raw = array.astype("<f4").tobytes()
         off = offset if offsets is None or offsets[i] is None else offsets[i]
-        infos += string(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape[::-1])
+        infos += (string(name) + struct.pack("<I", len(shape))
+                  + b"".join(struct.pack("<Q", d) for d in shape[::-1]))
         infos += struct.pack("<IQ", GGML_F32 if types is None else types[i], off)
         data += raw + b"\0" * (-len(raw) % alignment)
         offset += len(raw) + (-len(raw) % alignment)
@@ -102,8 +104,8 @@ def test_the_valid_file_loads_and_runs(tmp_path):
 def test_truncated_file(tmp_path):
     meta, tensors = tiny_llama()
     blob = gguf_bytes(meta, tensors)
-    expect(tmp_path, blob[:-100], CheckpointError, "blk.0.ffn_down.weight", "past the end of the file",
-           "download it again")
+    expect(tmp_path, blob[:-100], CheckpointError, "blk.0.ffn_down.weight",
+           "past the end of the file", "download it again")
 
 
 @pytest.mark.parametrize("cut", [10, 30, 200])
@@ -118,7 +120,8 @@ def test_not_a_gguf_file(tmp_path):
 
 def test_unsupported_version(tmp_path):
     meta, tensors = tiny_llama()
-    expect(tmp_path, gguf_bytes(meta, tensors, version=1), CheckpointError, "version 1", "versions 2 and 3")
+    expect(tmp_path, gguf_bytes(meta, tensors, version=1), CheckpointError, "version 1",
+           "versions 2 and 3")
 
 
 def test_big_endian_file_is_named(tmp_path):
@@ -184,23 +187,24 @@ def test_tensor_offset_outside_the_data(tmp_path):
     meta, tensors = tiny_llama()
     offsets = [None] * len(tensors)
     offsets[-1] = 1 << 40
-    expect(tmp_path, gguf_bytes(meta, tensors, offsets=offsets), CheckpointError, "blk.0.ffn_down.weight",
-           "data offset")
+    expect(tmp_path, gguf_bytes(meta, tensors, offsets=offsets), CheckpointError,
+           "blk.0.ffn_down.weight", "data offset")
 
 
 def test_tensor_offset_misaligned(tmp_path):
     meta, tensors = tiny_llama()
     offsets = [None] * len(tensors)
     offsets[1] = 4
-    expect(tmp_path, gguf_bytes(meta, tensors, offsets=offsets), CheckpointError, "output_norm.weight",
-           "starts at data offset 4")
+    expect(tmp_path, gguf_bytes(meta, tensors, offsets=offsets), CheckpointError,
+           "output_norm.weight", "starts at data offset 4")
 
 
 def test_unknown_quantization_type(tmp_path):
     meta, tensors = tiny_llama()
     types = [GGML_F32] * len(tensors)
     types[0] = 16  # IQ2_XXS: a real ggml type that minilens does not read
-    message = expect(tmp_path, gguf_bytes(meta, tensors, types=types), CheckpointError, "token_embd.weight")
+    message = expect(tmp_path, gguf_bytes(meta, tensors, types=types), CheckpointError,
+                     "token_embd.weight")
     assert "IQ2_XXS" in message, message
 
 
@@ -208,20 +212,24 @@ def test_undefined_quantization_type(tmp_path):
     meta, tensors = tiny_llama()
     types = [GGML_F32] * len(tensors)
     types[0] = 999
-    expect(tmp_path, gguf_bytes(meta, tensors, types=types), CheckpointError, "token_embd.weight", "999")
+    expect(tmp_path, gguf_bytes(meta, tensors, types=types), CheckpointError, "token_embd.weight",
+           "999")
 
 
 def test_unknown_architecture(tmp_path):
     meta, tensors = tiny_llama()
     meta[0] = ("general.architecture", STR, "mamba")
-    expect(tmp_path, gguf_bytes(meta, tensors), UnsupportedModelError, "'mamba'", "llama", "qwen2", "gpt2")
+    expect(tmp_path, gguf_bytes(meta, tensors), UnsupportedModelError, "'mamba'", "llama", "qwen2",
+           "gpt2")
 
 
 def test_metadata_disagrees_with_tensor_shapes(tmp_path):
     meta, tensors = tiny_llama()
-    meta[4] = ("llama.attention.head_count", U32, 8)   # 8 heads of 4 over 2 kv heads: q is still 32 wide
+    # 8 heads of 4 over 2 kv heads: q is still 32 wide
+    meta[4] = ("llama.attention.head_count", U32, 8)
     meta[2] = ("llama.embedding_length", U32, 48)
-    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "token_embd.weight", "GGUF metadata implies")
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "token_embd.weight",
+           "GGUF metadata implies")
 
 
 def test_missing_tensor_named_by_its_gguf_name(tmp_path):
@@ -233,14 +241,16 @@ def test_missing_tensor_named_by_its_gguf_name(tmp_path):
 def test_metadata_of_the_wrong_type(tmp_path):
     meta, tensors = tiny_llama()
     meta[1] = ("llama.block_count", STR, "one")
-    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.block_count'", "'one'", "integer")
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.block_count'", "'one'",
+           "integer")
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
 def test_rope_base_must_be_positive_and_finite(tmp_path, value):
     meta, tensors = tiny_llama()
     meta[7] = ("llama.rope.freq_base", F32, value)
-    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.rope.freq_base'", "positive finite")
+    expect(tmp_path, gguf_bytes(meta, tensors), CheckpointError, "'llama.rope.freq_base'",
+           "positive finite")
 
 
 def test_missing_required_metadata(tmp_path):
@@ -265,12 +275,14 @@ def test_the_file_is_never_written(tmp_path):
     before = path.read_bytes()
     model = ml.load(path)
     model(np.arange(5))
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+    assert (path.read_bytes() == before
+            and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"])
 
 
 def test_an_uncovered_tokenizer_type_leaves_a_model_that_runs_on_ids(tmp_path):
     meta, tensors = tiny_llama()
-    meta += [("tokenizer.ggml.model", STR, "rwkv"), ("tokenizer.ggml.tokens", ARR, [f"t{i}" for i in range(64)])]
+    meta += [("tokenizer.ggml.model", STR, "rwkv"),
+             ("tokenizer.ggml.tokens", ARR, [f"t{i}" for i in range(64)])]
     path = tmp_path / "model.gguf"
     path.write_bytes(gguf_bytes(meta, tensors))
     model = ml.load(path)

@@ -51,12 +51,20 @@ torch, transformers = import_torch()
 if not REQUIRE_TORCH:
     pytest.importorskip("gguf")
 import gguf  # noqa: E402  (after the skip above)
+from transformers.modeling_gguf_pytorch_utils import (  # noqa: E402
+    GGUF_SUPPORTED_ARCHITECTURES,
+    load_gguf_checkpoint,
+)
 
 from factories import prompt, randomize  # noqa: E402
 from gguf_factories import (  # noqa: E402
-    ARCH, gguf_hf_tensors, gguf_tensor_name, hf_to_gguf, read_safetensors, write_hf_twin)
-from transformers.modeling_gguf_pytorch_utils import (  # noqa: E402
-    GGUF_SUPPORTED_ARCHITECTURES, load_gguf_checkpoint)
+    ARCH,
+    gguf_hf_tensors,
+    gguf_tensor_name,
+    hf_to_gguf,
+    read_safetensors,
+    write_hf_twin,
+)
 
 D_VOCAB = 101
 SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
@@ -333,8 +341,9 @@ def test_bad_block_rows_are_refused(source, tmp_path):
 def test_transformers_limits_are_known():
     """What transformers' GGUF loader cannot check here; a failure means it learned something
     and the case above can be tightened."""
-    assert "gemma" not in GGUF_SUPPORTED_ARCHITECTURES, "transformers reads gemma GGUF now: " \
-        "add gemma to the logits test (today it is round trip only)"
+    assert "gemma" not in GGUF_SUPPORTED_ARCHITECTURES, (
+        "transformers reads gemma GGUF now: "
+        "add gemma to the logits test (today it is round trip only)")
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING as keys
     assert "attention.key_length" not in keys["qwen3"], "qwen3 head_dim can now differ from 128"
     assert "attn_logit_softcapping" not in keys["gemma2"], "gemma2 soft-caps are read now"

@@ -1,4 +1,5 @@
-"""minilens on GGUF files of every covered architecture and every covered type, against transformers.
+"""minilens on GGUF files of every covered architecture and every covered type, against
+transformers.
 
 Each case is a random transformers checkpoint, converted the way llama.cpp's converter does it
 (tests/gguf_factories.py, whose faithfulness tests/test_gguf_factories.py proves against gguf-py
@@ -29,9 +30,10 @@ torch, transformers = import_torch()
 if not REQUIRE_TORCH:
     pytest.importorskip("gguf")
 
+from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES  # noqa: E402
+
 from factories import randomize  # noqa: E402
 from gguf_factories import ARCH, hf_to_gguf, write_hf_twin  # noqa: E402
-from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES  # noqa: E402
 
 D_VOCAB = 101
 SMALL = dict(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
@@ -46,16 +48,18 @@ CASES = {
     "llama-bias-f16": ("llama", dict(SMALL, attention_bias=True), "F16", "twin"),
     "llama-kquants": ("llama", dict(WIDE, num_attention_heads=2, num_key_value_heads=1),
                       {"attn_q": "Q2_K", "attn_k": "Q3_K", "attn_v": "Q4_K", "attn_output": "Q5_K",
-                       "ffn_gate": "Q6_K", "ffn_up": "Q4_K", "ffn_down": "Q6_K", "*": "Q6_K"}, "gguf"),
+                       "ffn_gate": "Q6_K", "ffn_up": "Q4_K", "ffn_down": "Q6_K", "*": "Q6_K"},
+                      "gguf"),
     # Llama 3 rope: the converter writes it as the rope_freqs tensor, which transformers' GGUF
     # loader ignores; the twin keeps the llama3 config. The middle band is populated (d_head 16).
     "llama3-rope": ("llama", dict(SMALL, rope_parameters=dict(
-        rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-        original_max_position_embeddings=8192)), "F32", "twin"),
+        rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+        high_freq_factor=4.0, original_max_position_embeddings=8192)), "F32", "twin"),
     "mistral-q4_0": ("mistral", SMALL, "Q4_0", "gguf"),
     "qwen2-q4_1": ("qwen2", SMALL, "Q4_1", "gguf"),
     # transformers' GGUF config for qwen3 has no head_dim, so it assumes Qwen3Config's 128.
-    "qwen3-kquants": ("qwen3", dict(WIDE, num_attention_heads=2, num_key_value_heads=1, head_dim=128),
+    "qwen3-kquants": ("qwen3", dict(WIDE, num_attention_heads=2, num_key_value_heads=1,
+                                    head_dim=128),
                       {"attn_q": "Q4_K", "attn_k": "Q5_K", "attn_v": "Q6_K", "attn_output": "Q2_K",
                        "*": "Q3_K"}, "gguf"),
     "gemma-bf16": ("gemma", dict(SMALL, head_dim=16, pad_token_id=0), "BF16", "twin"),
@@ -69,8 +73,8 @@ CASES = {
     "gpt2-q8_0": ("gpt2", dict(n_layer=2, n_embd=64, n_head=4, vocab_size=D_VOCAB, bos_token_id=0,
                                eos_token_id=0), {"token_embd": "F16", "*": "Q8_0"}, "gguf"),
 }
-ALL_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
-             "Q6_K"}
+ALL_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
+             "Q5_K", "Q6_K"}
 
 
 def test_the_cases_cover_every_type_and_architecture():
@@ -105,15 +109,17 @@ def test_gguf_matches_transformers(case, tmp_path):
     ours = ml.load(path)(ids())
     if reference == "gguf":
         assert ARCH[model_type] in GGUF_SUPPORTED_ARCHITECTURES
-        ref_model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                                      dtype=torch.float32)
+        ref_model = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32)
     else:
         ref_model = transformers.AutoModelForCausalLM.from_pretrained(twin, dtype=torch.float32)
     ref = logits_of(ref_model.eval(), ids())
     err = float(np.abs(ours - ref).max()) / max(1.0, float(np.abs(ref).max()))
-    assert err <= 1e-4, (f"{case}: logits differ from transformers ({reference}) by {err:.3g} relative. "
-                         f"If only later positions drift, suspect the Q/K un-permutation; if all do, "
-                         f"the dequantizer or a transposed weight.")
+    assert err <= 1e-4, (f"{case}: logits differ from transformers ({reference}) "
+                         f"by {err:.3g} relative. "
+                         f"If only later positions drift, suspect the Q/K un-permutation; "
+                         f"if all do, the dequantizer or a transposed weight.")
     twin_logits = ml.load(twin)(ids())
     err_twin = float(np.abs(ours - twin_logits).max()) / max(1.0, float(np.abs(twin_logits).max()))
-    assert err_twin <= 1e-5, f"{case}: minilens on the GGUF and on its HF twin differ by {err_twin:.3g}"
+    assert err_twin <= 1e-5, (
+        f"{case}: minilens on the GGUF and on its HF twin differ by {err_twin:.3g}")

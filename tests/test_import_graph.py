@@ -39,7 +39,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
             else:
                 stem = node.module or ""
             # `from pkg import mod` imports a module; `from mod import name` imports from one
-            targets = [f"{stem}.{a.name}" if f"{stem}.{a.name}" in known else stem for a in node.names]
+            targets = [f"{stem}.{a.name}" if f"{stem}.{a.name}" in known else stem
+                       for a in node.names]
         else:
             continue
         for t in targets:
@@ -86,12 +87,14 @@ def test_the_graph_sees_lazy_imports():
     """The walker must see an import inside a function, or the next test proves nothing."""
     g = graph()
     assert "minilens.loading.fetch" in g["minilens.loading.checkpoint"]
-    assert "minilens.show.render" in g["minilens.show.cli"], "show.cli imports render inside its commands"
+    assert "minilens.show.render" in g["minilens.show.cli"], (
+        "show.cli imports render inside its commands")
 
 
 def test_no_import_cycles():
     cycle = find_cycle(graph())
-    assert cycle is None, f"import cycle: {' -> '.join(cycle)}. Move the shared piece down the pipeline."
+    assert cycle is None, (
+        f"import cycle: {' -> '.join(cycle)}. Move the shared piece down the pipeline.")
 
 
 def test_analysis_imports_nothing_from_show():
@@ -99,11 +102,13 @@ def test_analysis_imports_nothing_from_show():
     for name in g:
         if name.startswith("minilens.analysis"):
             bad = sorted(m for m in g[name] if m.startswith("minilens.show"))
-            assert not bad, f"{name} imports {bad}: analysis results must not depend on how they are drawn"
+            assert not bad, (
+                f"{name} imports {bad}: analysis results must not depend on how they are drawn")
 
 
 def test_the_pipeline_flows_one_way():
-    """Lower layers never import higher ones: loading and the forward pass know nothing of analysis."""
+    """Lower layers never import higher ones: loading and the forward pass know nothing of
+    analysis."""
     layer = {"loading": 0, "config": 0, "errors": 0, "ops": 1, "forward": 1, "trace": 2, "fast": 2,
              "model": 3, "analysis": 4, "show": 5, "course": 5}
     g = graph()
@@ -113,5 +118,7 @@ def test_the_pipeline_flows_one_way():
             continue
         for dep in deps:
             dtop = dep.split(".")[1]
-            if dtop in layer and layer[dtop] > layer[top] and not (top == "loading" and dtop == "config"):
-                raise AssertionError(f"{name} imports {dep}: a lower stage of the pipeline imports a higher one")
+            if (dtop in layer and layer[dtop] > layer[top]
+                    and not (top == "loading" and dtop == "config")):
+                raise AssertionError(
+                    f"{name} imports {dep}: a lower stage of the pipeline imports a higher one")

@@ -51,14 +51,17 @@ def close(a, b, tol=EXACT):
 def test_every_key_has_its_documented_shape(model, trace):
     c = model.cfg
     n, d = N_SEQ, c.d_model
-    shapes = {"resid_pre": (n, d), "resid_mid": (n, d), "resid_post": (n, d), "attn_out": (n, d), "mlp_out": (n, d),
-              "scale_ln1": (n, 1), "scale_ln2": (n, 1), "q": (n, c.n_heads, c.d_head), "k": (n, c.n_kv_heads, c.d_head),
-              "v": (n, c.n_kv_heads, c.d_head), "z": (n, c.n_heads, c.d_head), "pattern": (c.n_heads, n, n),
-              "mlp_post": (n, c.d_mlp)}
+    shapes = {"resid_pre": (n, d), "resid_mid": (n, d), "resid_post": (n, d), "attn_out": (n, d),
+              "mlp_out": (n, d), "scale_ln1": (n, 1), "scale_ln2": (n, 1),
+              "q": (n, c.n_heads, c.d_head), "k": (n, c.n_kv_heads, c.d_head),
+              "v": (n, c.n_kv_heads, c.d_head), "z": (n, c.n_heads, c.d_head),
+              "pattern": (c.n_heads, n, n), "mlp_post": (n, c.d_mlp)}
     for l in range(c.n_layers):
         for key, shape in shapes.items():
-            assert trace[key, l].shape == shape, f"trace[{key!r}, {l}] has shape {trace[key, l].shape}, not {shape}"
-            assert trace[key, l].dtype == np.float64, f"trace[{key!r}, {l}] was not computed in the model's dtype"
+            assert trace[key, l].shape == shape, (
+                f"trace[{key!r}, {l}] has shape {trace[key, l].shape}, not {shape}")
+            assert trace[key, l].dtype == np.float64, (
+                f"trace[{key!r}, {l}] was not computed in the model's dtype")
     assert (trace["embed"].shape == trace["resid_final"].shape == trace["normalized"].shape
             == (n, d)), (
         f"embed {trace['embed'].shape}, resid_final {trace['resid_final'].shape}, normalized "
@@ -103,11 +106,12 @@ def test_logits_are_the_normalized_stream_through_W_U(model, trace):
 def test_attention_pattern_is_causal_and_rows_sum_to_one(model, trace):
     above_diagonal = np.triu(np.ones((N_SEQ, N_SEQ), dtype=bool), k=1)
     for l in range(model.cfg.n_layers):
-        pattern = trace["pattern", l]                                         # [n_heads, n_seq, n_seq]
+        pattern = trace["pattern", l]                           # [n_heads, n_seq, n_seq]
         assert (pattern[:, above_diagonal] == 0).all(), f"layer {l}: a query attends to a later key"
         assert (pattern >= 0).all(), (
             f"layer {l}: a negative attention weight: is the pattern the softmax, not the scores?")
-        assert close(pattern.sum(-1), 1.0), f"layer {l}: pattern rows must be distributions over keys"
+        assert close(pattern.sum(-1), 1.0), (
+            f"layer {l}: pattern rows must be distributions over keys")
         assert close(pattern[:, 0, 0], 1.0), "the first token can only attend to itself"
 
 
@@ -115,7 +119,7 @@ def test_attn_out_is_z_through_W_O(model, trace):
     c = model.cfg
     for l in range(c.n_layers):
         w = model.layers[l]
-        z = trace["z", l].reshape(N_SEQ, c.n_heads * c.d_head)               # [n_seq, n_heads * d_head]
+        z = trace["z", l].reshape(N_SEQ, c.n_heads * c.d_head)  # [n_seq, n_heads * d_head]
         attn_out = z @ w.W_O + (0 if w.b_O is None else w.b_O)
         assert close(trace["attn_out", l], attn_out), f"layer {l}: attn_out != z W_O + b_O"
 
@@ -143,8 +147,8 @@ def test_negative_layer_indices(model, trace):
 
 def test_run_accepts_text_list_and_both_array_shapes(model):
     ids = model.to_tokens("to be , or not to be , that is the question")
-    inputs = {"text": "to be , or not to be , that is the question", "list": ids.tolist(), "[n_seq]": ids,
-              "[1, n_seq]": ids[None], "int32": ids.astype(np.int32)}
+    inputs = {"text": "to be , or not to be , that is the question", "list": ids.tolist(),
+              "[n_seq]": ids, "[1, n_seq]": ids[None], "int32": ids.astype(np.int32)}
     expected = model.run(ids).logits
     for what, x in inputs.items():
         trace = model.run(x)
@@ -153,9 +157,9 @@ def test_run_accepts_text_list_and_both_array_shapes(model):
 
 
 def test_run_batch_equals_one_at_a_time(model):
-    """Same arithmetic, but BLAS may block a [3 * n_seq, d] product differently from [n_seq, d], so the
-    summation order (not the formula) can differ: ~1e-16 relative per operation in float64. 1e-12 absolute
-    on O(10) values allows that and nothing else."""
+    """Same arithmetic, but BLAS may block a [3 * n_seq, d] product differently from [n_seq, d], so
+    the summation order (not the formula) can differ: ~1e-16 relative per operation in float64.
+    1e-12 absolute on O(10) values allows that and nothing else."""
     batch = np.stack([prompt(N_SEQ, seed=s) for s in range(3)])               # [3, n_seq]
     traces = model.run_batch(batch)
     assert len(traces) == 3, f"run_batch on 3 sequences returned {len(traces)} traces, not one each"
@@ -166,11 +170,13 @@ def test_run_batch_equals_one_at_a_time(model):
         assert close(t.logits, alone.logits), f"sequence {b}: logits differ from its solo run"
         for l in range(model.cfg.n_layers):
             for key in ("resid_pre", "attn_out", "pattern", "z"):
-                assert close(t[key, l], alone[key, l]), f"sequence {b}: {key} {l} differs from its solo run"
+                assert close(t[key, l], alone[key, l]), (
+                    f"sequence {b}: {key} {l} differs from its solo run")
 
 
 def test_run_batch_in_float32_within_float32_rounding(model, tmp_path):
-    """In float32 the summation-order noise is ~6e-8 relative per operation; 1e-5 x max(1, |logit|) is ample."""
+    """In float32 the summation-order noise is ~6e-8 relative per operation; 1e-5 x max(1, |logit|)
+    is ample."""
     m32 = ml.load(model.folder)
     batch = np.stack([prompt(N_SEQ, seed=s) for s in range(3)])
     for b, t in enumerate(m32.run_batch(batch)):
@@ -194,7 +200,8 @@ def test_names_records_only_the_requested_keys(model, trace):
     with pytest.raises(KeyError, match="not recorded"):
         small["attn_out", 0]
     assert model.run(ids, names=()).keys() == [], "names=() should record nothing but the logits"
-    assert all(trace[key] is not None for key in trace.keys()), "every listed key should be readable"
+    assert all(trace[key] is not None for key in trace.keys()), (
+        "every listed key should be readable")
     assert "embed" in trace.keys() and ("resid_pre", 0) in trace.keys(), (
         "keys() should list 'embed' as a plain name and per-layer keys as (name, layer) tuples")
 
@@ -217,9 +224,11 @@ def test_trace_knows_its_model(model, trace):
 
 @pytest.mark.parametrize("stored", ["float32", "bfloat16", "float16"])
 def test_float32_mode_promotes_nothing(stored, tmp_path):
-    """float32 is the default compute dtype: every recorded array stays float32, whatever the stored dtype
-    (a float64 rope table or mask would silently promote everything after it, as in picoGPT's history)."""
+    """float32 is the default compute dtype: every recorded array stays float32, whatever the stored
+    dtype (a float64 rope table or mask would silently promote everything after it, as in picoGPT's
+    history)."""
     folder, _ = make_llama(tmp_path, dtype=stored, n_kv_heads=2, attention_bias=True)
-    for trace in (ml.load(folder).run(prompt(N_SEQ)), ml.load(folder).run_batch(np.stack([prompt(N_SEQ)] * 2))[1]):
+    for trace in (ml.load(folder).run(prompt(N_SEQ)),
+                  ml.load(folder).run_batch(np.stack([prompt(N_SEQ)] * 2))[1]):
         promoted = {key: trace[key].dtype for key in trace.keys() if trace[key].dtype != np.float32}
         assert not promoted and trace.logits.dtype == np.float32, f"promoted to float64: {promoted}"

@@ -1,4 +1,5 @@
-"""The logit lens: against transformers' own modules, and against a naive full-vocabulary computation.
+"""The logit lens: against transformers' own modules, and against a naive full-vocabulary
+computation.
 
 Every lens row must equal lm_head(norm(hidden_states[l])), computed by transformers on the
 same checkpoint (hidden_states[l] is resid_pre[l] for l < L; its last entry is already normed,
@@ -13,19 +14,21 @@ from _torch import import_torch
 torch, transformers = import_torch()
 
 import minilens as ml  # noqa: E402
-from minilens.course.bench import HookedAutoConfig, HookedAutoModel  # noqa: E402
 from minilens.analysis.lens import top_k_by_group_maxima  # noqa: E402
+from minilens.course.bench import HookedAutoConfig, HookedAutoModel  # noqa: E402
 
 VARIANTS = {
     "gpt2-tied": ("gpt2", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=300, n_positions=64)),
     "gpt2-untied": ("gpt2", dict(n_layer=2, n_embd=32, n_head=2, vocab_size=300, n_positions=64,
                                  tie_word_embeddings=False)),
     "llama-untied-gqa": ("llama", dict(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
-                                       num_key_value_heads=2, intermediate_size=64, vocab_size=300)),
+                                       num_key_value_heads=2, intermediate_size=64,
+                                       vocab_size=300)),
     "llama-tied": ("llama", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                                  intermediate_size=64, vocab_size=300, tie_word_embeddings=True)),
     "llama-biased": ("llama", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
-                                   intermediate_size=64, vocab_size=300, attention_bias=True, mlp_bias=True)),
+                                   intermediate_size=64, vocab_size=300, attention_bias=True,
+                                   mlp_bias=True)),
 }
 
 
@@ -50,7 +53,8 @@ def checkpoint(request, tmp_path_factory):
 
 
 def float64_clean_rms_norm(self, hidden_states):
-    """LlamaRMSNorm.forward without its cast to float32 (the same equation, in the input's dtype)."""
+    """LlamaRMSNorm.forward without its cast to float32 (the same equation, in the input's
+    dtype)."""
     variance = hidden_states.pow(2).mean(-1, keepdim=True)
     return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
 
@@ -69,11 +73,14 @@ def reference_rows(folder, family, ids, dtype):
 def test_every_lens_row_equals_transformers(checkpoint, dtype, monkeypatch):
     name, family, folder = checkpoint
     if dtype == np.float64:  # stock Llama RMSNorm computes in float32 even in a float64 model
-        monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward", float64_clean_rms_norm)
+        monkeypatch.setattr(transformers.models.llama.modeling_llama.LlamaRMSNorm, "forward",
+                            float64_clean_rms_norm)
     model = ml.load(folder, dtype=dtype)
-    ids = np.random.default_rng(1).integers(0, model.cfg.d_vocab, 25)  # > 20 tokens: RoPE layout errors show
+    # > 20 tokens: RoPE layout errors show
+    ids = np.random.default_rng(1).integers(0, model.cfg.d_vocab, 25)
     lens = ml.logit_lens(model.run(ids))
-    ref = reference_rows(folder, family, ids, torch.float32 if dtype == np.float32 else torch.float64)
+    ref = reference_rows(folder, family, ids,
+                         torch.float32 if dtype == np.float32 else torch.float64)
     assert list(lens.labels) == [f"{l}_pre" for l in range(model.cfg.n_layers)] + ["final_post"], (
         f"lens rows are {list(lens.labels)}: expected one '{{l}}_pre' per layer, then 'final_post'")
     for r, theirs in enumerate(ref):
@@ -110,9 +117,11 @@ def naive_statistics(logits, target, k):
 
 
 @pytest.mark.parametrize("name,overrides", [
-    ("gpt2", dict(n_layer=2, n_embd=16, n_head=2, vocab_size=5000)),             # blocks of 64, a short tail block
-    ("llama", dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, num_key_value_heads=1,
-                   intermediate_size=32, vocab_size=97)),                        # vocabulary smaller than k * B
+    # blocks of 64, a short tail block
+    ("gpt2", dict(n_layer=2, n_embd=16, n_head=2, vocab_size=5000)),
+    # vocabulary smaller than k * B
+    ("llama", dict(num_hidden_layers=2, hidden_size=16, num_attention_heads=2,
+                   num_key_value_heads=1, intermediate_size=32, vocab_size=97)),
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_statistics_equal_a_naive_full_softmax(name, overrides, dtype):
@@ -127,7 +136,8 @@ def test_statistics_equal_a_naive_full_softmax(name, overrides, dtype):
         ref = naive_statistics(lens.logits(r), lens.target_ids, 7)
         vals = np.take_along_axis(lens.logits(r), lens.top_ids[r], 1)
         ref_vals = np.take_along_axis(lens.logits(r), ref["top_ids"], 1)
-        np.testing.assert_array_equal(vals, ref_vals, err_msg="top-k values differ: is a candidate block missed?")
+        np.testing.assert_array_equal(vals, ref_vals,
+                                      err_msg="top-k values differ: is a candidate block missed?")
         row = lens.labels[r]
         np.testing.assert_allclose(
             lens.top_probs[r], np.take_along_axis(ref["p"], ref["top_ids"], 1), atol=tol,
@@ -159,16 +169,19 @@ def test_statistics_equal_a_naive_full_softmax(name, overrides, dtype):
 def test_invariants_final_post_kl_and_probabilities(dtype):
     for seed, (name, overrides) in enumerate([
             ("gpt2", dict(n_layer=3, n_embd=32, n_head=4, vocab_size=1000)),
-            ("llama", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=48, vocab_size=777, attention_bias=True))]):
+            ("llama", dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=48, vocab_size=777,
+                           attention_bias=True))]):
         model = HookedAutoModel(HookedAutoConfig(name, **overrides), seed=seed, dtype=dtype)
         trace = model.run(np.random.default_rng(seed).integers(0, model.cfg.d_vocab, 40))
         lens = ml.logit_lens(trace, positions=[0, 5, -1, 17])
         final = lens.logits("final_post")
         # final_post is N(x_L) W_U + b_U, which is what the model computed: equal bit for bit.
-        assert np.array_equal(final, trace.logits[[0, 5, 39, 17]]), "final_post must reproduce trace.logits exactly"
-        # ... and it is also what recomputing the final norm on resid_final gives (up to BLAS rounding,
-        # ~1 ulp of |logits| in float32, because a GEMM over fewer rows may block differently).
+        assert np.array_equal(final, trace.logits[[0, 5, 39, 17]]), (
+            "final_post must reproduce trace.logits exactly")
+        # ... and it is also what recomputing the final norm on resid_final gives (up to BLAS
+        # rounding, ~1 ulp of |logits| in float32, because a GEMM over fewer rows may block
+        # differently).
         from minilens.analysis.lens import lens_logits
         again = lens_logits(trace.model, trace["resid_final"][[0, 5, 39, 17]])
         scale = float(np.abs(trace.logits).max())
@@ -197,8 +210,9 @@ def test_invariants_final_post_kl_and_probabilities(dtype):
 
 
 def test_default_target_is_the_next_token_then_the_final_top1():
-    model = HookedAutoModel(HookedAutoConfig("llama", num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
-                                             num_key_value_heads=2, intermediate_size=16))
+    model = HookedAutoModel(HookedAutoConfig("llama", num_hidden_layers=1, hidden_size=16,
+                                             num_attention_heads=2, num_key_value_heads=2,
+                                             intermediate_size=16))
     trace = model.run([5, 9, 11, 3])
     lens = ml.logit_lens(trace)
     assert lens.target_ids.tolist() == [9, 11, 3, int(trace.logits[-1].argmax())], (
@@ -212,8 +226,9 @@ def test_default_target_is_the_next_token_then_the_final_top1():
 
 def test_top_k_handles_ties_and_the_tail_block():
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 5, size=(6, 1003)).astype(np.float32)  # many ties; 1003 = 31 blocks of 32 + 11
-    x[:, -1] = 9                                                # the winner sits in the short tail block
+    # many ties; 1003 = 31 blocks of 32 + 11
+    x = rng.integers(0, 5, size=(6, 1003)).astype(np.float32)
+    x[:, -1] = 9                            # the winner sits in the short tail block
     ids, vals, row_max = top_k_by_group_maxima(x, 4)
     assert (ids[:, 0] == 1002).all() and (row_max == 9).all(), (
         f"the winner 9 at id 1002 was missed (top ids {ids[:, 0]}, row max {row_max}): is the "
@@ -226,7 +241,8 @@ def test_top_k_handles_ties_and_the_tail_block():
 @pytest.mark.parametrize("d_vocab", [7, 100, 1003, 50257])
 @pytest.mark.parametrize("k", [1, 5, 40])
 def test_top_k_by_group_maxima_equals_a_full_sort(d_vocab, k):
-    """Exact against np.sort, on [rows, positions, d_vocab] input as the lens passes it, with ties."""
+    """Exact against np.sort, on [rows, positions, d_vocab] input as the lens passes it, with
+    ties."""
     rng = np.random.default_rng(d_vocab + k)
     x = rng.standard_normal((3, 2, d_vocab)).astype(np.float32)
     x[0, 0, ::3] = 2.5                                          # a row full of ties
@@ -253,7 +269,8 @@ def test_bad_inputs_raise_input_errors():
     model = HookedAutoModel(HookedAutoConfig("gpt2", n_layer=1, n_embd=16, n_head=2))
     trace = model.run([1, 2, 3])
     for kwargs, words in [(dict(positions=[3]), "out of range"), (dict(top_k=0), "top_k"),
-                          (dict(target=50257), "out of range"), (dict(target=[1, 2]), "one id per position")]:
+                          (dict(target=50257), "out of range"),
+                          (dict(target=[1, 2]), "one id per position")]:
         with pytest.raises(ml.InputError, match=words):
             ml.logit_lens(trace, **kwargs)
     with pytest.raises(ml.InputError, match="needs"):

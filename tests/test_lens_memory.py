@@ -1,4 +1,5 @@
-"""The lens never builds a [rows, n_seq, d_vocab] array: its extra memory is bounded by the chunk size.
+"""The lens never builds a [rows, n_seq, d_vocab] array: its extra memory is bounded by the chunk
+size.
 
 2,000 positions on a 50257-token vocabulary with 2 layers: 3 rows of logits would take
 3 * 2000 * 50257 * 4 bytes = 1.2 GB in float32. The lens works on chunks of at most
@@ -16,10 +17,12 @@ from minilens.course.bench import HookedAutoConfig, HookedAutoModel
 
 
 def test_lens_memory_is_bounded_by_the_chunk_not_the_sequence():
-    model = HookedAutoModel(HookedAutoConfig("llama", num_hidden_layers=2, hidden_size=16, num_attention_heads=2,
-                                             num_key_value_heads=1, intermediate_size=16))
+    model = HookedAutoModel(HookedAutoConfig("llama", num_hidden_layers=2, hidden_size=16,
+                                             num_attention_heads=2, num_key_value_heads=1,
+                                             intermediate_size=16))
     n_seq, d_vocab = 2000, model.cfg.d_vocab
-    trace = model.run(np.random.default_rng(0).integers(0, d_vocab, n_seq), names={"resid_pre", "resid_final"})
+    trace = model.run(np.random.default_rng(0).integers(0, d_vocab, n_seq),
+                      names={"resid_pre", "resid_final"})
     full_bytes = 3 * n_seq * d_vocab * 4
     bound = 3 * lens.CHUNK_ELEMENTS * 4
     tracemalloc.start()
@@ -27,5 +30,7 @@ def test_lens_memory_is_bounded_by_the_chunk_not_the_sequence():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert result.entropy.shape == (3, n_seq)
-    assert peak < bound < full_bytes / 5, (f"the lens peaked at {peak / 1e6:.0f} MB; a [rows, n_seq, d_vocab] "
-                                           f"array is {full_bytes / 1e6:.0f} MB. Is it chunked over positions?")
+    assert peak < bound < full_bytes / 5, (f"the lens peaked at {peak / 1e6:.0f} MB; "
+                                           f"a [rows, n_seq, d_vocab] array is "
+                                           f"{full_bytes / 1e6:.0f} MB. "
+                                           f"Is it chunked over positions?")

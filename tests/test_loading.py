@@ -8,7 +8,6 @@ Also here: model names found in a local Hugging Face cache, and the tokenizer's 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,8 @@ def test_unsupported_model_type_lists_the_supported_ones(llama):
     (llama / "config.json").write_text(json.dumps(hf))
     with pytest.raises(ml.UnsupportedModelError, match="'mamba' is not supported") as e:
         ml.load(llama)
-    assert "gpt2" in str(e.value) and "llama" in str(e.value), "the message should list what is supported"
+    assert "gpt2" in str(e.value) and "llama" in str(e.value), (
+        "the message should list what is supported")
 
 
 def test_unsupported_rope_type(llama):
@@ -74,7 +74,8 @@ def test_missing_tensor_is_named(llama):
     tensors = load_file(path)
     del tensors["model.layers.1.mlp.down_proj.weight"]
     save_file(tensors, path)
-    with pytest.raises(ml.CheckpointError, match=r"'layers\.1\.mlp\.down_proj\.weight' is missing") as e:
+    with pytest.raises(ml.CheckpointError,
+                       match=r"'layers\.1\.mlp\.down_proj\.weight' is missing") as e:
         ml.load(llama)
     assert "model.safetensors" in str(e.value), "the message should name the file"
 
@@ -82,9 +83,11 @@ def test_missing_tensor_is_named(llama):
 def test_unexpected_tensor_is_named(llama):
     path = llama / "model.safetensors"
     tensors = load_file(path)
-    tensors["model.layers.7.self_attn.q_proj.weight"] = tensors["model.layers.0.self_attn.q_proj.weight"]
+    tensors["model.layers.7.self_attn.q_proj.weight"] = (
+        tensors["model.layers.0.self_attn.q_proj.weight"])
     save_file(tensors, path)
-    with pytest.raises(ml.CheckpointError, match=r"unexpected tensor 'layers\.7\.self_attn\.q_proj\.weight'"):
+    with pytest.raises(ml.CheckpointError,
+                       match=r"unexpected tensor 'layers\.7\.self_attn\.q_proj\.weight'"):
         ml.load(llama)
 
 
@@ -93,7 +96,8 @@ def test_wrongly_shaped_tensor_is_named(llama):
     tensors = load_file(path)
     tensors["model.norm.weight"] = tensors["model.norm.weight"][:-1].copy()
     save_file(tensors, path)
-    with pytest.raises(ml.CheckpointError, match=r"'norm\.weight' in .*model\.safetensors has shape \[31\]"):
+    with pytest.raises(ml.CheckpointError,
+                       match=r"'norm\.weight' in .*model\.safetensors has shape \[31\]"):
         ml.load(llama)
 
 
@@ -148,7 +152,8 @@ def test_gpt2_input_longer_than_n_positions(gpt2):
 
 
 @pytest.mark.parametrize("ids, fragment", [([], "empty"), ([[1, 2], [3]], "rectangular"),
-                                           (np.zeros((2, 2, 2), int), "shape"), ([1.5, 2.0], "integers")])
+                                           (np.zeros((2, 2, 2), int), "shape"),
+                                           ([1.5, 2.0], "integers")])
 def test_malformed_ids(gpt2, ids, fragment):
     with pytest.raises(ml.InputError, match=fragment):
         ml.load(gpt2).run(ids)
@@ -159,7 +164,8 @@ def test_malformed_ids(gpt2, ids, fragment):
 # ------------------------------------------------------------------------------------------
 
 def fake_cache(cache, folder, name: str, revision: str) -> None:
-    """Lay out ``folder`` as huggingface_hub does: models--org--name/snapshots/<hash>/ plus refs/main.
+    """Lay out ``folder`` as huggingface_hub does: models--org--name/snapshots/<hash>/ plus
+    refs/main.
 
     As in a real cache, each snapshot file is a relative symlink to blobs/<content hash>, and
     the snapshot's mtime is the source folder's (so the newest snapshot is the last one made).
@@ -184,7 +190,8 @@ def fake_cache(cache, folder, name: str, revision: str) -> None:
 def test_model_name_not_in_cache_says_how_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ml.CheckpointNotFoundError, match="huggingface-cli download some-org/no-such-model") as e:
+    with pytest.raises(ml.CheckpointNotFoundError,
+                       match="huggingface-cli download some-org/no-such-model") as e:
         ml.load("some-org/no-such-model")
     assert str(tmp_path) in str(e.value), "the message should say where it looked"
 
@@ -196,7 +203,8 @@ def test_model_name_resolved_in_cache_following_refs_main(tmp_path, monkeypatch)
     fake_cache(cache, a, "tiny-org/tiny-llama", "a" * 40)
     fake_cache(cache, b, "tiny-org/tiny-llama", "b" * 40)
     repo = cache / "models--tiny-org--tiny-llama"
-    (repo / "refs" / "main").write_text("a" * 40 + "\n")  # main is the older snapshot, not the newest
+    # main is the older snapshot, not the newest
+    (repo / "refs" / "main").write_text("a" * 40 + "\n")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.chdir(tmp_path)
     model = ml.load("tiny-org/tiny-llama")
@@ -264,20 +272,24 @@ def test_model_without_tokenizer_runs_on_ids_and_explains_text(llama):
 
 def test_unknown_activation_is_refused_at_load(tmp_path):
     folder, _ = make_llama(tmp_path, hidden_act="gelu_fast")
-    with pytest.raises(ml.UnsupportedModelError, match="activation 'gelu_fast' is not supported.*silu"):
+    with pytest.raises(ml.UnsupportedModelError,
+                       match="activation 'gelu_fast' is not supported.*silu"):
         ml.load(folder)
 
 
-@pytest.mark.parametrize("switch", [{"scale_attn_by_inverse_layer_idx": True}, {"scale_attn_weights": False}])
+@pytest.mark.parametrize("switch", [{"scale_attn_by_inverse_layer_idx": True},
+                                    {"scale_attn_weights": False}])
 def test_gpt2_attention_rescaling_switches_are_refused(tmp_path, switch):
-    """Both change the attention scores; running them with the standard scale gave logits off by 0.3 to 3."""
+    """Both change the attention scores; running them with the standard scale gave logits off by
+    0.3 to 3."""
     folder, _ = make_gpt2(tmp_path, **switch)
     with pytest.raises(ml.UnsupportedModelError, match=next(iter(switch))):
         ml.load(folder)
 
 
 def test_sharded_model_in_cache_with_blob_symlinks(tmp_path, monkeypatch):
-    """Shards are symlinks into blobs/, outside the snapshot folder: a real cache must still load."""
+    """Shards are symlinks into blobs/, outside the snapshot folder: a real cache must still
+    load."""
     folder, _ = make_llama(tmp_path, shard=True)
     fake_cache(tmp_path / "hub", folder, "tiny-org/sharded", "d" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -29,8 +29,7 @@ from _torch import import_torch
 
 torch, transformers = import_torch()
 
-from transformers import GPTNeoXConfig, LlamaConfig  # noqa: E402
-from transformers import masking_utils  # noqa: E402
+from transformers import GPTNeoXConfig, LlamaConfig, masking_utils  # noqa: E402
 from transformers.activations import ACT2FN, GELUActivation, NewGELUActivation  # noqa: E402
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 from transformers.models.gemma2 import modeling_gemma2  # noqa: E402

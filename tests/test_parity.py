@@ -39,11 +39,18 @@ from _torch import import_torch
 
 torch, transformers = import_torch()
 
-import minilens as ml  # noqa: E402
-from factories import load_reference, make_gpt2, make_llama, prompt, to_hub_dialect  # noqa: E402
-from factories import assert_within as assert_within_hint, parity_errors as errors  # noqa: E402
-
 from transformers.models.llama import modeling_llama  # noqa: E402
+
+import minilens as ml  # noqa: E402
+from factories import (  # noqa: E402
+    assert_within as assert_within_hint,
+    load_reference,
+    make_gpt2,
+    make_llama,
+    parity_errors as errors,
+    prompt,
+    to_hub_dialect,
+)
 
 N_SEQ = 48
 F64_TOL = 1e-9
@@ -99,7 +106,8 @@ def llama3_scale(freqs, factor, low_freq_factor, high_freq_factor, old_context_l
         elif wavelen > low_freq_wavelen:
             new_freqs.append(freq / factor)
         else:
-            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            smooth = ((old_context_len / wavelen - low_freq_factor)
+                      / (high_freq_factor - low_freq_factor))
             new_freqs.append((1 - smooth) * freq / factor + smooth * freq)
     return new_freqs
 
@@ -111,7 +119,8 @@ def inv_freq_float64(config, seq_len: int) -> "torch.Tensor":
     if kind == "dynamic" and seq_len > config.max_position_embeddings:
         # Dynamic NTK (bloc97/emozilla): grow the base with the sequence length.
         factor = p["factor"]
-        theta = theta * (factor * seq_len / config.max_position_embeddings - (factor - 1)) ** (dim / (dim - 2))
+        theta = theta * ((factor * seq_len / config.max_position_embeddings - (factor - 1))
+                         ** (dim / (dim - 2)))
     freqs = [1.0 / theta ** (2 * i / dim) for i in range(dim // 2)]
     if kind == "linear":
         freqs = [f / p["factor"] for f in freqs]        # positions divided by the factor
@@ -126,10 +135,11 @@ def inv_freq_float64(config, seq_len: int) -> "torch.Tensor":
 
 
 def rotary_float64(self, x, position_ids):
-    """cos and sin of position * frequency in float64, half-split layout (as HF's rotate_half expects)."""
+    """cos and sin of position * frequency in float64, half-split layout (as HF's rotate_half
+    expects)."""
     inv_freq = inv_freq_float64(self.config, int(position_ids.max()) + 1)
-    angles = position_ids[..., None].to(torch.float64) * inv_freq         # [batch, n_seq, d_head / 2]
-    emb = torch.cat((angles, angles), dim=-1)                              # [batch, n_seq, d_head]
+    angles = position_ids[..., None].to(torch.float64) * inv_freq  # [batch, n_seq, d_head / 2]
+    emb = torch.cat((angles, angles), dim=-1)                       # [batch, n_seq, d_head]
     return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
 
 
@@ -143,13 +153,15 @@ def reference(folder, ids, dtype: str) -> dict:
     with torch.no_grad():
         out = model(torch.tensor(ids)[None], output_hidden_states=True)
     hidden = [h[0].double().numpy() for h in out.hidden_states]
-    return {"resid_pre": hidden[:-1], "normalized": hidden[-1], "logits": out.logits[0].double().numpy()}
+    return {"resid_pre": hidden[:-1], "normalized": hidden[-1],
+            "logits": out.logits[0].double().numpy()}
 
 
 
-HINT = ("If resid_pre 0 is already off, suspect the embedding (or W_pos); if a later layer first, that "
-        "block (norm eps inside the sqrt? RoPE half-split pairing? GQA h // group?); if only normalized/logits, "
-        "the final norm or a tied/untied W_U.")
+HINT = ("If resid_pre 0 is already off, suspect the embedding (or W_pos); "
+        "if a later layer first, that block "
+        "(norm eps inside the sqrt? RoPE half-split pairing? GQA h // group?); "
+        "if only normalized/logits, the final norm or a tied/untied W_U.")
 
 
 def assert_within(errs: dict, tol: float, what: str) -> None:
@@ -166,12 +178,14 @@ def test_parity(variant, fast, tmp_path, monkeypatch):
 
     ours64 = ml.load(folder, dtype=np.float64, fast=fast).run(ids)
     ours32 = ml.load(folder, fast=fast).run(ids)
-    assert ours64.logits.dtype == np.float64 and ours32.logits.dtype == np.float32, "dtype silently changed"
+    assert ours64.logits.dtype == np.float64 and ours32.logits.dtype == np.float32, (
+        "dtype silently changed")
 
     stock64 = errors(ours64, reference(folder, ids, "float64"), relative=is_llama)
     f32 = errors(ours32, reference(folder, ids, "float32"), relative=True)
     if is_llama:
-        assert_within(stock64, F64_STOCK_LLAMA_TOL, f"{variant} float64 vs stock transformers (float32 norm/rope), relative")
+        assert_within(stock64, F64_STOCK_LLAMA_TOL,
+                      f"{variant} float64 vs stock transformers (float32 norm/rope), relative")
         with monkeypatch.context() as m:
             m.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm_float64)
             m.setattr(modeling_llama.LlamaRotaryEmbedding, "forward", rotary_float64)
@@ -179,30 +193,36 @@ def test_parity(variant, fast, tmp_path, monkeypatch):
         patched64 = errors(ours64, patched_ref)
         # The patch must really change the reference, or this test proves nothing beyond stock.
         stock_logits = reference(folder, ids, "float64")["logits"]
-        assert np.abs(stock_logits - patched_ref["logits"]).max() > 0, "the float64 patch did not take effect"
+        assert np.abs(stock_logits - patched_ref["logits"]).max() > 0, (
+            "the float64 patch did not take effect")
         assert_within(patched64, F64_TOL, f"{variant} float64 vs float64-patched transformers")
     else:
         patched64 = stock64
         assert_within(stock64, F64_TOL, f"{variant} float64 vs transformers")
     assert_within(f32, F32_REL_TOL, f"{variant} float32 vs transformers float32 (relative)")
-    print(f"\nPARITY {variant}: float64 {max(patched64.values()):.2e} (logits {patched64['logits']:.2e})"
+    print(f"\nPARITY {variant}: float64 {max(patched64.values()):.2e} "
+          f"(logits {patched64['logits']:.2e})"
           f"{f'; vs stock relative {max(stock64.values()):.2e}' if is_llama else ''}; "
           f"float32 relative {max(f32.values()):.2e}")
 
 
 def test_llama3_middle_band_is_populated():
-    """The llama3 variant above must exercise the interpolated band, or it proves nothing about it."""
+    """The llama3 variant above must exercise the interpolated band, or it proves nothing about
+    it."""
     d_head, theta, original = 8, LLAMA3["rope_theta"], LLAMA3["original_max_position_embeddings"]
     wavelen = [2 * math.pi * theta ** (2 * i / d_head) for i in range(d_head // 2)]
     high = original / LLAMA3["high_freq_factor"]
     low = original / LLAMA3["low_freq_factor"]
-    assert any(high < w < low for w in wavelen), f"no wavelength strictly inside ({high}, {low}): {wavelen}"
-    assert any(w < high for w in wavelen) and any(w > low for w in wavelen), "all three regimes should appear"
+    assert any(high < w < low for w in wavelen), (
+        f"no wavelength strictly inside ({high}, {low}): {wavelen}")
+    assert any(w < high for w in wavelen) and any(w > low for w in wavelen), (
+        "all three regimes should appear")
 
 
 def test_dynamic_rope_prompt_exceeds_trained_context():
     _, kwargs = VARIANTS["llama-rope-dynamic"]
-    assert N_SEQ > kwargs["max_position_embeddings"], "dynamic NTK is the identity within the trained context"
+    assert N_SEQ > kwargs["max_position_embeddings"], (
+        "dynamic NTK is the identity within the trained context")
 
 
 def test_shards_really_are_several(tmp_path):
@@ -249,8 +269,10 @@ def test_hub_dialect_reads_the_same(rope, type_key, tmp_path):
 
 
 def test_llama3_original_context_falls_back_to_max_position_embeddings(tmp_path):
-    """A hub llama3 rope_scaling without original_max_position_embeddings uses max_position_embeddings."""
-    folder, _ = make_llama(tmp_path, rope=LLAMA3, max_position_embeddings=LLAMA3["original_max_position_embeddings"])
+    """A hub llama3 rope_scaling without original_max_position_embeddings uses
+    max_position_embeddings."""
+    folder, _ = make_llama(tmp_path, rope=LLAMA3,
+                           max_position_embeddings=LLAMA3["original_max_position_embeddings"])
     hub = tmp_path / "hub"
     shutil.copytree(folder, hub)
     hf = to_hub_dialect(hub)
@@ -274,9 +296,11 @@ def test_greedy_generation_matches_transformers(factory, kwargs, tmp_path):
     ids = prompt(12, seed=1)
     ours = ml.load(folder, dtype=np.float64).generate(ids, 20)
     ref = load_reference(folder, "float64")
-    ref.generation_config.eos_token_id = None      # random weights may well pick "EOS": keep going, as we do
+    # random weights may well pick "EOS": keep going, as we do
+    ref.generation_config.eos_token_id = None
     with torch.no_grad():
-        theirs = ref.generate(torch.tensor(ids)[None], do_sample=False, max_new_tokens=20, pad_token_id=0)[0].numpy()
+        theirs = ref.generate(torch.tensor(ids)[None], do_sample=False, max_new_tokens=20,
+                              pad_token_id=0)[0].numpy()
     assert len(ours) == len(ids) + 20, (
         f"generate(ids, 20) returned {len(ours)} tokens, not the prompt's {len(ids)} + 20: "
         "does it stop at an EOS, or return only the new tokens?")

@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, note, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, note, settings, strategies as st
 from safetensors.numpy import load_file
 
 import minilens as ml
@@ -94,9 +93,11 @@ def rope(draw, max_pos):
 @st.composite
 def llama_like(draw, model_type):
     n_heads, n_kv, d_head = draw(heads())
-    max_pos = draw(st.sampled_from([8, 32, 256]))   # small values make dynamic RoPE rescale within the prompt
+    # small values make dynamic RoPE rescale within the prompt
+    max_pos = draw(st.sampled_from([8, 32, 256]))
     return llama_config(
-        model_type=model_type, n_layers=draw(st.integers(1, 3)), d_model=draw(st.sampled_from([8, 16, 24])),
+        model_type=model_type, n_layers=draw(st.integers(1, 3)),
+        d_model=draw(st.sampled_from([8, 16, 24])),
         n_heads=n_heads, n_kv_heads=n_kv, d_head=d_head, d_mlp=draw(st.sampled_from([8, 20, 32])),
         d_vocab=draw(st.integers(5, 60)), tie=draw(st.booleans()), bias=draw(st.booleans()),
         mlp_bias=draw(st.booleans()), rope=draw(rope(max_pos)), max_position_embeddings=max_pos,
@@ -106,11 +107,13 @@ def llama_like(draw, model_type):
 
 @st.composite
 def hf_configs(draw, family):
-    """A config.json dict for ``family``, in the field names that family's transformers config writes."""
+    """A config.json dict for ``family``, in the field names that family's transformers config
+    writes."""
     if family == "gpt2":
         n_heads, _, d_head = draw(heads(gqa=False))
-        return gpt2_config(n_layers=draw(st.integers(1, 3)), d_model=n_heads * d_head, n_heads=n_heads,
-                           d_mlp=draw(st.sampled_from([None, 8, 20])), d_vocab=draw(st.integers(5, 60)),
+        return gpt2_config(n_layers=draw(st.integers(1, 3)), d_model=n_heads * d_head,
+                           n_heads=n_heads, d_mlp=draw(st.sampled_from([None, 8, 20])),
+                           d_vocab=draw(st.integers(5, 60)),
                            n_ctx=draw(st.integers(1, 40)), tie=draw(st.booleans()),
                            act=draw(st.sampled_from(["gelu_new", "gelu", "relu"])))
     if family == "gpt_neox":
@@ -118,12 +121,14 @@ def hf_configs(draw, family):
         max_pos = draw(st.sampled_from([8, 256]))
         params = draw(rope(max_pos))
         params["partial_rotary_factor"] = draw(st.sampled_from([0.25, 0.5, 1.0]))
-        assume(int(d_head * params["partial_rotary_factor"]) % 2 == 0 and int(d_head * params["partial_rotary_factor"]))
+        assume(int(d_head * params["partial_rotary_factor"]) % 2 == 0
+               and int(d_head * params["partial_rotary_factor"]))
         return {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"],
                 "num_hidden_layers": draw(st.integers(1, 3)), "hidden_size": n_heads * d_head,
                 "num_attention_heads": n_heads, "intermediate_size": draw(st.sampled_from([8, 32])),
-                "vocab_size": draw(st.integers(5, 60)), "layer_norm_eps": 1e-5, "hidden_act": "gelu",
-                "use_parallel_residual": draw(st.booleans()), "attention_bias": draw(st.booleans()),
+                "vocab_size": draw(st.integers(5, 60)), "layer_norm_eps": 1e-5,
+                "hidden_act": "gelu", "use_parallel_residual": draw(st.booleans()),
+                "attention_bias": draw(st.booleans()),
                 "tie_word_embeddings": draw(st.booleans()), "max_position_embeddings": max_pos,
                 "rope_parameters": params, "bos_token_id": 0, "eos_token_id": 0}
     hf = draw(llama_like(family))
@@ -161,7 +166,8 @@ def prompt_for(draw, cfg, n_batch=1):
 # ------------------------------------------------------------------------------------------
 
 def close(a, b, tol):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0)) <= tol
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)),
+                        initial=0.0)) <= tol
 
 
 def check_identities(model, trace):
@@ -175,13 +181,14 @@ def check_identities(model, trace):
         if l + 1 < cfg.n_layers:
             assert np.array_equal(trace["resid_pre", l + 1], trace["resid_post", l]), \
                 f"block {l + 1} does not read block {l}'s output"
-        pattern = trace["pattern", l]                                       # [n_heads, n_seq, n_seq]
+        pattern = trace["pattern", l]                   # [n_heads, n_seq, n_seq]
         assert pattern.shape == (cfg.n_heads, n, n)
         assert close(pattern.sum(-1), 1.0, 1e-12), f"layer {l}: attention rows do not sum to 1"
         assert (pattern >= 0).all()
         window = cfg.layer_windows[l] if cfg.layer_windows else None
         banned = (k > q) | ((k <= q - window) if window is not None else False)
-        assert (pattern[:, banned] == 0).all(), f"layer {l}: attention reads a future (or out-of-window) key"
+        assert (pattern[:, banned] == 0).all(), (
+            f"layer {l}: attention reads a future (or out-of-window) key")
     assert np.array_equal(trace["resid_final"], trace["resid_post", -1])
     if logit_lens is not None:
         lens = logit_lens(trace, target=int(trace.ids[-1]), top_k=1)
@@ -216,15 +223,16 @@ def test_random_models_keep_their_invariants(family, data):
     store = data.draw(st.sampled_from([np.float32, np.float16]), label="stored dtype")
     n_shards = data.draw(st.integers(1, 3), label="shards")
     if hf.get("rope_parameters", {}).get("rope_type") == "dynamic":
-        # minilens refuses dynamic RoPE on a 2-dim rotation (its formula divides by dim - 2): not a valid draw
+        # minilens refuses dynamic RoPE on a 2-dim rotation (its formula divides by dim - 2): not a
+        # valid draw
         try:
             ModelConfig.from_hf(hf)
         except UnsupportedModelError as e:
             assert "dynamic RoPE needs a rotary dimension above 2" in str(e)
             assume(False)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_checkpoint(Path(tmp) / "model", hf, seed=data.draw(st.integers(0, 2**16)), dtype=store,
-                                  n_shards=n_shards)
+        folder = write_checkpoint(Path(tmp) / "model", hf, seed=data.draw(st.integers(0, 2**16)),
+                                  dtype=store, n_shards=n_shards)
         m64 = ml.load(folder, dtype=np.float64, check_finite=True)
         m32 = ml.load(folder)
         note(repr(m64.cfg))
@@ -239,35 +247,45 @@ def test_random_models_keep_their_invariants(family, data):
         logits32 = m32(batch[0])
         assert logits32.dtype == np.float32
         scale = max(1.0, float(np.abs(trace.logits).max()))
-        assert close(logits32, trace.logits, F32_VS_F64 * scale), \
-            f"float32 and float64 logits differ by {np.abs(logits32 - trace.logits).max():.3g} (scale {scale:.3g})"
+        assert close(logits32, trace.logits, F32_VS_F64 * scale), (
+            f"float32 and float64 logits differ by {np.abs(logits32 - trace.logits).max():.3g} "
+            f"(scale {scale:.3g})")
 
         # 3. a batch against one sequence at a time
         for b, batched in enumerate(m64.run_batch(batch)):
             alone = m64.run(batch[b])
-            assert close(batched.logits, alone.logits, BATCH * scale), f"batch row {b} differs from running it alone"
+            assert close(batched.logits, alone.logits, BATCH * scale), (
+                f"batch row {b} differs from running it alone")
             assert close(batched["resid_pre", -1], alone["resid_pre", -1], BATCH * scale)
 
         # 4. saved and reloaded: bit-identical
         again = ml.load(resave(folder, Path(tmp) / "again", n_shards=1 + n_shards % 3))
-        assert np.array_equal(again(batch[0]), logits32), "a re-saved copy of the checkpoint gives other numbers"
+        assert np.array_equal(again(batch[0]), logits32), (
+            "a re-saved copy of the checkpoint gives other numbers")
 
-        # 5. the model's pool of recycled memory (memory.py) changes no number: bit-identical without it
+        # 5. the model's pool of recycled memory (memory.py) changes no number: bit-identical
+        #    without it
         pooled = m32.run(batch[0])
         m32.pool = None
         plain = m32.run(batch[0])
         for key in plain.keys():
-            assert np.array_equal(pooled[key], plain[key]), f"{key} differs when written into the pool's memory"
+            assert np.array_equal(pooled[key], plain[key]), (
+                f"{key} differs when written into the pool's memory")
 
-        # 6. the textbook forward pass (forward.py) and the fast one (fast/forward.py) record the same
-        #    trace: every key and the logits to 1e-12 of each key's scale, in float64 (the two order
-        #    their sums differently: blocked softmax, in-place norms; never more than rounding)
+        # 6. the textbook forward pass (forward.py) and the fast one (fast/forward.py) record the
+        #    same trace: every key and the logits to 1e-12 of each key's scale, in float64 (the
+        #    two order their sums differently: blocked softmax, in-place norms; never more than
+        #    rounding)
         fast = m64.run(batch[0])
         m64.fast = False
         textbook = m64.run(batch[0])
-        assert sorted(map(str, fast.keys())) == sorted(map(str, textbook.keys())), "the two passes record other keys"
+        assert sorted(map(str, fast.keys())) == sorted(map(str, textbook.keys())), (
+            "the two passes record other keys")
         for key in textbook.keys():
             ref = np.asarray(textbook[key], np.float64)
-            err = float(np.abs(fast[key] - ref).max(initial=0.0)) / max(1.0, float(np.abs(ref).max(initial=0.0)))
-            assert err <= EXACT, f"{key}: fast/forward.py differs from forward.py by {err:.3g} relative"
-        assert close(fast.logits, textbook.logits, EXACT * scale), "logits: fast and textbook passes differ"
+            err = (float(np.abs(fast[key] - ref).max(initial=0.0))
+                   / max(1.0, float(np.abs(ref).max(initial=0.0))))
+            assert err <= EXACT, (
+                f"{key}: fast/forward.py differs from forward.py by {err:.3g} relative")
+        assert close(fast.logits, textbook.logits, EXACT * scale), (
+            "logits: fast and textbook passes differ")

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from minilens.loading import quants
 from minilens.errors import CheckpointError
+from minilens.loading import quants
 
 REQUIRE_REFERENCE = bool(os.environ.get("MINILENS_REQUIRE_TORCH"))
 REQUIRE_MODEL = os.environ.get("MINILENS_REQUIRE_MODEL") == "1"

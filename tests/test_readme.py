@@ -15,13 +15,17 @@ def quick_start_commands() -> list[str]:
 
 def test_quick_start_has_exactly_two_commands():
     commands = quick_start_commands()
-    assert len(commands) == 2, f"the quick start must be two commands (main job, tests), found {commands}"
-    assert commands[0].startswith("minilens lens "), "the first quick-start command runs the lens on the shipped weights"
+    assert len(commands) == 2, (
+        f"the quick start must be two commands (main job, tests), found {commands}")
+    assert commands[0].startswith("minilens lens "), (
+        "the first quick-start command runs the lens on the shipped weights")
 
 
 def test_ci_runs_the_readme_test_command():
     test_command = quick_start_commands()[1]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    ci_commands = [line.strip() for line in ci.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    ci_commands = [line.strip() for line in ci.splitlines()
+                   if line.strip() and not line.lstrip().startswith("#")]
     assert ci_commands[-1] == test_command, (
-        f".ci/run must end by running the README's test command {test_command!r}, but runs {ci_commands[-1]!r}")
+        f".ci/run must end by running the README's test command {test_command!r}, "
+        f"but runs {ci_commands[-1]!r}")

@@ -117,10 +117,11 @@ def test_a_pickle_checkpoint_is_refused_with_a_conversion_recipe(tmp_path):
     pickle.loads((folder / "pytorch_model.bin").read_bytes())      # the payload does work ...
     assert sentinel.exists()
     sentinel.unlink()
-    with pytest.raises(CheckpointError) as info:                    # ... but minilens never unpickles it
+    with pytest.raises(CheckpointError) as info:  # ... but minilens never unpickles it
         ml.load(folder)
     message = str(info.value)
-    for fragment in ("pickled PyTorch weights", "arbitrary code", "save_pretrained", "safe_serialization=True"):
+    for fragment in ("pickled PyTorch weights", "arbitrary code", "save_pretrained",
+                     "safe_serialization=True"):
         assert fragment in message, message
     assert not sentinel.exists()
 
@@ -134,7 +135,8 @@ def test_a_pickle_beside_safetensors_is_ignored(tmp_path):
 
 def test_minilens_source_has_no_unpickling():
     # A static guard for the rule above: none of these calls appears anywhere in the library.
-    forbidden = ("import pickle", "pickle.load", "torch.load", "allow_pickle=True", "import torch", "joblib")
+    forbidden = ("import pickle", "pickle.load", "torch.load", "allow_pickle=True", "import torch",
+                 "joblib")
     for path in MINILENS_DIR.glob("*.py"):
         source = path.read_text()
         for word in forbidden:
@@ -158,7 +160,8 @@ def test_a_shard_index_cannot_point_outside_the_folder(tmp_path):
 # Malicious headers: sizes are validated before anything is allocated
 # ------------------------------------------------------------------------------------------
 
-PEAK_LIMIT = 1 << 20   # 1 MiB: generous for parsing a tiny header, absurdly small for any claimed size
+# 1 MiB: generous for parsing a tiny header, absurdly small for any claimed size
+PEAK_LIMIT = 1 << 20
 
 
 def peak_bytes_while_failing(fn) -> tuple[int, Exception]:
@@ -200,7 +203,8 @@ def test_a_header_claiming_an_exabyte_tensor_fails_fast(tmp_path):
 
 def test_a_shape_that_disagrees_with_tiny_offsets_fails_fast(tmp_path):
     # Offsets inside the file, but a shape whose product is astronomically larger.
-    header = json.dumps({"x": {"dtype": "F64", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 8]}}).encode()
+    header = json.dumps({"x": {"dtype": "F64", "shape": [1 << 40, 1 << 40],
+                               "data_offsets": [0, 8]}}).encode()
     folder = malicious_folder(tmp_path, struct.pack("<Q", len(header)) + header + b"\0" * 8)
     peak, error = peak_bytes_while_failing(lambda: read_header(folder / "model.safetensors"))
     assert "'x' claims bytes [0, 8)" in str(error)

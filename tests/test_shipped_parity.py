@@ -8,9 +8,12 @@ import os
 import pytest
 
 if os.environ.get("MINILENS_REQUIRE_TORCH"):
-    import torch, transformers  # noqa: E401  (in CI a missing torch is a failure, not a skip)
+    # in CI a missing torch is a failure, not a skip
+    import torch
+    import transformers
 else:
-    torch = pytest.importorskip("torch"); transformers = pytest.importorskip("transformers")  # noqa: E702
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
 
 import numpy as np
 
@@ -55,7 +58,8 @@ def test_logits_match_transformers(pair):
     assert ours.shape == theirs.shape, (
         f"logits {ours.shape} vs transformers' {theirs.shape}: is d_vocab the checkpoint's "
         "(lm_head rows), and one row per prompt token?")
-    assert err <= tol, f"max |logit difference| {err:.2e} > {tol:.2e}: compare resid_pre layer by layer"
+    assert err <= tol, (
+        f"max |logit difference| {err:.2e} > {tol:.2e}: compare resid_pre layer by layer")
 
 
 def test_greedy_tokens_match_transformers(pair):
@@ -68,7 +72,8 @@ def test_greedy_tokens_match_transformers(pair):
     x = torch.tensor(ids[None])
     with torch.no_grad():
         theirs = ref.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
-                              max_new_tokens=N_GREEDY, pad_token_id=ref.config.eos_token_id)[0].numpy()
+                              max_new_tokens=N_GREEDY,
+                              pad_token_id=ref.config.eos_token_id)[0].numpy()
     # generate stops early only if it emits EOS; then the tokens up to that EOS must still agree.
     n = len(theirs)
     assert ours[len(ids):n].tolist() == theirs[len(ids):].tolist(), (

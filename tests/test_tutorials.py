@@ -25,7 +25,8 @@ def test_all_five_tutorials_are_there_and_listed():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_tutorial_runs(script, tmp_path):
-    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=300)
     assert p.returncode == 0, f"{script.name} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     assert "Notice" in p.stdout, f"{script.name} should tell the reader what to notice"
 
@@ -34,4 +35,5 @@ def test_tutorial_runs(script, tmp_path):
 def test_tutorial_is_a_notebook_too(script):
     text = script.read_text()
     assert text.startswith("# %% [markdown]"), "open with a prose cell"
-    assert text.count("# %%\n") >= 3 and text.count("# %% [markdown]") >= 3, "code cells explained by prose cells"
+    assert text.count("# %%\n") >= 3 and text.count("# %% [markdown]") >= 3, (
+        "code cells explained by prose cells")

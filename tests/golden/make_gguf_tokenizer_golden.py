@@ -224,7 +224,8 @@ WHITESPACE = [" ", "  ", "   ", "\n", "\n\n", "\t", "\r\n", " \n ", "\t\t\n", " 
 NON_ASCII = [
     "naïve café résumé façade Ångström", "Straße über Größe", "Ça va? Très bien, merci!",
     "Привет, мир! Как дела?", "Γειά σου Κόσμε", "مرحبا بالعالم", "שלום עולם",
-    "नमस्ते दुनिया", "你好，世界！这是一个测试。", "日本語のテキストとカタカナ ー", "한국어 텍스트입니다",
+    "नमस्ते दुनिया", "你好，世界！这是一个测试。", "日本語のテキストとカタカナ ー",
+    "한국어 텍스트입니다",
     "สวัสดีชาวโลก", "e\u0301 combining acute", "Zalgo: z\u0336\u0301a\u0337l\u0338g\u0335o",
     "emoji 😀👍🏽🇺🇸 and ❤️", "👨‍👩‍👧‍👦 family", "🏳️‍🌈 flag", "smile😀😀😀end", "∑ ∫ √ ∞ ≠ ≤ ≥",
     "€100 £50 ¥1000 ₹20", "«guillemets» „quotes“ “curly” ‘single’", "em—dash – en dash … ellipsis",
