@@ -203,6 +203,43 @@ def cmd_attribute(args) -> int:
     return 0
 
 
+def cmd_patch(args) -> int:
+    from ..analysis.patching import activation_patching
+    from . import render
+    progress = Progress()
+    model, path = load_model(args, progress)
+    layers = None if args.layers is None else _layer_list(args.layers)
+    progress(f"patching {args.key} by {args.by} ({args.direction})")
+    try:
+        result = activation_patching(model, args.clean, args.corrupted, metric=args.metric,
+                                     key=args.key, by=args.by, direction=args.direction,
+                                     target=args.target, contrast=args.contrast, layers=layers)
+    except InputError as e:  # the Python argument names become the command's flags
+        message = str(e)
+        flags = (("target=", "--target "), ("contrast=", "--contrast "), ("by=", "--by "),
+                 ("direction=", "--direction "), ("key ", "--key "))
+        for word, flag in flags:
+            message = message.replace(word, flag)
+        raise InputError(message) from None
+    progress.clear()
+    print(result.describe())
+    print(render.patching_table(result, color=use_color(args.color, sys.stdout)))
+    cells = ", ".join(f"{label} {value:+.3f}" for label, value in result.top(5))
+    print(f"strongest cells: {cells}")
+    if args.html:
+        write_file(args.html, render.patching_html(result))
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"--layers takes comma-separated layer numbers such as 0,5,10; "
+                         f"got {text!r}.") from None
+
+
 def cmd_generate(args) -> int:
     progress = Progress()
     model, _ = load_model(args, progress)
@@ -340,6 +377,36 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     colour(p)
     p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("patch", help="activation patching: copy one activation from one prompt's "
+                                     "run into the other's, layer by layer, and measure")
+    p.add_argument("clean", help="the clean prompt (the behaviour to explain)")
+    p.add_argument("corrupted",
+                   help="the corrupted prompt: the same number of tokens, a few changed")
+    p.add_argument("--target", metavar="TOK", required=True,
+                   help="the token the clean prompt predicts, e.g. ' Mary' (one token)")
+    p.add_argument("--contrast", metavar="TOK", default=None,
+                   help="the token the corrupted prompt favours (for the logit-difference metrics)")
+    p.add_argument("--metric", choices=("logit_diff_normalized", "logit_diff", "logprob"),
+                   default="logit_diff_normalized",
+                   help="what is measured at the last position (default: the logit difference "
+                        "normalised to 0 = corrupted, 1 = clean)")
+    p.add_argument("--key", default="resid_pre",
+                   choices=("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q",
+                            "k", "v", "pattern", "mlp_post"),
+                   help="the activation patched (default resid_pre)")
+    p.add_argument("--by", choices=("position", "head", "head_position"), default="position",
+                   help="one patch per position, per head, or per head and position")
+    p.add_argument("--direction", choices=("denoising", "noising"), default="denoising",
+                   help="denoising: run the corrupted prompt with clean activations patched in; "
+                        "noising: the other way round")
+    p.add_argument("--layers", metavar="L,L,...", default=None,
+                   help="only these layers (default: all)")
+    p.add_argument("--html", metavar="FILE",
+                   help="write the heatmap as a self-contained HTML file")
+    common(p)
+    colour(p)
+    p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("attribute",
                        help="split one logit into what each layer/head/neuron/token wrote")
