@@ -27,7 +27,8 @@ class build_py_with_weights(build_py):
         for name in SHIPPED:
             src = ROOT / "weights" / name
             if not (src / "config.json").is_file():
-                raise SystemExit(f"setup.py: {src} has no config.json; the default weights must be present to build a wheel.")
+                raise SystemExit(f"setup.py: {src} has no config.json; "
+                                 f"the default weights must be present to build a wheel.")
             dst = Path(self.build_lib) / "minilens" / "_weights" / name
             dst.mkdir(parents=True, exist_ok=True)
             for f in FILES:

@@ -4,14 +4,16 @@
 # minilens runs the whole model for you and records every intermediate array in a `Trace`.
 # Before trusting any picture built on those arrays, rebuild one block yourself from the raw
 # weight arrays with plain numpy, and check that you get the same numbers. After this, nothing
-# in minilens is a black box: the lens and attribution in the next tutorials only *read* these arrays.
+# in minilens is a black box: the lens and attribution in the next tutorials only *read* these
+# arrays.
 #
 # The shipped model is a small Llama trained on Shakespeare. A Llama block is
 #
 #     resid_mid  = resid_pre + attention(RMSNorm(resid_pre))
 #     resid_post = resid_mid + mlp(RMSNorm(resid_mid))
 #
-# Run this file as a script (`python tutorials/01_forward_pass_by_hand.py`) or open it as a notebook.
+# Run this file as a script (`python tutorials/01_forward_pass_by_hand.py`) or open it as a
+# notebook.
 
 # %%
 import numpy as np
@@ -53,7 +55,8 @@ def rms_norm(x, gamma, eps):
     return x / s * gamma, s
 
 h, s1 = rms_norm(x, w.ln1_w, cfg.norm_eps)
-print("our divisor vs the trace's scale_ln1, max difference:", np.abs(s1 - trace["scale_ln1", l]).max())
+print("our divisor vs the trace's scale_ln1, max difference:",
+      np.abs(s1 - trace["scale_ln1", l]).max())
 
 # %% [markdown]
 # ## Attention: queries, keys, values, rotary positions
@@ -87,15 +90,16 @@ print("queries after RoPE vs trace['q'], max difference:", np.abs(q - trace["q",
 
 # %%
 group = cfg.n_heads // cfg.n_kv_heads
-k_h, v_h = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)          # [n_seq, n_heads, d_head]
-scores = np.einsum("qhd,khd->hqk", q, k_h) / np.sqrt(cfg.d_head)            # [n_heads, n_seq, n_seq]
+k_h, v_h = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)   # [n_seq, n_heads, d_head]
+scores = np.einsum("qhd,khd->hqk", q, k_h) / np.sqrt(cfg.d_head)      # [n_heads, n_seq, n_seq]
 scores[:, np.triu(np.ones((n_seq, n_seq), bool), 1)] = -np.inf
 pattern = np.exp(scores - scores.max(-1, keepdims=True))
 pattern /= pattern.sum(-1, keepdims=True)
-z = np.einsum("hqk,khd->qhd", pattern, v_h)                                  # [n_seq, n_heads, d_head]
-attn_out = z.reshape(n_seq, -1) @ w.W_O                                      # [n_seq, d_model]
+z = np.einsum("hqk,khd->qhd", pattern, v_h)                           # [n_seq, n_heads, d_head]
+attn_out = z.reshape(n_seq, -1) @ w.W_O                               # [n_seq, d_model]
 print("pattern vs trace['pattern'], max difference:", np.abs(pattern - trace["pattern", l]).max())
-print("attn_out vs trace['attn_out'], max difference:", np.abs(attn_out - trace["attn_out", l]).max())
+print("attn_out vs trace['attn_out'], max difference:",
+      np.abs(attn_out - trace["attn_out", l]).max())
 
 # %% [markdown]
 # ## The MLP: SwiGLU
@@ -133,18 +137,22 @@ print("Notice: every array of the block matches, so the Trace is exactly the tex
 from minilens import forward, ops
 
 rope = ops.rope_tables(cfg.rope, len(x), np.float64)
-w64 = type(w)(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in vars(w).items()})
+w64 = type(w)(**{k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+                  for k, v in vars(w).items()})
 theirs = forward.block(x, w64, cfg, rope, forward.record_nothing, l)          # [n_seq, d_model]
 rel = np.abs(resid_post - theirs).max() / np.abs(theirs).max()
-print(f"resid_post, ours vs minilens.forward.block (both float64): max relative difference {rel:.2e}")
+print(f"resid_post, ours vs minilens.forward.block (both float64): "
+      f"max relative difference {rel:.2e}")
 assert rel < 1e-12, "our block and forward.block compute the same equations"
-print("Notice: read minilens/forward.py next: it is this notebook's block, plus the other families' switches.")
+print("Notice: read minilens/forward.py next: it is this notebook's block, "
+      "plus the other families' switches.")
 
 # %% [markdown]
 # One more identity: the final residual is the sum of everything ever written to the stream.
 # That is what makes attribution possible (tutorial 03).
 
 # %%
-total = trace["embed"] + sum(trace["attn_out", i] + trace["mlp_out", i] for i in range(cfg.n_layers))
+total = trace["embed"] + sum(trace["attn_out", i] + trace["mlp_out", i]
+                             for i in range(cfg.n_layers))
 print("embed + all attn_out + all mlp_out == resid_final, max difference:",
       np.abs(total - trace["resid_final"]).max())

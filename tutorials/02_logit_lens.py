@@ -22,7 +22,8 @@ model = ml.load("shakespeare-llama")
 text = "To be, or not to be, that is the"
 trace = model.run(text)
 lens = ml.logit_lens(trace, top_k=5)
-print(f"{len(lens.labels)} lens rows (one per layer, plus final_post) x {len(lens.positions)} positions")
+print(f"{len(lens.labels)} lens rows (one per layer, plus final_post) "
+      f"x {len(lens.positions)} positions")
 
 # %% [markdown]
 # ## The table
@@ -32,7 +33,8 @@ print(f"{len(lens.labels)} lens rows (one per layer, plus final_post) x {len(len
 
 # %%
 print(render.lens_table(lens, width=140))
-assert np.allclose(lens.logits("final_post"), trace.logits, atol=1e-4), "final_post is the model's own logits"
+assert np.allclose(lens.logits("final_post"), trace.logits, atol=1e-4), (
+    "final_post is the model's own logits")
 
 # %% [markdown]
 # Notice the `0_pre` row: before any block has run, the stream holds only the token's own
@@ -65,7 +67,8 @@ print(f"Notice: the final answer is top-1 from row {focus.labels[settled]} on.")
 # %% [markdown]
 # ## Entropy and KL across depth
 # Two summaries per row, averaged over positions:
-# - the entropy of the lens distribution (nats): how spread out the guess is (log d_vocab = uniform);
+# - the entropy of the lens distribution (nats): how spread out the guess is
+#   (log d_vocab = uniform);
 # - KL(p_final || p_layer) (nats): how much the layer's guess still differs from the final one.
 # KL must reach exactly 0 at final_post. Read the two together: a layer can be confident (low
 # entropy) and still wrong (high KL).
@@ -93,7 +96,8 @@ frozen = (x0 / trace["scale_final"] * g.lnf_w) @ g.W_U
 recomputed = lens.logits("1_pre")
 print(f"stream size (RMS) entering block 1: {np.sqrt((x0 ** 2).mean()):.3f}; at the end: "
       f"{np.sqrt((trace['resid_final'] ** 2).mean()):.3f}")
-print(f"logit spread (std) at 1_pre: recomputed {recomputed.std():.3f} vs frozen {frozen.std():.3f}")
+print(f"logit spread (std) at 1_pre: recomputed {recomputed.std():.3f} "
+      f"vs frozen {frozen.std():.3f}")
 
 # %% [markdown]
 # ## The picture
@@ -102,6 +106,7 @@ print(f"logit spread (std) at 1_pre: recomputed {recomputed.std():.3f} vs frozen
 
 # %%
 out = Path(tempfile.mkdtemp(prefix="minilens-tutorial-")) / "lens.html"
-out.write_text(render.report(lens=lens, text=text, metric="kl", title="02: the logit lens (coloured by KL)"))
+out.write_text(render.report(lens=lens, text=text, metric="kl",
+                             title="02: the logit lens (coloured by KL)"))
 print(f"wrote {out} (the same as `minilens lens \"{text}\" --html lens.html --metric kl`)")
 lens

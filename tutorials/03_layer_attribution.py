@@ -3,9 +3,10 @@
 #
 # The final residual is a sum: x_L = embed + sum over layers of (attn_out + mlp_out)
 # (tutorial 01 checked this). The logit of a token t is N(x_L) . W_U[:, t]. If N were linear, the
-# logit would split into one share per component. It is not: RMSNorm divides by sqrt(mean(x^2) + eps),
-# which depends on the whole sum. But that divisor s is *one number per position*. Freeze it at its
-# actual value on x_L, and N becomes the linear map x -> x / s * gamma. Then
+# logit would split into one share per component. It is not: RMSNorm divides by
+# sqrt(mean(x^2) + eps), which depends on the whole sum. But that divisor s is *one number per
+# position*. Freeze it at its actual value on x_L, and N becomes the linear map x -> x / s * gamma.
+# Then
 #
 #     logit_t = sum over components c of (c / s * gamma) . W_U[:, t]   (+ b_U[t], zero here)
 #
@@ -25,7 +26,8 @@ text = "To be, or not to be, that is the"
 trace = model.run(text)
 target = int(trace.logits[-1].argmax())          # the model's own prediction; any token works
 t_str = model.to_str_tokens([target])[0]
-print(f"splitting the logit of {t_str!r} at the last position ({model.to_str_tokens(trace.ids)[-1]!r})")
+print(f"splitting the logit of {t_str!r} at the last position "
+      f"({model.to_str_tokens(trace.ids)[-1]!r})")
 
 # %% [markdown]
 # ## First, see that the norm is not linear
@@ -38,10 +40,15 @@ def rms(x):
 x_L = trace["resid_final"][-1].astype(np.float64)
 a = trace["embed"][-1].astype(np.float64)
 b = x_L - a
-print(f"|N(a + b) - (N(a) + N(b))| = {np.abs(rms(a + b) - rms(a) - rms(b)).max():.3f}   (not linear)")
+print(f"|N(a + b) - (N(a) + N(b))| = {np.abs(rms(a + b) - rms(a) - rms(b)).max():.3f}   "
+      f"(not linear)")
 s = float(trace["scale_final"][-1, 0])
-frozen = lambda x: x / s * g.lnf_w
-print(f"|N(a + b) - (F(a) + F(b))| = {np.abs(rms(a + b) - frozen(a) - frozen(b)).max():.2e}   (F: divisor frozen)")
+
+def frozen(x):
+    return x / s * g.lnf_w
+
+print(f"|N(a + b) - (F(a) + F(b))| = {np.abs(rms(a + b) - frozen(a) - frozen(b)).max():.2e}   "
+      f"(F: divisor frozen)")
 
 # %% [markdown]
 # ## Split by layer
@@ -90,7 +97,8 @@ neurons = ml.layer_attribution(trace, target, by="neuron", layer=top_mlp)
 print(render.attribution_bars(neurons, top=8))
 vals = np.array([v for k, v in zip(neurons.labels, neurons.values) if k.startswith("L")])
 share = np.abs(vals[:10]).sum() / np.abs(vals).sum()
-print(f"Notice: in layer {top_mlp}, the top 10 of {len(vals)} neurons hold {share:.0%} of the total |share|.")
+print(f"Notice: in layer {top_mlp}, the top 10 of {len(vals)} neurons hold {share:.0%} "
+      f"of the total |share|.")
 
 # %% [markdown]
 # ## A contrast

@@ -56,12 +56,12 @@ print(f"Notice: the largest single (layer, source) share is layer {l_best}, from
 g, w = model.params, model.layers[int(l_best)]
 q = trace.n_seq - 1
 s = float(trace["scale_final"][q, 0])
-w_read = g.lnf_w * g.W_U[:, target] / s                                     # [d_model]
-W_O_read = w.W_O.reshape(cfg.n_heads, cfg.d_head, cfg.d_model) @ w_read       # [n_heads, d_head]
+w_read = g.lnf_w * g.W_U[:, target] / s                                   # [d_model]
+W_O_read = w.W_O.reshape(cfg.n_heads, cfg.d_head, cfg.d_model) @ w_read   # [n_heads, d_head]
 group = cfg.n_heads // cfg.n_kv_heads
-v = np.repeat(trace["v", int(l_best)], group, axis=1)                         # [n_seq, n_heads, d_head]
-pattern = trace["pattern", int(l_best)][:, q, :]                              # [n_heads, n_seq]
-per_head_token = pattern * np.einsum("khd,hd->hk", v, W_O_read)               # [n_heads, n_seq]
+v = np.repeat(trace["v", int(l_best)], group, axis=1)                     # [n_seq, n_heads, d_head]
+pattern = trace["pattern", int(l_best)][:, q, :]                          # [n_heads, n_seq]
+per_head_token = pattern * np.einsum("khd,hd->hk", v, W_O_read)           # [n_heads, n_seq]
 print("the same layer, by hand: sum over heads vs minilens's token split, max difference",
       np.abs(per_head_token.sum(0) - M[l_best]).max())
 print("head  " + " ".join(f"{t:>7s}" for t in short))
@@ -81,9 +81,11 @@ P = trace["pattern", int(l_best)][h_best]                                     # 
 shades = " .:-=+*#%@"
 print("query \\ key  " + "".join(f"{t[:3]:>4s}" for t in short))
 for i in range(trace.n_seq):
-    print(f"{short[i]:>11s}  " + "".join(f"{shades[min(9, int(P[i, j] * 10))]:>4s}" if j <= i else "    "
-                                        for j in range(trace.n_seq)))
-print(f"attention from the last position to {toks[k_best]!r}: {P[-1, k_best]:.2f}; that value vector's "
+    print(f"{short[i]:>11s}  "
+          + "".join(f"{shades[min(9, int(P[i, j] * 10))]:>4s}" if j <= i else "    "
+                    for j in range(trace.n_seq)))
+print(f"attention from the last position to {toks[k_best]!r}: {P[-1, k_best]:.2f}; "
+      f"that value vector's "
       f"readout: {per_head_token[h_best, k_best] / max(P[-1, k_best], 1e-9):+.2f}")
 
 # %% [markdown]

@@ -38,7 +38,8 @@ print(f"the model predicts {model.to_str_tokens([target])[0]!r} after {text!r}")
 # %%
 l = cfg.n_layers - 1
 neurons = ml.layer_attribution(trace, target, by="neuron", layer=l)
-label, share = next((k, v) for k, v in neurons.top(len(neurons.values)) if k.startswith("L"))   # skip "rest"
+label, share = next((k, v) for k, v in neurons.top(len(neurons.values))
+                    if k.startswith("L"))  # skip "rest"
 i = int(label.split("N")[1])
 act = float(trace["mlp_post", l][-1, i])
 print(f"neuron {label}: activation {act:+.3f}, direct share of the logit {share:+.3f}")
@@ -48,7 +49,8 @@ if act > 0:
     print(f"Notice: the activation is positive ({act:+.2f}), so the neuron writes this direction: "
           f"it pushes up the tokens under 'promotes'.")
 else:
-    print(f"Notice: the activation is negative ({act:+.2f}), so the neuron writes *minus* this direction: "
+    print(f"Notice: the activation is negative ({act:+.2f}), "
+          f"so the neuron writes *minus* this direction: "
           f"it pushes up the tokens under 'suppresses' and down those under 'promotes'.")
 scores = direction.direction_scores(model, model.layers[l].W_out[i][None])[0]        # [d_vocab]
 rank = int((scores > scores[target]).sum()) if act > 0 else int((scores < scores[target]).sum())
@@ -72,7 +74,8 @@ group = cfg.n_heads // cfg.n_kv_heads
 v = trace["v", hl][k_src, hh // group]                                         # [d_head]
 ov = v @ w.W_O.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)[hh]               # [d_model]
 toks = model.to_str_tokens(trace.ids)
-print(f"head {head} attends {pattern[k_src]:.2f} to position {k_src} ({toks[k_src]!r}); what it copies from there:")
+print(f"head {head} attends {pattern[k_src]:.2f} to position {k_src} ({toks[k_src]!r}); "
+      f"what it copies from there:")
 print(ml.direction_lens(model, ov, k=8))
 print("Notice: a head that copies a token's identity would promote that token or its relatives; "
       "one that only moves position or syntax information shows no clear token list.")
@@ -80,17 +83,20 @@ print("Notice: a head that copies a token's identity would promote that token or
 # %% [markdown]
 # ## 3. SAE decoder rows
 # A real sparse autoencoder is trained on millions of residual-stream vectors; none is shipped for
-# this small model, and we do not train one here. So, honestly: **this SAE is synthetic.** We build a
-# `W_dec` [d_sae, d_model] whose first rows are the output directions of the top neurons above (so we
-# know what they should read as) and whose other rows are random unit vectors, and save it in the
-# SAELens file layout (`sae_weights.safetensors` with a `W_dec` tensor). `ml.sae_lens` reads any such
-# file, memory-mapped, so the same two lines work on a real SAE trained for a real model.
+# this small model, and we do not train one here. So, honestly: **this SAE is synthetic.** We build
+# a `W_dec` [d_sae, d_model] whose first rows are the output directions of the top neurons above
+# (so we know what they should read as) and whose other rows are random unit vectors, and save it in
+# the SAELens file layout (`sae_weights.safetensors` with a `W_dec` tensor). `ml.sae_lens` reads any
+# such file, memory-mapped, so the same two lines work on a real SAE trained for a real model.
 
 # %%
-top_neurons = [int(k.split("N")[1]) for k, _ in neurons.top(len(neurons.values)) if k.startswith("L")][:4]
+top_neurons = [int(k.split("N")[1]) for k, _ in neurons.top(len(neurons.values))
+               if k.startswith("L")][:4]
 rng = np.random.default_rng(0)
-rows = [model.layers[l].W_out[n] for n in top_neurons] + list(rng.standard_normal((4, cfg.d_model)))
-W_dec = np.stack([r / np.linalg.norm(r) for r in rows]).astype(np.float32)     # [d_sae, d_model], unit rows
+rows = ([model.layers[l].W_out[n] for n in top_neurons]
+        + list(rng.standard_normal((4, cfg.d_model))))
+# [d_sae, d_model], unit rows
+W_dec = np.stack([r / np.linalg.norm(r) for r in rows]).astype(np.float32)
 folder = Path(tempfile.mkdtemp(prefix="minilens-sae-"))
 save_file({"W_dec": W_dec}, str(folder / "sae_weights.safetensors"))
 print(f"wrote a synthetic SAE with {len(W_dec)} features to {folder}")
@@ -108,8 +114,8 @@ for f in features:
 
 # %%
 for f in features[:len(top_neurons)]:
-    assert f.promoted_ids.tolist() == ml.direction_lens(model, model.layers[l].W_out[top_neurons[f.feature]],
-                                                        k=5).promoted_ids.tolist()
+    assert f.promoted_ids.tolist() == ml.direction_lens(
+        model, model.layers[l].W_out[top_neurons[f.feature]], k=5).promoted_ids.tolist()
 top_score = [float(f.promoted_scores[0]) for f in features]
 print(f"largest score, neuron-made features: {np.round(top_score[:len(top_neurons)], 3)}")
 print(f"largest score, random features:      {np.round(top_score[len(top_neurons):], 3)}")

@@ -16,14 +16,15 @@
 import numpy as np
 
 import minilens as ml
-from minilens.show import render
 from minilens.loading.fetch import fetched_path
+from minilens.show import render
 
 if fetched_path("smollm2") is not None:
     model = ml.load("smollm2")
     text, target, rival = "The capital of France is", " Paris", " London"
 else:
-    print("SmolLM2 is not fetched (run `minilens fetch smollm2`); using the shipped Shakespeare Llama.")
+    print("SmolLM2 is not fetched (run `minilens fetch smollm2`); "
+          "using the shipped Shakespeare Llama.")
     model = ml.load("shakespeare-llama")
     text = "To be, or not to be, that is the"
 print(model)
@@ -43,20 +44,25 @@ print(f"the model's top 3 next tokens: {top}")
 # %%
 lens = ml.logit_lens(trace, target=target, top_k=3, incl_mid=True)
 rank = lens.target_rank[:, -1]
-for i in list(range(0, len(lens.labels) - 12, 6)) + list(range(len(lens.labels) - 12, len(lens.labels))):
+for i in (list(range(0, len(lens.labels) - 12, 6))
+          + list(range(len(lens.labels) - 12, len(lens.labels)))):
     label = str(lens.labels[i])
-    tops = ", ".join(f"{s!r} {p:.2f}" for s, p in zip(model.to_str_tokens(lens.top_ids[i, -1]), lens.top_probs[i, -1]))
+    tops = ", ".join(f"{s!r} {p:.2f}"
+                     for s, p in zip(model.to_str_tokens(lens.top_ids[i, -1]),
+                                     lens.top_probs[i, -1]))
     print(f"{label:>10}  rank of {target!r}: {int(rank[i]):5d}   top: {tops}")
 first = next(str(lens.labels[i]) for i in range(len(rank)) if rank[i] == 0)
-assert str(lens.labels[-1]) == "final_post" and rank[-1] == 0, "the lens's last row is the model itself"
-print(f"Notice: the median rank of {target!r} over all {len(rank)} rows is {int(np.median(rank))}; it first "
-      f"tops the lens at {first}, and in the rows before the end its rank goes {int(rank[-9])} -> "
-      f"{int(rank[-5])} -> {int(rank[-3])}.")
+assert str(lens.labels[-1]) == "final_post" and rank[-1] == 0, (
+    "the lens's last row is the model itself")
+print(f"Notice: the median rank of {target!r} over all {len(rank)} rows is "
+      f"{int(np.median(rank))}; it first "
+      f"tops the lens at {first}, and in the rows before the end its rank goes "
+      f"{int(rank[-9])} -> {int(rank[-5])} -> {int(rank[-3])}.")
 
 # %% [markdown]
 # In the middle layers the lens reads punctuation and spaces: the stream there is not yet in the
-# basis the unembedding reads (the tuned lens of Belrose et al. 2023 is about exactly that). The answer is
-# assembled in the last few blocks.
+# basis the unembedding reads (the tuned lens of Belrose et al. 2023 is about exactly that). The
+# answer is assembled in the last few blocks.
 #
 # ## Which layers write it
 # Direct logit attribution (tutorial 03) splits the final logit of the target into what each
@@ -66,13 +72,15 @@ print(f"Notice: the median rank of {target!r} over all {len(rank)} rows is {int(
 # %%
 attr = ml.layer_attribution(trace, target=target, by="layer")
 print(render.attribution_bars(attr, top=8))
-assert abs(attr.values.sum() - attr.logit) <= 1e-4 * max(1, abs(attr.logit)), "the parts sum to the logit"
+assert abs(attr.values.sum() - attr.logit) <= 1e-4 * max(1, abs(attr.logit)), (
+    "the parts sum to the logit")
 contrast = ml.layer_attribution(trace, target=target, contrast=rival, by="layer")
 print(render.attribution_bars(contrast, top=6))
 best = contrast.top(1)[0]
 late = sum(v for k, v in zip(attr.labels, attr.values) if k.endswith("_mlp")
            and int(k.split("_")[0]) >= model.cfg.n_layers - 4)
-print(f"Notice: for {target!r} alone the largest part is {attr.top(1)[0][0]} ({attr.top(1)[0][1]:+.2f}), and "
+print(f"Notice: for {target!r} alone the largest part is {attr.top(1)[0][0]} "
+      f"({attr.top(1)[0][1]:+.2f}), and "
       f"the last four MLPs together write {late:+.2f} of {attr.logit:+.2f}; against {rival!r} the "
       f"largest part is {best[0]} ({best[1]:+.2f} of {contrast.logit:+.2f}).")
 

@@ -15,8 +15,7 @@
 # Shapes use minilens's vocabulary: n_seq (positions), d_model (stream width), d_vocab (vocabulary).
 
 # %%
-import numpy as np
-
+import numpy as np  # noqa: F401  (the numpy your functions will use)
 
 # %% [markdown]
 # ## Part 1: the final norm
@@ -79,8 +78,9 @@ def kl_to_final(final_logits, logits):
 
 # %%
 def layer_attribution(components, x_final, gamma, beta, eps, kind, W_U, b_U, target):
-    """Each component's share of logit[target] at one position.  components [n_parts, d_model] -> [n_parts]
+    """Each component's share of logit[target] at one position.
 
+    components [n_parts, d_model] -> [n_parts]
     x_final: [d_model], the final residual (components.sum(0)); target: a token id.
     The shares plus the constant add up to the model's logit exactly.
     """

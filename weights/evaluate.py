@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -86,8 +85,8 @@ def evaluate(path: str, max_windows: int | None = None, threads: int = 2) -> dic
             ids = ([bos_id] if family == "llama" else []) + w
             x = torch.tensor([ids])
             out = model(input_ids=x, output_hidden_states=True)
-            # Scored positions: predict ids[p + 1] from position p; Llama skips predicting w[0] from BOS
-            # alone so that both families score the same tokens (w[1:]).
+            # Scored positions: predict ids[p + 1] from position p; Llama skips predicting w[0] from
+            # BOS alone so that both families score the same tokens (w[1:]).
             first = 1 if family == "llama" else 0
             tgt = x[0, first + 1:]  # [n_scored]
             logits = out.logits[0, first:-1]  # [n_scored, d_vocab]
@@ -102,7 +101,8 @@ def evaluate(path: str, max_windows: int | None = None, threads: int = 2) -> dic
                 lens_logp = torch.log_softmax(unembed(norm(h)).float(), dim=-1)
                 lp_sum[r] += lens_logp.gather(1, tgt[:, None]).sum().item()
             lp_sum[L] += tl.sum().item()
-    counts = np.bincount(np.array(targets_all), minlength=model.config.vocab_size).astype(np.float64)
+    counts = np.bincount(np.array(targets_all),
+                         minlength=model.config.vocab_size).astype(np.float64)
     p = counts[counts > 0] / counts.sum()
     res = {
         "name": os.path.basename(os.path.normpath(path)), "family": family, "path": path,
@@ -111,7 +111,8 @@ def evaluate(path: str, max_windows: int | None = None, threads: int = 2) -> dic
         "val_ce": nll_sum / n_tok, "unigram_entropy": float(-(p * np.log(p)).sum()),
         "top1_acc": n_correct / n_tok, "final_train_loss": info["final_train_loss"],
         "lens_rows": rows, "lens_mean_logprob": (lp_sum / n_tok).tolist(),
-        "steps": info["steps"], "train_seconds": info["train_seconds"], "tokens_seen": info["tokens_seen"],
+        "steps": info["steps"], "train_seconds": info["train_seconds"],
+        "tokens_seen": info["tokens_seen"],
         "eval_seconds": round(time.time() - t0, 1), "info": info,
     }
     res["samples"] = greedy_samples(model, tok, family)
@@ -126,8 +127,8 @@ def greedy_samples(model, tok, family):
         ids = tok.encode(prompt).ids  # Llama: BOS prepended by the tokenizer's post-processor
         x = torch.tensor([ids])
         with torch.no_grad():
-            y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=N_NEW,
-                               pad_token_id=model.config.eos_token_id)
+            y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                               max_new_tokens=N_NEW, pad_token_id=model.config.eos_token_id)
         out.append((prompt, tok.decode(y[0, len(ids):].tolist())))
     return out
 
@@ -137,10 +138,12 @@ def targets(res: dict) -> list[tuple[str, bool, str]]:
     L = len(lp) - 1
     half = lp[L // 2:]
     return [
-        ("val CE at least 1.5 nats below the unigram entropy", res["unigram_entropy"] - res["val_ce"] >= 1.5,
+        ("val CE at least 1.5 nats below the unigram entropy",
+         res["unigram_entropy"] - res["val_ce"] >= 1.5,
          f"gap {res['unigram_entropy'] - res['val_ce']:.2f} nats"),
         ("top-1 accuracy >= 30%", res["top1_acc"] >= 0.30, f"{100 * res['top1_acc']:.1f}%"),
-        ("lens: final_post at least 1 nat above 0_pre", lp[-1] - lp[0] >= 1.0, f"gain {lp[-1] - lp[0]:.2f} nats"),
+        ("lens: final_post at least 1 nat above 0_pre", lp[-1] - lp[0] >= 1.0,
+         f"gain {lp[-1] - lp[0]:.2f} nats"),
         ("lens: the mean rises over the last half of the layers",
          all(b > a for a, b in zip(half, half[1:])),
          "rows " + " < ".join(res["lens_rows"][L // 2:])),
@@ -151,22 +154,26 @@ def markdown(res: dict) -> str:
     i = res["info"]
     h = i["hyper"]
     lines = [
-        f"Measured with `python weights/evaluate.py weights/{res['name']}` "
-        f"(torch + transformers; validation plays: {', '.join(res['val_plays'])}; "
-        f"{res['val_tokens_scored']:,} scored tokens).",
+        (f"Measured with `python weights/evaluate.py weights/{res['name']}` "
+         f"(torch + transformers; validation plays: {', '.join(res['val_plays'])}; "
+         f"{res['val_tokens_scored']:,} scored tokens)."),
         "",
         "| quantity | value |",
         "|---|---|",
         f"| parameters | {res['n_params']:,} |",
-        f"| training | {res['steps']} steps x {h['batch_size']} x {h['n_ctx']} tokens = {res['tokens_seen']:,} tokens, "
-        f"{res['train_seconds'] / 60:.1f} min with {i.get('threads', 2)} CPU thread(s) on a shared 2-core machine |",
-        f"| final train loss (mean of the last 50 steps) | {res['final_train_loss']:.3f} nats/token |",
+        (f"| training | {res['steps']} steps x {h['batch_size']} x {h['n_ctx']} tokens "
+         f"= {res['tokens_seen']:,} tokens, "
+         f"{res['train_seconds'] / 60:.1f} min with {i.get('threads', 2)} CPU thread(s) "
+         f"on a shared 2-core machine |"),
+        (f"| final train loss (mean of the last 50 steps) | {res['final_train_loss']:.3f} "
+         f"nats/token |"),
         f"| validation cross-entropy | {res['val_ce']:.3f} nats/token |",
         f"| unigram entropy of the validation tokens | {res['unigram_entropy']:.3f} nats |",
         f"| next-token top-1 accuracy | {100 * res['top1_acc']:.1f}% |",
         "",
-        "Logit lens (row l reads the residual stream entering block l through the final norm and the "
-        "unembedding; `final_post` is the model's logits): mean log-probability of the true next token.",
+        ("Logit lens (row l reads the residual stream entering block l through the final norm and "
+         "the unembedding; `final_post` is the model's logits): "
+         "mean log-probability of the true next token."),
         "",
         "| row | " + " | ".join(res["lens_rows"]) + " |",
         "|---|" + "---|" * len(res["lens_rows"]),
@@ -197,7 +204,8 @@ def main() -> None:
     ap.add_argument("--update-card", action="store_true")
     ap.add_argument("--max-windows", type=int, default=None, help="for a quick smoke run only")
     ap.add_argument("--json", help="also write the figures to this JSON file")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 if another job holds a core)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch CPU threads (1 if another job holds a core)")
     args = ap.parse_args()
     paths = list(T.OUT_DIR.values()) if args.path == "all" else [args.path]
     for path in paths:

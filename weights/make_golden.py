@@ -1,7 +1,7 @@
 """Write the golden values for tests/test_shipped_golden.py, computed with transformers (dev-only).
 
-    python weights/make_golden.py            # writes tests/golden/shipped_<name>.json for both models
-    python weights/make_golden.py shakespeare-llama      # or for one
+    python weights/make_golden.py  # writes tests/golden/shipped_<name>.json for both models
+    python weights/make_golden.py shakespeare-llama  # or for one
 
 The values are computed with torch + transformers, independently of minilens, so that the golden
 test (which runs without torch) compares minilens against the reference, not against itself:
@@ -24,7 +24,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from evaluate import final_norm_and_unembed, load  # noqa: E402
 
-PROMPT = "ROMEO.\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the"
+PROMPT = ("ROMEO.\nBut soft, what light through yonder window breaks?\n"
+          "It is the east, and Juliet is the")
 MIN_GAP = 1e-3  # logit gap that float32 noise (about 1e-5 here) cannot bridge
 NAMES = ("shakespeare-llama", "shakespeare-gpt2")
 
@@ -49,13 +50,16 @@ def golden(name: str) -> dict:
         for l in range(L + 1):
             row = unembed(norm(out.hidden_states[l][0, -1])) if l < L else out.logits[0, -1]
             t2 = torch.topk(row.double(), 2)
-            assert t2.values[0] - t2.values[1] > MIN_GAP, f"{name}: lens row {l} top-1 too close; choose another PROMPT"
+            assert t2.values[0] - t2.values[1] > MIN_GAP, (
+                f"{name}: lens row {l} top-1 too close; choose another PROMPT")
             labels.append(f"{l}_pre" if l < L else "final_post")
             lens_top1.append(int(t2.indices[0]))
     return {
-        "how_made": (f"python weights/make_golden.py: transformers {__import__('transformers').__version__} / "
+        "how_made": (f"python weights/make_golden.py: "
+                     f"transformers {__import__('transformers').__version__} / "
                      f"torch {torch.__version__}, float32, from weights/{name}; lens row l = "
-                     "lm_head(final_norm(hidden_states[l])) at the last position, final_post = the logits. "
+                     "lm_head(final_norm(hidden_states[l])) at the last position, "
+                     "final_post = the logits. "
                      "Regenerate whenever the weights are retrained."),
         "model": f"weights/{name}",
         "prompt": PROMPT,

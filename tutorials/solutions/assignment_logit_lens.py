@@ -17,7 +17,6 @@
 # %%
 import numpy as np
 
-
 # %% [markdown]
 # ## Part 1: the final norm
 # The unembedding never reads the raw residual stream: it reads N(x), the final norm.
@@ -34,7 +33,8 @@ def final_norm(x, gamma, beta, eps, kind):
     """
     if kind == "layernorm":
         x = x - x.mean(-1, keepdims=True)                       # LayerNorm centres first
-        s = np.sqrt((x * x).mean(-1, keepdims=True) + eps)      # then the variance: eps inside the sqrt
+        # then the variance: eps inside the sqrt
+        s = np.sqrt((x * x).mean(-1, keepdims=True) + eps)
     else:
         s = np.sqrt((x * x).mean(-1, keepdims=True) + eps)      # RMSNorm: root of the mean square
     y = x / s * gamma
@@ -92,12 +92,13 @@ def kl_to_final(final_logits, logits):
 
 # %%
 def layer_attribution(components, x_final, gamma, beta, eps, kind, W_U, b_U, target):
-    """Each component's share of logit[target] at one position.  components [n_parts, d_model] -> [n_parts]
+    """Each component's share of logit[target] at one position.
 
+    components [n_parts, d_model] -> [n_parts]
     x_final: [d_model], the final residual (components.sum(0)); target: a token id.
     The shares plus the constant add up to the model's logit exactly.
     """
     x = x_final - x_final.mean() if kind == "layernorm" else x_final
-    s = np.sqrt((x * x).mean() + eps)                           # the divisor, frozen at its value on x_final
+    s = np.sqrt((x * x).mean() + eps)  # the divisor, frozen at its value on x_final
     c = components - components.mean(-1, keepdims=True) if kind == "layernorm" else components
     return (c / s * gamma) @ W_U[:, target]
