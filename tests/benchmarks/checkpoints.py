@@ -20,11 +20,12 @@ import numpy as np
 CACHE = Path(os.environ.get("MINILENS_BENCH_CACHE", Path.home() / ".cache" / "minilens-bench"))
 
 GPT2_SMALL = dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)
-LLAMA_SMALL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-                   num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
-                   tie_word_embeddings=False)
-TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048,
+LLAMA_SMALL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                   num_attention_heads=12, num_key_value_heads=4, vocab_size=32000,
+                   max_position_embeddings=2048, tie_word_embeddings=False)
+TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                 num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                 max_position_embeddings=2048,
                  rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False)
 
 
@@ -33,7 +34,8 @@ def _done(folder: Path) -> bool:
 
 
 def _random_hf(name: str, model_class: str, config_class: str, config: dict) -> Path:
-    """A transformers model with its own seeded random init, saved once into the cache as ``name``."""
+    """A transformers model with its own seeded random init, saved once into the cache as
+    ``name``."""
     folder = CACHE / name
     if not _done(folder):
         import torch
@@ -64,18 +66,23 @@ def tinyllama_bf16() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     d, m, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     d_kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
-    shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}
+    shapes = {"model.embed_tokens.weight": (V, d), "model.norm.weight": (d,),
+              "lm_head.weight": (V, d)}
     for l in range(L):
         p = f"model.layers.{l}."
-        shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
-                       p + "self_attn.q_proj.weight": (d, d), p + "self_attn.k_proj.weight": (d_kv, d),
-                       p + "self_attn.v_proj.weight": (d_kv, d), p + "self_attn.o_proj.weight": (d, d),
+        shapes.update({p + "input_layernorm.weight": (d,),
+                       p + "post_attention_layernorm.weight": (d,),
+                       p + "self_attn.q_proj.weight": (d, d),
+                       p + "self_attn.k_proj.weight": (d_kv, d),
+                       p + "self_attn.v_proj.weight": (d_kv, d),
+                       p + "self_attn.o_proj.weight": (d, d),
                        p + "mlp.gate_proj.weight": (m, d), p + "mlp.up_proj.weight": (m, d),
                        p + "mlp.down_proj.weight": (d, m)})
     header, offset = {}, 0
     for name, shape in shapes.items():
         n_bytes = int(np.prod(shape)) * 2
-        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
+        header[name] = {"dtype": "BF16", "shape": list(shape),
+                        "data_offsets": [offset, offset + n_bytes]}
         offset += n_bytes
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header).encode()

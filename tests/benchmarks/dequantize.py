@@ -1,4 +1,5 @@
-"""Dequantization speed: minilens.loading.quants against gguf-py's gguf.quants.dequantize, side by side.
+"""Dequantization speed: minilens.loading.quants against gguf-py's gguf.quants.dequantize, side by
+side.
 
 Run by hand, never in the test suite:
 
@@ -38,7 +39,6 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent))
 
 import harness  # noqa: E402
-
 from minilens.loading import quants  # noqa: E402
 
 MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

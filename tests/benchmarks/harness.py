@@ -1,6 +1,7 @@
 """Timing and memory measurement shared by the benchmarks.
 
-- ``pin_threads``: numpy's BLAS and torch on the same thread count, so ratios compare code, not cores.
+- ``pin_threads``: numpy's BLAS and torch on the same thread count, so ratios compare code, not
+  cores.
 - ``interleaved``: every contender runs once per round, in a rotating order, after a warm-up round;
   the machine is shared, so slow phases hit all contenders alike and medians ignore the outliers.
 - ``peak_rss_during``: the process's peak resident memory while a function runs, measured by the
@@ -26,7 +27,8 @@ def pin_threads(n: int) -> dict:
         import threadpoolctl
         threadpoolctl.threadpool_limits(n)
         blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
-        info["numpy_blas"] = ", ".join(f"{p['internal_api']} {p['version']} kernel={p.get('architecture')} "
+        info["numpy_blas"] = ", ".join(f"{p['internal_api']} {p['version']} "
+                                       f"kernel={p.get('architecture')} "
                                        f"threads={p['num_threads']}" for p in blas)
     except ImportError:
         info["numpy_blas"] = "unknown (pip install threadpoolctl to pin and report it)"
@@ -41,9 +43,11 @@ def pin_threads(n: int) -> dict:
 
 def machine() -> dict:
     import numpy
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")),
                platform.processor())
-    out = {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "numpy": numpy.__version__,
+    out = {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+           "numpy": numpy.__version__,
            "load_avg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
            "env": " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
                            if k.startswith(("OPENBLAS", "OMP_", "MKL_")))}

@@ -1,7 +1,7 @@
 """The lens statistics' passes, one by one, on one chunk of GPT-2-shaped logits (issue 6).
 
-A chunk is what ``minilens.analysis.lens`` works on at once: 13 rows x 25 positions = 325 rows of 50257
-logits (64 MB in float32). This prints the best of 7 for:
+A chunk is what ``minilens.analysis.lens`` works on at once: 13 rows x 25 positions = 325 rows of
+50257 logits (64 MB in float32). This prints the best of 7 for:
 
 - the group maxima of the top-k: a max over each contiguous run of 256 logits, against an
   element-wise max of 32 interleaved slices (what ``top_k_by_group_maxima`` does);
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # noqa: E402
+import harness
 
 
 def best_ms(fn, repeats: int = 7, before=None) -> float:
@@ -39,7 +39,8 @@ def best_ms(fn, repeats: int = 7, before=None) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     harness.pin_threads(args.threads)
@@ -56,10 +57,13 @@ def main() -> None:
 
     print(f"# one chunk: {R * c} x {V} float32 logits, BLAS threads {args.threads}")
     n = V // 256
-    print(f"group maxima, contiguous runs of 256    {best_ms(lambda: logits[:, :n * 256].reshape(-1, n, 256).max(-1)):7.2f} ms")
+    print(f"group maxima, contiguous runs of 256    "
+          f"{best_ms(lambda: logits[:, :n * 256].reshape(-1, n, 256).max(-1)):7.2f} ms")
     n = V // 32
-    print(f"group maxima, 32 interleaved slices     {best_ms(lambda: logits[:, :n * 32].reshape(-1, 32, n).max(-2)):7.2f} ms")
-    print(f"rank, count_nonzero(axis=-1)            {best_ms(lambda: np.count_nonzero(logits > t[:, None], axis=-1)):7.2f} ms")
+    print(f"group maxima, 32 interleaved slices     "
+          f"{best_ms(lambda: logits[:, :n * 32].reshape(-1, 32, n).max(-2)):7.2f} ms")
+    print(f"rank, count_nonzero(axis=-1)            "
+          f"{best_ms(lambda: np.count_nonzero(logits > t[:, None], axis=-1)):7.2f} ms")
     print(f"rank, row by row                        "
           f"{best_ms(lambda: [np.count_nonzero(row > v) for row, v in zip(logits, t)]):7.2f} ms")
 
@@ -72,7 +76,8 @@ def main() -> None:
             return lambda: [lens.position_statistics(*p) for p in pieces]
         return lambda: list(pool.map(lambda p: lens.position_statistics(*p), pieces))
 
-    refill = lambda: np.matmul(x, W_U, out=logits)   # noqa: E731  (the GEMM right before, as in the lens)
+    # the GEMM right before, as in the lens
+    refill = lambda: np.matmul(x, W_U, out=logits)  # noqa: E731
     for n_threads in (1, 2):
         print(f"statistics after a GEMM, {n_threads} thread{'s' if n_threads > 1 else ' '}      "
               f"{best_ms(statistics(n_threads), before=refill):7.2f} ms")

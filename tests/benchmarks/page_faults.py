@@ -1,4 +1,5 @@
-"""Why the same forward pass took 0.65 s or 0.8 s: page faults, counted, with and without the pool (issue 6).
+"""Why the same forward pass took 0.65 s or 0.8 s: page faults, counted, with and without the pool
+(issue 6).
 
 A forward pass allocates and frees a few hundred MB of activations. Whether glibc's malloc hands
 that memory back to the kernel between runs (and the next run faults it in again, page by page)
@@ -50,7 +51,8 @@ if state == "widened first":
 ids = np.random.default_rng(512).integers(0, model.cfg.d_vocab, 512)
 held = [model.run(ids) for _ in range(2)] if state == "holding" else []
 out = {{}}
-for what, fn in (("run (full trace)", lambda: model.run(ids)), ("model(ids) (logits only)", lambda: model(ids))):
+for what, fn in (("run (full trace)", lambda: model.run(ids)),
+                 ("model(ids) (logits only)", lambda: model(ids))):
     fn()                                                  # warm-up
     times, faults = [], []
     for _ in range(repeats):
@@ -106,19 +108,25 @@ print(json.dumps(out))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
-    print(f"# GPT-2-small, 512 tokens, {args.threads} threads; malloc env: {malloc_env or 'glibc defaults'}")
-    print("| process state | forward | with the pool: median s | minor faults | model.pool = None: median s | minor faults |")
+    malloc_env = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())
+                          if k.startswith("MALLOC_"))
+    print(f"# GPT-2-small, 512 tokens, {args.threads} threads; "
+          f"malloc env: {malloc_env or 'glibc defaults'}")
+    print("| process state | forward | with the pool: median s | minor faults "
+          "| model.pool = None: median s | minor faults |")
     print("|---|---|---:|---:|---:|---:|")
     for state in ("fresh", "widened first", "holding"):
         results = []
         for pool in (True, False):
-            code = CHILD.format(here=str(HERE), threads=args.threads, state=state, repeats=args.repeats, pool=pool)
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            code = CHILD.format(here=str(HERE), threads=args.threads, state=state,
+                                repeats=args.repeats, pool=pool)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True)
             results.append(json.loads(res.stdout.strip().splitlines()[-1]))
         for what in results[0]:
             (s1, f1), (s0, f0) = results[0][what], results[1][what]
