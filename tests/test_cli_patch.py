@@ -31,8 +31,8 @@ def test_patch_prints_the_grid_and_writes_the_heatmap(tmp_path):
     assert f"wrote {html}" in p.stderr, "--html says where it wrote"
     # the numbers are the library's
     model = ml.load("shakespeare-llama")
-    result = ml.activation_patching(model, CLEAN, CORRUPTED, "logit_diff_normalized", target=" king",
-                                    contrast=" truth")
+    result = ml.activation_patching(model, CLEAN, CORRUPTED, "logit_diff_normalized",
+                                    target=" king", contrast=" truth")
     label, value = result.top(1)[0]
     assert f"{label} {value:+.3f}" in p.stdout, "the CLI prints activation_patching's own numbers"
     assert np.isclose(result.clean, 1.0) and result.corrupted == 0.0
