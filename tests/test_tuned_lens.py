@@ -139,6 +139,8 @@ def test_ridge_is_chosen_on_held_out_windows_and_reported(llama):
     for l, r in enumerate(lens.info["ridge"]):
         assert r == grid[int(np.argmin(table[l]))], "the ridge is the held-out argmin"
     assert lens.info["heldout_tokens"] == 2 * 20 and lens.info["tokens"] == 12 * 40
+    few = fit_affine_lens(llama, texts(3, 20), seq_len=20, progress=None)
+    assert few.info["heldout_tokens"] == 20, "with fewer than 10 windows the last is held out"
 
 
 def test_infinite_ridge_and_no_steps_is_the_logit_lens_exactly(tmp_path):
@@ -298,3 +300,24 @@ def test_the_table_and_the_plot(llama):
     page = kl_plot_html({"logit": ev, "tuned": tuned})
     assert page.count('class="ml-line"') == 2 and page.count("<circle") == 2 * llama.cfg.n_layers
     assert "<script" not in page
+
+
+# ------------------------------------------------------------------------------------------
+# The command line
+# ------------------------------------------------------------------------------------------
+
+def test_fit_lens_then_lens_with_translators_on_the_command_line(tmp_path, capsys):
+    from minilens.show.cli import main
+    text = tmp_path / "text.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 60)
+    out = tmp_path / "lens.safetensors"
+    assert main(["fit-lens", "--out", str(out), "--tokens", "600", "--steps", "2", "--batch",
+                 "16", "--seq-len", "64", "--heldout", "0", "--text", str(text)]) == 0
+    assert capsys.readouterr().out.strip().endswith("lens.safetensors")
+    lens = load_translators(out, ml.load("shakespeare-llama"))
+    assert lens.info["kind"] == "tuned" and lens.info["data"] == "files: text.txt"
+    assert main(["lens", "To be, or not", "--translators", str(out), "--color", "never"]) == 0
+    table = capsys.readouterr().out
+    assert "0_pre" in table and "final_post" in table
+    assert main(["lens", "To be", "--translators", str(out), "--mid"]) == 2
+    assert "drop --mid" in capsys.readouterr().err

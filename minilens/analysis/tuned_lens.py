@@ -127,7 +127,8 @@ class Translators:
 def model_info(model: "Model") -> dict:
     """What names the model translators belong to (saved with them, checked on load)."""
     cfg = model.cfg
-    name = Path(model.files[0]).name if getattr(model, "files", None) else str(model.folder)
+    files = [Path(f) for f in getattr(model, "files", None) or ()]
+    name = files[0].name if files and files[0].suffix == ".gguf" else Path(model.folder).name
     return dict(family=cfg.family, n_layers=cfg.n_layers, d_model=cfg.d_model,
                 d_vocab=cfg.d_vocab, model=name)
 
@@ -307,8 +308,9 @@ def fit_affine_lens(model: "Model", texts, ridge: float | None = None,
 
     ``ridge``: in units of mean(x_l ** 2) (so lam = ridge * mean(x_l ** 2)); 0 is least squares,
     ``math.inf`` the logit lens exactly. None chooses it per layer from ``grid`` by the error on
-    held-out tokens (every HOLDOUT_EVERY-th window), then refits on all the windows; the choice
-    and each grid value's held-out error are in ``info["ridge"]`` and ``info["ridge_mse"]``.
+    held-out tokens (every HOLDOUT_EVERY-th window, or the last of fewer), then refits on all the
+    windows; the choice and each grid value's held-out error are in ``info["ridge"]`` and
+    ``info["ridge_mse"]``.
     """
     progress = progress or _quiet
     windows = token_windows(model, texts, seq_len, max_tokens)
@@ -322,9 +324,10 @@ def fit_affine_lens(model: "Model", texts, ridge: float | None = None,
     cfg = model.cfg
     fit, held = (NormalEquations(cfg.n_layers, cfg.d_model) for _ in range(2))
     n_total = sum(len(w) for w in windows)
+    every = min(HOLDOUT_EVERY, len(windows))        # a few windows: the last is held out
     for i, ids in enumerate(windows):
         X, Y, _ = record(model, ids)
-        (held if ridge is None and i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 else fit).add(X, Y)
+        (held if ridge is None and i % every == every - 1 else fit).add(X, Y)
         if (i + 1) % max(1, len(windows) // 10) == 0 or i + 1 == len(windows):
             progress(f"affine lens: {fit.n + held.n}/{n_total} tokens "
                      f"({i + 1}/{len(windows)} windows)")
