@@ -8,6 +8,8 @@ below (numpy + zlib, no imaging library), and checks that
 - every heatmap cell is on screen in its own colour: it finds the grid's offset on the page from the
   top-left corner of cell (0, 0), then samples a point inside each of the rows x positions cells,
   away from the centred token text, and compares it with the cell's fill attribute.
+The activation-patching heatmap (a 40-token prompt, so its cells are narrow) gets the same check,
+and its colour bar must show both ends of the diverging scale.
 
 Chromium is Debian's ``chromium`` package; .ci/run installs it and sets MINILENS_REQUIRE_BROWSER=1,
 so in CI a missing browser is a failure, never a skip.
@@ -24,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minilens.show import cli
+import minilens as ml
+from minilens.show import cli, render
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "To be, or not to be, that is the"
@@ -86,16 +89,20 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 class Cells(HTMLParser):
-    """The heatmap's <svg> size and every cell's rect: (row, pos, x, y, width, height, rgb)."""
+    """The heatmap's <svg> size and every cell's rect: (row, pos, x, y, width, height, rgb).
+    ``svg_class``: "ml-heatmap" (the lens) or "ml-patching"; ``legend``: the colour bar's swatches,
+    top to bottom."""
 
-    def __init__(self):
+    def __init__(self, svg_class="ml-heatmap"):
         super().__init__()
-        self.cells, self.cell, self.svg = [], None, None
+        self.cells, self.cell, self.svg, self.svg_class, self.legend = [], None, None, svg_class, []
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "svg" and a.get("class") == "ml-heatmap":
+        if tag == "svg" and a.get("class") == self.svg_class:
             self.svg = (int(a["width"]), int(a["height"]))
+        if tag == "rect" and a.get("class") == "ml-legend":
+            self.legend.append(tuple(int(a["fill"][i:i + 2], 16) for i in (1, 3, 5)))
         if tag == "g" and a.get("class") == "ml-cell":
             self.cell = (int(a["data-row"]), int(a["data-pos"]))
         elif tag == "rect" and self.cell is not None:
@@ -131,13 +138,24 @@ def test_heatmap_renders_in_headless_chromium(tmp_path, capsys):
     img = screenshot(chromium, report, tmp_path / "lens.png", size, tmp_path)
     assert img.shape[:2] == (size[1], size[0])
 
-    # Not blank: a real picture has many colours and a good share of non-white pixels.
+    assert_not_blank(img)
+    assert_cells_on_screen(img, cells, tmp_path / "lens.png")
+    distinct = len({c[6] for c in cells})
+    assert distinct > 3, "the cells are shaded by probability, so they are not all one colour"
+
+
+def assert_not_blank(img: np.ndarray, min_non_white: float = 0.05):
+    """A real picture has many colours and a good share of non-white pixels."""
     flat = img.reshape(-1, 3)
     non_white = np.mean(np.any(flat < 250, axis=1))
     n_colours = len(np.unique(flat[:: 7], axis=0))
-    assert non_white > 0.05 and n_colours > 20, (
+    assert non_white > min_non_white and n_colours > 20, (
         f"the screenshot looks blank ({non_white:.1%} non-white, {n_colours} colours)")
 
+
+def assert_cells_on_screen(img: np.ndarray, cells: list, png: Path):
+    """Every heatmap cell is on screen in its own colour, where it sits relative to the others."""
+    R, P = 1 + max(c[0] for c in cells), 1 + max(c[1] for c in cells)
     # Find where the grid sits: candidates are top-left corners of regions in the darkest cell's
     # colour (a near-white cell would merge with the page's white background).
     first = min(cells, key=lambda c: sum(c[6]))
@@ -164,6 +182,33 @@ def test_heatmap_renders_in_headless_chromium(tmp_path, capsys):
         if best == len(cells):
             break
     assert best == R * P, (f"only {best} of the {R} x {P} heatmap cells were found on screen "
-                           f"in their own colour; see {tmp_path / 'lens.png'}")
-    distinct = len({c[6] for c in cells})
-    assert distinct > 3, "the cells are shaded by probability, so they are not all one colour"
+                           f"in their own colour; see {png}")
+
+
+def test_patching_heatmap_renders_in_headless_chromium(tmp_path):
+    chromium = find_chromium()
+    model = ml.load(ROOT / "weights" / "shakespeare-llama")
+    clean = ("For thou, sweet lord, that hast my heart in keeping, and for whom the heavens have "
+             "wept so long, I say that thou art fair; and now, good lord, that")
+    corrupted = clean.replace("For thou", "For you", 1)
+    result = ml.activation_patching(model, clean, corrupted, key="resid_pre",
+                                    metric="logit_diff_normalized", target=" thou",
+                                    contrast=" you")
+    assert len(result.positions) == 40, "a long prompt: the cells are narrow"
+    page = tmp_path / "patching.html"
+    page.write_text(render.report(patching=result, title="patching"), encoding="utf-8")
+    parsed = Cells("ml-patching")
+    parsed.feed(page.read_text(encoding="utf-8"))
+    cells = parsed.cells
+    assert len(cells) == result.values.size
+    size = (parsed.svg[0] + 80, parsed.svg[1] + 160)              # the svg plus the report's title
+    img = screenshot(chromium, page, tmp_path / "patching.png", size, tmp_path)
+    assert img.shape[:2] == (size[1], size[0])
+    assert_not_blank(img, min_non_white=0.02)                     # most cells sit near white
+    assert_cells_on_screen(img, cells, tmp_path / "patching.png")
+    # The colour bar shows the diverging scale's two ends: blue at the top, red at the bottom.
+    top, bottom = parsed.legend[0], parsed.legend[-1]
+    assert top[2] > top[0] and bottom[0] > bottom[2], "blue above the base run, red below"
+    for rgb in (top, bottom):    # at least one pixel row across the 14px bar, inside its outline
+        n = int(np.all(img.astype(int) == np.array(rgb), axis=2).sum())
+        assert n >= 12, f"the colour bar's end swatch {rgb} is on screen ({n} pixels)"
