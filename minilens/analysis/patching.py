@@ -320,10 +320,11 @@ class EffectsResult:
 
 
 def direct_and_total_effects(model, text, target, contrast=None, kind: str = "mean",
-                             reference=None, heads: bool = False) -> EffectsResult:
+                             reference=None, heads: bool = False, layers=None) -> EffectsResult:
     """For each layer's attention and MLP (and each head, with ``heads=True``): the direct effect on
     logit[target] - logit[contrast] (or logit[target]) at the last position, and the total effect
-    of ablating it (``kind``: "zero", "mean" or "resample" over ``reference``)."""
+    of ablating it (``kind``: "zero", "mean" or "resample" over ``reference``); ``layers``: only
+    these layers (default: all)."""
     from .attribution import layer_attribution
 
     ids = model.to_tokens(text) if isinstance(text, str) else model.check_ids(text)
@@ -339,7 +340,8 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
         clean = metric(trace.logits)
         attr = layer_attribution(trace, target=t, contrast=c, by="layer")
         labels, direct, total = [], [], []
-        for l in range(model.cfg.n_layers):
+        chosen = range(model.cfg.n_layers) if layers is None else [trace.layer_index(x) for x in layers]
+        for l in chosen:
             parts = [("attn", None, f"{l}_attn"), ("mlp", None, f"{l}_mlp")]
             if heads:
                 parts += [("head", h, f"L{l}H{h}") for h in range(model.cfg.n_heads)]
