@@ -340,7 +340,8 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
         clean = metric(trace.logits)
         attr = layer_attribution(trace, target=t, contrast=c, by="layer")
         labels, direct, total = [], [], []
-        chosen = range(model.cfg.n_layers) if layers is None else [trace.layer_index(x) for x in layers]
+        chosen = (range(model.cfg.n_layers) if layers is None
+                  else [trace.layer_index(x) for x in layers])
         for l in chosen:
             parts = [("attn", None, f"{l}_attn"), ("mlp", None, f"{l}_mlp")]
             if heads:
