@@ -259,6 +259,14 @@ def test_empty_and_too_short_texts_are_refused(llama):
                       incl_mid=True)
 
 
+def test_windows_stop_at_max_tokens(llama):
+    windows = token_windows(llama, texts(3, 40), seq_len=16, max_tokens=50)
+    assert [len(w) for w in windows] == [16, 16, 16, 2], "the last window is cut short"
+    assert sum(len(w) for w in token_windows(llama, texts(3, 40), 16, max_tokens=49)) == 48
+    with pytest.raises(InputError, match="max_tokens must be"):
+        token_windows(llama, texts(), max_tokens=1)
+
+
 def test_windows_start_with_bos_where_the_tokenizer_adds_it():
     model = ml.load("shakespeare-llama")
     text = "To be, or not to be, that is the question. " * 20

@@ -181,7 +181,8 @@ def token_windows(model: "Model", texts, seq_len: int = SEQ_LEN,
                   max_tokens: int | None = None) -> list[np.ndarray]:
     """Each text (a str, or an array of token ids) cut into windows of at most ``seq_len``
     tokens; each window runs on its own. Where the tokenizer prepends BOS, every window starts
-    with it. Stops once ``max_tokens`` tokens are gathered.  -> list of [n_seq] int64"""
+    with it. Stops at ``max_tokens`` tokens, the last window cut short.
+    -> list of [n_seq] int64"""
     if isinstance(texts, (str, np.ndarray)):
         texts = [texts]
     texts = list(texts)
@@ -189,6 +190,9 @@ def token_windows(model: "Model", texts, seq_len: int = SEQ_LEN,
         raise InputError("texts is empty: give at least one text (a str, or token ids).")
     if not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
         raise InputError(f"seq_len must be an int >= 2, got {seq_len!r}.")
+    if max_tokens is not None and not (isinstance(max_tokens, (int, np.integer))
+                                       and max_tokens >= 2):
+        raise InputError(f"max_tokens must be an int >= 2 or None, got {max_tokens!r}.")
     if model.cfg.n_ctx is not None:                 # GPT-2's learned positions end there
         seq_len = min(seq_len, model.cfg.n_ctx)
     tok = model.tokenizer
@@ -204,10 +208,12 @@ def token_windows(model: "Model", texts, seq_len: int = SEQ_LEN,
         body, step = ids[len(head):], seq_len - len(head)
         for start in range(0, len(body), step):
             window = np.concatenate([head, body[start:start + step]])
+            if max_tokens is not None:
+                window = window[:max_tokens - n]
             if len(window) >= 2:
                 windows.append(model.check_ids(window))
                 n += len(window)
-            if max_tokens is not None and n >= max_tokens:
+            if max_tokens is not None and n > max_tokens - 2:      # no room for another window
                 return windows
     return windows
 
