@@ -8,7 +8,14 @@ copies, page faults outside these functions). Two process states, each in this p
 (load, run) and ``--widened`` (every layer widened before the first run, which leaves glibc's
 malloc trimming and re-faulting the temporaries; see page_faults.py).
 
+``--textbook`` times the textbook pass instead (minilens/forward.py, ``ml.load(path, fast=False)``):
+its ``linear`` (every GEMM but the two attention products), ``softmax``, ``norm`` and the MLP's
+activation; "rest" is then mostly attention's own products (q k^T, pattern v), the mask add, the
+residual adds and the page faults of its fresh arrays. ``--model llama`` uses Llama-small.
+``--clock cpu`` times this process's CPU time (for a machine shared with other jobs, at 1 thread).
+
 Run by hand:  python tests/benchmarks/breakdown.py [--widened] [--threads 2] [--seq N] [--repeats N]
+              python tests/benchmarks/breakdown.py --textbook --seq 1024 --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -32,41 +39,57 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--textbook", action="store_true", help="time minilens/forward.py instead")
+    ap.add_argument("--model", choices=["gpt2", "llama"], default="gpt2")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args()
     harness.pin_threads(args.threads)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     import minilens as ml
-    from minilens.fast import forward as M  # the module whose globals the fast pass calls
 
-    model = ml.load(checkpoints.gpt2_small())
+    if args.textbook:                      # the module whose globals the timed pass calls
+        from minilens import forward as M
+    else:
+        from minilens.fast import forward as M
+    folder = checkpoints.gpt2_small() if args.model == "gpt2" else checkpoints.llama_small()
+    model = ml.load(folder, fast=not args.textbook)
     if args.widened:
         list(model.layers)
     ids = np.random.default_rng(args.seq).integers(0, model.cfg.d_vocab, args.seq)
     spent: dict[str, float] = {}
 
-    def timed(name: str, label: str) -> None:
-        fn = getattr(M, name)
-
+    def wrap(fn, label: str):
         def wrapper(*a, **k):
-            t0 = time.perf_counter()
+            t0 = clock()
             result = fn(*a, **k)
-            spent[label] = spent.get(label, 0.0) + time.perf_counter() - t0
+            spent[label] = spent.get(label, 0.0) + clock() - t0
             return result
-        setattr(M, name, wrapper)
+        return wrapper
+
+    def timed(name: str, label: str) -> None:
+        setattr(M, name, wrap(getattr(M, name), label))
 
     timed("linear", "linear")
-    timed("causal_attention", "attention")
     timed("norm", "norms")
-    state = "widened first" if args.widened else "fresh"
+    if args.textbook:
+        timed("softmax", "softmax")
+        # forward.mlp looks its activation up in the module's ACTIVATIONS: a wrapped copy
+        M.ACTIVATIONS = {k: wrap(f, "activation") for k, f in M.ACTIVATIONS.items()}
+    else:
+        timed("causal_attention", "attention")
+    state = ("textbook " if args.textbook else "") + ("widened first" if args.widened else "fresh")
+    print(f"# {args.model}, {args.seq} tokens, {args.threads} threads, {args.clock} clock, "
+          f"means of {args.repeats}")
     for what, fn in (("run (full trace)", lambda: model.run(ids)),
                      ("model(ids) (logits only)", lambda: model(ids))):
         fn()
         spent.clear()
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(args.repeats):
             fn()
-        total = (time.perf_counter() - t0) / args.repeats
+        total = (clock() - t0) / args.repeats
         parts = {k: v / args.repeats for k, v in spent.items()}
-        print(f"{state:13s} {what:26s} total {total:.3f} s  "
+        print(f"{state:22s} {what:26s} total {total:.3f} s  "
               + "  ".join(f"{k} {v:.3f}" for k, v in parts.items())
               + f"  rest {total - sum(parts.values()):.3f}", flush=True)
 
