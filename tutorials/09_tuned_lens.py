@@ -16,7 +16,7 @@
 #
 # It runs on SmolLM2-135M when it is fetched (`minilens fetch smollm2`), with a small fit so
 # that it takes about a minute; otherwise on the shipped Shakespeare Llama. The full-size fit on
-# SmolLM2 (26k tokens) is `tests/benchmarks/tuned_lens.py`, and its numbers are in the README.
+# SmolLM2 (26k tokens) is `tests/benchmarks/tuned_lens.py`.
 
 # %%
 import math
@@ -32,7 +32,7 @@ from minilens.show.lens_plots import evaluation_table
 if fetched_path("smollm2") is not None:
     model = ml.load("smollm2")
     prompt = "The capital of France is the city of"
-    TRAIN, HELDOUT, STEPS, BATCH = 1024, 128, 5, 32        # small, to take about a minute
+    TRAIN, HELDOUT, STEPS, BATCH = 512, 128, 5, 32         # small, to take about a minute
 else:
     print("SmolLM2 is not fetched (run `minilens fetch smollm2`); "
           "using the shipped Shakespeare Llama.")
