@@ -31,6 +31,10 @@ class TokenizerMissingError(MinilensError, RuntimeError):
     """Text was given to a model whose folder has no tokenizer.json."""
 
 
+class OutOfMemoryError(MinilensError, MemoryError):
+    """The weights or activations do not fit in the memory this process may use."""
+
+
 class NotRecordedError(MinilensError, KeyError):
     """A trace key that is valid but was not recorded (the run was given ``names=...``)."""
 

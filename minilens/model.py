@@ -28,7 +28,7 @@ from .loading.checkpoint import (
 )
 from .loading.gguf_checkpoint import find_gguf, gguf_tokenizer, open_gguf, rope_freq_factors
 from .loading.tokenizer import Tokenizer
-from .trace import INTERVENABLE, LAYER_KEYS, Recorder, Trace
+from .trace import INTERVENABLE, LAYER_KEYS, Recorder, Trace, record_names
 
 # ------------------------------------------------------------------------------------------
 # The model object: weights, tokenizer, input checks
@@ -166,12 +166,15 @@ class Model:
 
     # ---- running --------------------------------------------------------------------------
     def run(self, ids, names: Iterable[str] | None = None,
-            interventions: dict | None = None) -> Trace:
+            interventions: dict | None = None, record: str | None = None) -> Trace:
         """Run one sequence (text, a list of ints, or ids [n_seq] / [1, n_seq]) and record its
         stream.
 
         ``names`` limits what is kept (e.g. ``{"resid_pre"}``) when memory matters; logits are
-        always kept. ``interventions`` replaces values as the pass makes them, and the rest of the
+        always kept. ``record`` names a preset of keys (trace.RECORD_PRESETS): "stream" keeps the
+        residual stream the logit lens reads, "sublayers" adds what attention and the MLP write
+        (layer attribution), "all" everything; with ``names`` too, both are kept.
+        ``interventions`` replaces values as the pass makes them, and the rest of the
         pass uses the replacement: ``{("resid_pre", 5): fn, ("z", 3): array, "embed": fn}``, each a
         function of the value (returning its replacement, same shape and dtype) or an array. The
         keys are those of trace.INTERVENABLE; ``trace.intervened`` lists the ones replaced. A run
@@ -179,7 +182,7 @@ class Model:
         happen.
         """
         ids = self.check_ids(ids)
-        rec, logits = self._forward(ids, names, interventions)
+        rec, logits = self._forward(ids, record_names(record, names), interventions)
         return Trace(self, ids, rec.store, logits, frozenset(rec.intervened))
 
     def _forward(self, ids: np.ndarray, names, interventions=None, start: int = 0,
@@ -228,7 +231,7 @@ class Model:
         return out
 
     def run_batch(self, ids, names: Iterable[str] | None = None,
-                  interventions: dict | None = None) -> list[Trace]:
+                  interventions: dict | None = None, record: str | None = None) -> list[Trace]:
         """Run several equal-length sequences at once ([batch, n_seq]); one Trace per sequence.
 
         The matrix products see batch * n_seq rows at once, which helps short sequences; the
@@ -237,7 +240,7 @@ class Model:
         """
         ids = self.check_ids(ids, allow_batch=True)
         ids = ids[None] if ids.ndim == 1 else ids
-        rec, logits = self._forward(ids, names, interventions)
+        rec, logits = self._forward(ids, record_names(record, names), interventions)
         return [Trace(self, ids[b], {key: value[b] for key, value in rec.store.items()}, logits[b],
                       frozenset(rec.intervened)) for b in range(len(ids))]
 

@@ -54,6 +54,39 @@ GLOBAL_KEYS = ("embed", "pos_embed", "resid_final", "scale_final", "normalized",
 ALL_KEYS = LAYER_KEYS + GLOBAL_KEYS
 
 
+# ``Model.run(ids, record=...)``: named sets of keys, for when a full trace is too big (issue 19).
+# The logits are always kept. Memory, in numbers of the compute dtype, for L layers, T tokens and
+# d = d_model (README, "How much a trace holds"): "stream" (L + 1) T d, "sublayers" (4 L + 1) T d,
+# "all" about L T (6 d + 2 n_kv_heads d_head + d_mlp) plus the attention patterns when read.
+RECORD_PRESETS: dict[str, frozenset | None] = {
+    # the residual stream entering every block, and leaving the last: what the logit lens reads
+    "stream": frozenset({"embed", "pos_embed", "resid_pre", "resid_final", "scale_final"}),
+    # and what each sublayer writes to it: the lens with its "{l}_mid" rows, layer attribution
+    "sublayers": frozenset({"embed", "pos_embed", "resid_pre", "resid_final", "scale_final",
+                            "resid_mid", "attn_out", "mlp_out", "logits_precap"}),
+    "all": None,
+}
+
+
+def record_names(record: str | None, names: Iterable[str] | None) -> Iterable[str] | None:
+    """The keys to keep for ``record=`` (a preset of RECORD_PRESETS) together with ``names=``
+    (their union); ``record=None`` leaves ``names`` as it is."""
+    if record is None:
+        return names
+    if not isinstance(record, str) or record not in RECORD_PRESETS:
+        raise InputError(f"record must be one of {', '.join(map(repr, RECORD_PRESETS))}, "
+                         f"got {record!r}.")
+    preset = RECORD_PRESETS[record]
+    if preset is None:                                  # "all"
+        return None
+    if names is None:
+        return preset
+    if isinstance(names, str):
+        raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_mid'}}, "
+                         f"got {names!r}.")
+    return preset | set(names)
+
+
 class Derived:
     """An activation computed on first read: ``fn(*arrays, *args)``.
 

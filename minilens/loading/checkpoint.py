@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import mmap
 import os
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,8 +25,9 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, CheckpointNotFoundError
+from ..errors import CheckpointError, CheckpointNotFoundError, OutOfMemoryError
 from . import fetch
+from .progress import LayerProgress, progress_enabled
 from .safetensors import TensorInfo, open_tensor, read_header, widen
 
 # (checkpoint name without prefix, expected shape) -> array
@@ -437,6 +440,18 @@ class Checkpoint:
             return widen(open_tensor(info, self._memmaps), info.dtype, dtype)
         return get
 
+    def release_pages(self) -> None:
+        """Give back this process's resident pages of the memory-mapped files.
+
+        A read-only file map counts every page read through it in the process's resident memory
+        until the kernel needs the memory back, so a forward pass over a 16 GB checkpoint would end
+        up holding 16 GB. MADV_DONTNEED drops them from this process only: they stay in the
+        kernel's page cache, and the next read of them is a cheap minor fault (no disk read if the
+        cache still holds them).
+        """
+        for mm in self._memmaps.values():
+            drop_resident_pages(getattr(mm, "_mmap", None))
+
     def validate(self, cfg: ModelConfig) -> None:
         """Check every tensor's presence and shape from the headers alone, and that none is
         unexpected."""
@@ -479,16 +494,27 @@ class Checkpoint:
 class LazyLayers(Sequence[LayerParams]):
     """Layer weights, widened to the compute dtype on first use and then kept (``cache=True``).
 
-    With ``cache=False`` a layer is widened each time it is used and dropped after it: only one
-    layer is ever held in the compute dtype, and the rest stay as the memory-mapped stored bits
-    (bf16 for most large checkpoints). That halves the peak memory of a bf16 1B model, at the
-    price of widening every weight again on every forward pass (issue 6; see ``load``).
+    With ``cache=False`` (streaming) a layer is widened each time it is used and dropped after it:
+    only one layer is ever held in the compute dtype, and the rest stay as the memory-mapped stored
+    bits (bf16 or 4-bit blocks for most large checkpoints). Once a layer is widened, the pages of
+    the file it was read from are given back too (``Checkpoint.release_pages``), so the process
+    never holds more than one layer's stored bytes either: an 8B model runs in the memory of its
+    global weights plus one layer. The price is widening every weight again on every forward pass
+    (issues 6 and 19; see ``load``).
+
+    ``progress`` (loading/progress.py) hears of every layer widened; ``widen_seconds`` is the time
+    spent widening, in total, for benchmarks and the progress line.
     """
 
     def __init__(self, ckpt: Checkpoint, cfg: ModelConfig, dtype: np.dtype, cache: bool = True):
         self._get, self._layout, self._cfg = ckpt.getter(dtype), ckpt.layout, cfg
+        self._ckpt, self._dtype = ckpt, np.dtype(dtype)
         self._cache: dict[int, LayerParams] = {}
         self.cache = cache
+        self.progress = LayerProgress() if progress_enabled() else None
+        self.widen_seconds = 0.0
+        if not cache:        # the global weights were just widened from these pages
+            ckpt.release_pages()
 
     def __len__(self) -> int:
         return self._cfg.n_layers
@@ -499,13 +525,42 @@ class LazyLayers(Sequence[LayerParams]):
         l = range(len(self))[l]
         if l in self._cache:
             return self._cache[l]
-        params = blas_ready(self._layout.layer(self._get, self._cfg, l))
+        if self.progress is not None:
+            self.progress(l, len(self), self.widen_seconds)
+        t0 = time.perf_counter()
+        try:
+            params = blas_ready(self._layout.layer(self._get, self._cfg, l))
+        except MemoryError:
+            raise self._out_of_memory(l) from None
         if self.cache:
             self._cache[l] = params
+        else:
+            self._ckpt.release_pages()
+        self.widen_seconds += time.perf_counter() - t0
         return params
 
     def __iter__(self) -> Iterator[LayerParams]:
         return (self[l] for l in range(len(self)))
+
+    def _out_of_memory(self, l: int) -> OutOfMemoryError:
+        layer_mib = self._ckpt.layer_elements(self._cfg) / len(self) * self._dtype.itemsize / 2**20
+        what = f"out of memory widening layer {l} to {self._dtype.name} ({layer_mib:.0f} MiB)"
+        if self.cache:
+            return OutOfMemoryError(
+                f"{what}: the {len(self._cache)} layers widened before it are all kept "
+                f"({len(self._cache) * layer_mib:.0f} MiB). Load the model with cache_layers=False "
+                f"(minilens.load(path, cache_layers=False)): it widens one layer at a time and "
+                f"drops it after use, so the layers need one layer's memory.")
+        return OutOfMemoryError(
+            f"{what}, even one layer at a time. Free memory (other programs, traces you keep), "
+            f"or load with dtype=np.float32 if you asked for float64.")
+
+
+def drop_resident_pages(m: mmap.mmap | None) -> None:
+    """madvise(MADV_DONTNEED) on a whole read-only file map (see Checkpoint.release_pages); nothing
+    where the platform has no madvise."""
+    if m is not None and hasattr(mmap, "MADV_DONTNEED") and hasattr(m, "madvise"):
+        m.madvise(mmap.MADV_DONTNEED)
 
 
 def blas_ready(params):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import CheckpointError, UnsupportedModelError
-from .checkpoint import LAYOUTS, Checkpoint, Getter
+from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
 from .safetensors import TensorInfo
@@ -311,6 +311,10 @@ class GGUFCheckpoint(Checkpoint):
                 w = transform(w)
             return w.astype(dtype, copy=False)
         return get
+
+    def release_pages(self) -> None:
+        """Give back this process's resident pages of the file (Checkpoint.release_pages)."""
+        drop_resident_pages(self.gguf._mm)
 
     def unexpected_error(self, names: list[str]) -> CheckpointError:
         return CheckpointError(f"{self.gguf.path}: unexpected tensor {self.gguf_names[names[0]]!r} "
