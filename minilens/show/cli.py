@@ -109,10 +109,12 @@ def load_model(args, progress: Progress):
     return model, path
 
 
-def run_trace(model, text: str, progress: Progress):
+def run_trace(model, text: str, progress: Progress, record: str = "all", names=None):
+    """The trace a command needs: the smallest ``record=`` preset that serves it (issue 19: a full
+    trace of an 8B model is gigabytes), plus ``names``."""
     ids = model.to_tokens(text)
     progress(f"running {model.cfg.n_layers} layers on {len(model.check_ids(ids))} tokens")
-    return model.run(ids)
+    return model.run(ids, names=names, record=record)
 
 
 def write_file(path: str, content: str) -> None:
@@ -143,7 +145,7 @@ def cmd_lens(args) -> int:
             raise InputError("--translators reads the '{l}_pre' rows only; drop --mid.")
         progress(f"loading the translators {args.translators}")
         translators = load_translators(args.translators, model)
-    trace = run_trace(model, args.text, progress)
+    trace = run_trace(model, args.text, progress, "stream", {"resid_mid"} if args.mid else None)
     if args.last is not None and args.last < 1:
         raise InputError(f"--last must be at least 1, got {args.last}.")
     positions = (None if args.last is None
@@ -248,7 +250,8 @@ def cmd_attribute(args) -> int:
     from . import render
     progress = Progress()
     model, path = load_model(args, progress)
-    trace = run_trace(model, args.text, progress)
+    # by layer: what each sublayer writes; by head, neuron or token: one layer's insides too
+    trace = run_trace(model, args.text, progress, "sublayers" if args.by == "layer" else "all")
     progress(f"splitting the logit by {args.by}")
     attr = layer_attribution(trace, args.target, position=args.position, by=args.by,
                              contrast=args.contrast, layer=args.layer)
