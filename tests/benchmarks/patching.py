@@ -32,7 +32,9 @@ Every ratio is measured in one run, contenders alternating round by round in a r
 (harness.interleaved) after a first round that checks the grids against each other, numpy's BLAS
 and torch pinned to --threads.
 `golden` prints the cells that tests/test_patching_reference.py asserts: the top 5 resid_pre cells
-by |value - corrupted|, the clean logit difference, and the strongest head (key="z", by="head").
+by |value - corrupted|, the clean logit difference, and the strongest head (key="z", by="head"),
+as minilens computes them and (unless --no-tl) as TransformerLens computes them on a folder that
+transformers' own GGUF loader wrote: the test's numbers are the reference's.
 """
 
 from __future__ import annotations
@@ -156,6 +158,79 @@ def section_timing(args, model, bridge, rows: list, checks: list) -> None:
                   f"({', '.join(f'{x:.2f}' for x in ts)})", flush=True)
 
 
+def hf_folder_by_transformers(name: str) -> Path:
+    """The model as a Hugging Face folder written by transformers' own GGUF loader
+    (``from_pretrained(folder, gguf_file=...)`` then ``save_pretrained``): the golden cells'
+    reference, independent of minilens's dequantization and conversion. Written once."""
+    from minilens.loading.checkpoint import resolve
+    from minilens.loading.gguf_checkpoint import find_gguf
+
+    gguf = find_gguf(resolve(name))
+    folder = CACHE / f"{gguf.stem}-hf-by-transformers"
+    if not (folder / "config.json").exists():
+        import torch
+        import transformers
+        kw = {"gguf_file": gguf.name}
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32,
+                                                                  **kw)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        # save_pretrained refuses a model read from GGUF: copy its float32 weights into a plain one
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(model.state_dict())
+        plain.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tl_head_grid(bridge, clean_ids, corrupted_ids, t: int, c: int) -> np.ndarray:
+    """TransformerLens's get_act_patch_attn_head_out_all_pos, normalized. -> [layer, head]"""
+    import torch
+    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
+
+    with torch.no_grad():
+        clean = torch.tensor(clean_ids)[None]
+        corrupted = torch.tensor(corrupted_ids)[None]
+        clean_logits, cache = bridge.run_with_cache(clean)
+        corrupted_logits = bridge(corrupted)
+        m_clean = clean_logits[0, -1, t] - clean_logits[0, -1, c]
+        m_corrupted = corrupted_logits[0, -1, t] - corrupted_logits[0, -1, c]
+
+        def normalized(logits):
+            ld = logits[0, -1, t] - logits[0, -1, c]
+            return (ld - m_corrupted) / (m_clean - m_corrupted)
+        return get_act_patch_attn_head_out_all_pos(bridge, corrupted, cache, normalized).numpy()
+
+
+def section_golden_reference(model) -> None:
+    """The golden cells as TransformerLens 4.3.0 computes them on transformers' own reading of the
+    GGUF file: the values tests/test_patching_reference.py asserts."""
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(str(hf_folder_by_transformers("smollm2")),
+                                                 device="cpu", dtype=torch.float32)
+    bridge.eval()
+    t, c = model.to_single_token(TARGET), model.to_single_token(CONTRAST)
+    clean_ids, corrupted_ids = model.to_tokens(CLEAN), model.to_tokens(CORRUPTED)
+    labels = [f"{p}:{s}" for p, s in enumerate(model.token_strings(corrupted_ids))]
+    with torch.no_grad():
+        lds = [float(lg[0, -1, t] - lg[0, -1, c])
+               for lg in (bridge(torch.tensor(ids)[None]) for ids in (clean_ids, corrupted_ids))]
+    grid = tl_grid(bridge, clean_ids, corrupted_ids, t, c)             # [layer, pos]
+    heads = tl_head_grid(bridge, clean_ids, corrupted_ids, t, c)       # [layer, head]
+    print(f"\ngolden reference (TransformerLens on transformers' GGUF reading), {CLEAN!r}")
+    print(f"  logit diff clean {lds[0]:.6f}, corrupted {lds[1]:.6f}")
+    print("  resid_pre top 5 (|value - corrupted|, normalized):")
+    for i in np.argsort(-np.abs(grid), axis=None, kind="stable")[:5]:
+        l, p = np.unravel_index(i, grid.shape)
+        print(f"    ('L{l} {labels[p]}', {grid[l, p]:.6f}),")
+    l, h = np.unravel_index(np.argmax(np.abs(heads)), heads.shape)
+    print(f"  strongest head: ('L{l} H{h}', {heads[l, h]:.6f})")
+
+
 def section_golden(model) -> None:
     import minilens as ml
 
@@ -221,6 +296,8 @@ def main():
         print("\n" + markdown(rows))
     if "golden" in only:
         section_golden(model)
+        if not args.no_tl:
+            section_golden_reference(model)
     if any(not c["ok"] for c in checks):
         raise SystemExit("a grid differs from minilens's by more than 1e-4 of its scale (above)")
 
