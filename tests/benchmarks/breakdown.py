@@ -11,7 +11,9 @@ malloc trimming and re-faulting the temporaries; see page_faults.py).
 ``--textbook`` times the textbook pass instead (minilens/forward.py, ``ml.load(path, fast=False)``):
 its ``linear`` (every GEMM but the two attention products), ``softmax``, ``norm`` and the MLP's
 activation; "rest" is then mostly attention's own products (q k^T, pattern v), the mask add, the
-residual adds and the page faults of its fresh arrays. ``--model llama`` uses Llama-small.
+residual adds and the page faults of its fresh arrays. ``--model llama`` uses Llama-small,
+``--model smollm2`` the fetched SmolLM2 GGUF. The fast pass's RoPE and MLP activation (SiLU or
+GELU, without the gate product) are timed too.
 ``--clock cpu`` times this process's CPU time (for a machine shared with other jobs, at 1 thread).
 
 Run by hand:  python tests/benchmarks/breakdown.py [--widened] [--threads 2] [--seq N] [--repeats N]
@@ -40,7 +42,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--textbook", action="store_true", help="time minilens/forward.py instead")
-    ap.add_argument("--model", choices=["gpt2", "llama"], default="gpt2")
+    ap.add_argument("--model", choices=["gpt2", "llama", "smollm2"], default="gpt2",
+                    help="smollm2: the fetched GGUF model (minilens fetch smollm2)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args()
     harness.pin_threads(args.threads)
@@ -51,7 +54,8 @@ def main() -> None:
         from minilens import forward as M
     else:
         from minilens.fast import forward as M
-    folder = checkpoints.gpt2_small() if args.model == "gpt2" else checkpoints.llama_small()
+    folder = {"gpt2": checkpoints.gpt2_small, "llama": checkpoints.llama_small,
+              "smollm2": lambda: "smollm2"}[args.model]()
     model = ml.load(folder, fast=not args.textbook)
     if args.widened:
         list(model.layers)
@@ -77,6 +81,11 @@ def main() -> None:
         M.ACTIVATIONS = {k: wrap(f, "activation") for k, f in M.ACTIVATIONS.items()}
     else:
         timed("causal_attention", "attention")
+        from minilens.fast import kernels
+        if model.cfg.positional == "rope":
+            setattr(kernels, "apply_rope", wrap(kernels.apply_rope, "rope"))
+        # fast.forward.mlp looks its activation up in kernels.ACTIVATIONS: a wrapped copy
+        kernels.ACTIVATIONS = {k: wrap(f, "activation") for k, f in kernels.ACTIVATIONS.items()}
     state = ("textbook " if args.textbook else "") + ("widened first" if args.widened else "fresh")
     print(f"# {args.model}, {args.seq} tokens, {args.threads} threads, {args.clock} clock, "
           f"means of {args.repeats}")

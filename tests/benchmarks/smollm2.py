@@ -288,48 +288,47 @@ def section_fresh(args, path: Path, rows: list):
 # Tables
 # ------------------------------------------------------------------------------------------
 
+def table(header: list, body: list) -> list:
+    """Markdown lines: a header row, then one row per list of cells; numbers right-aligned."""
+    def line(cells):
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+    return [line(header), "|---|" + "---:|" * (len(header) - 1), *map(line, body), ""]
+
+
 def markdown(rows: list, checks: list) -> str:
     out = [run.markdown([r for r in rows if r["section"] == "forward"]).rstrip() + "\n"]
     if checks:
-        names = list(checks[0]["errs"])
-        out += ["| logits: max abs diff / max(1, abs ref) | " + " | ".join(
-                    str(c["n_seq"]) for c in checks) + " |",
-                "|---|" + "---:|" * len(checks)]
-        out += [f"| {n} | " + " | ".join(f"{c['errs'][n]:.1e}" for c in checks) + " |"
-                for n in names]
-        out += ["| positions where minilens's argmax is transformers' | " + " | ".join(
-                    f"{c['same_top1']:.1%}" for c in checks) + " |", ""]
+        out += table(["logits: max abs diff / max(1, abs ref)"] + [c["n_seq"] for c in checks],
+                     [[n] + [f"{c['errs'][n]:.1e}" for c in checks] for n in checks[0]["errs"]]
+                     + [["positions where minilens's argmax is transformers'"]
+                        + [f"{c['same_top1']:.1%}" for c in checks]])
     lens = [r for r in rows if r["section"] == "lens"]
     if lens:
-        out += ["| lens, 31 rows, vocab 49152 | positions | median s | x unembedding GEMM floor |",
-                "|---|---:|---:|---:|"]
-        out += [f"| {r['what']} | {r['n_seq']} | {r['median_s']:.3f} | {r['vs_gemm_floor']:.2f} |"
-                for r in lens]
-        out.append("")
+        out += table(["lens, 31 rows, vocab 49152", "positions", "median s",
+                      "x unembedding GEMM floor"],
+                     [[r["what"], r["n_seq"], f"{r['median_s']:.3f}", f"{r['vs_gemm_floor']:.2f}"]
+                      for r in lens])
     fr = [r for r in rows if r["section"] == "fresh"]
     if fr:
-        out += [("| fresh process, 128 tokens (median of n) | n | import s | load s | first s | "
-                 "second s | third s | (load + first) / second |"),
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        out += [f"| {r['what']} | {r['n']} | {r['import_s']:.2f} | {r['load_s']:.3f} | "
-                f"{r['first_s']:.3f} | {r['second_s']:.3f} | {r['third_s']:.3f} | "
-                f"{r['ratio']:.2f} |"
-                for r in fr]
-        out.append("")
+        out += table([f"fresh process, {fr[0]['n_seq']} tokens (median of n)", "n", "import s",
+                      "load s", "first s", "second s", "third s", "(load + first) / second"],
+                     [[r["what"], r["n"], f"{r['import_s']:.2f}"]
+                      + [f"{r[k]:.3f}" for k in ("load_s", "first_s", "second_s", "third_s")]
+                      + [f"{r['ratio']:.2f}"] for r in fr])
     for r in (r for r in fr if r["what"] == "minilens"):
         lp, fp = r["load_parts"], r["first_parts"]
-        load_rest = r["load_s"] - lp.get("parse", 0) - lp.get("tokenizer", 0) - lp.get("get", 0)
-        first_fwd = r["first_s"] - fp.get("get", 0)
-        out += ["| minilens, where load + first go (medians) | s |", "|---|---:|",
-                f"| load: parse the header and metadata (GGUFFile) | {lp.get('parse', 0):.3f} |",
-                f"| load: build the tokenizer | {lp.get('tokenizer', 0):.3f} |",
-                (f"| load: get the globals (dequantize) | {lp.get('get', 0):.3f} "
-                 f"({lp.get('dequantize', 0):.3f}) |"),
-                f"| load: the rest (config, validation, finite check) | {load_rest:.3f} |",
-                (f"| first: get the 30 layers (dequantize) | {fp.get('get', 0):.3f} "
-                 f"({fp.get('dequantize', 0):.3f}) |"),
-                f"| first: the forward itself | {first_fwd:.3f} |",
-                f"| second: the forward | {r['second_s']:.3f} |", ""]
+        parts = [
+            ("load: parse the header and metadata (GGUFFile)", lp.get("parse", 0)),
+            ("load: build the tokenizer", lp.get("tokenizer", 0)),
+            ("load: dequantize the globals (quants.dequantize)", lp.get("dequantize", 0)),
+            ("load: the rest (config, validation, finite check)",
+             r["load_s"] - lp.get("parse", 0) - lp.get("tokenizer", 0) - lp.get("dequantize", 0)),
+            ("first: dequantize the 30 layers (quants.dequantize)", fp.get("dequantize", 0)),
+            ("first: un-permute Q/K, cast", fp.get("get", 0) - fp.get("dequantize", 0)),
+            ("first: the forward itself", r["first_s"] - fp.get("get", 0)),
+            ("second: the forward", r["second_s"])]
+        out += table(["minilens, where the time goes (medians)", "s"],
+                     [[what, f"{t:.3f}"] for what, t in parts])
     return "\n".join(out)
 
 
