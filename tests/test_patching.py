@@ -216,3 +216,45 @@ def test_path_patching_and_steering(model, prompts):
                           model.run(clean).logits), "steering by a zero vector changes nothing"
     with pytest.raises(InputError, match="steer"):
         ml.steer([np.nan, 1.0])
+
+
+def test_direct_and_total_effects_equal_their_definitions_and_run_the_reference_once(model,
+                                                                                    prompts):
+    """The total effect of a component is the metric's drop when it alone is mean-ablated, the
+    direct effect its term in the attribution; the reference texts are recorded once for all
+    components (they were rerun for every ablated component)."""
+    from minilens.analysis.attribution import layer_attribution
+
+    clean, corrupted = prompts
+    t, c = int(np.argmax(model(clean)[-1])), int(np.argmin(model(clean)[-1]))
+    runs = []
+    run = model.run
+
+    def counting_run(ids, *a, **k):
+        runs.append(k.get("interventions") is None)
+        return run(ids, *a, **k)
+    model.run = counting_run
+    try:
+        effects = ml.direct_and_total_effects(model, clean, t, c, kind="mean",
+                                              reference=[corrupted, clean], heads=True)
+    finally:
+        del model.run
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    assert sum(runs) == 3, f"{sum(runs)} plain runs: the text once, each reference once"
+
+    def metric(logits):
+        return float(logits[-1, t] - logits[-1, c])
+    base = metric(model.run(clean).logits)
+    attr = layer_attribution(model.run(clean), target=t, contrast=c, by="layer")
+    for l in range(n_layers):
+        for component, h, label in [("attn", None, f"{l}_attn"), ("mlp", None, f"{l}_mlp"),
+                                    ("head", 0, f"L{l}H0")]:
+            i = effects.labels.index(label)
+            ablated = model.run(clean, interventions=ablation(
+                model, component, l, h, "mean", reference=[corrupted, clean]))
+            assert np.isclose(effects.total[i], base - metric(ablated.logits), atol=1e-10), \
+                f"{label}: total effect is not the metric's drop under mean ablation"
+            if h is None:
+                assert np.isclose(effects.direct[i], attr[label], atol=1e-10), \
+                    f"{label}: direct effect is not its attribution term"
+    assert len(effects.labels) == n_layers * (2 + n_heads)

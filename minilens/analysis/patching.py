@@ -25,8 +25,10 @@ from typing import Callable
 
 import numpy as np
 
+from .. import checks
 from ..errors import InputError
 from ..ops import log_softmax
+from ..trace import Trace
 
 METRICS = ("logit_diff", "logit_diff_normalized", "logprob")
 DIRECTIONS = ("denoising", "noising")
@@ -60,6 +62,7 @@ class PatchingResult:
         flat = self.values.reshape(len(self.layers), -1)
         cols = self.columns if self.values.ndim == 2 else [f"{c} @{p}" for c in self.columns
                                                             for p in self.positions]
+        k = checks.count(k, "k")
         order = np.argsort(-np.abs(flat - base), axis=None, kind="stable")[:k]
         return [(f"L{self.layers[i // flat.shape[1]]} {cols[i % flat.shape[1]]}",
                  float(flat.flat[i]))
@@ -83,7 +86,7 @@ def make_metric(model, metric, target, contrast) -> Callable[[np.ndarray], float
             return float(value)
         call.reads_last = False
         return call
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise InputError(f"metric {metric!r} is not known; use one of {', '.join(METRICS)}, "
                          f"or a function of the final logits "
                          f"[n_seq, d_vocab] returning one number.")
@@ -136,15 +139,15 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
     ``k`` and ``v`` one per KV head (under grouped-query attention, a KV head serves a group of
     query heads, so patching it patches what the whole group reads).
     """
-    if key not in PATCHABLE:
+    if not isinstance(key, str) or key not in PATCHABLE:
         raise InputError(f"key {key!r} cannot be patched; "
                          f"patchable keys are {', '.join(PATCHABLE)}.")
-    if by not in BY:
+    if not isinstance(by, str) or by not in BY:
         raise InputError(f"by={by!r}; use one of {', '.join(BY)}.")
     if by != "position" and key not in HEAD_KEYS:
         raise InputError(f"by={by!r} needs a per-head key ({', '.join(HEAD_KEYS)}); "
                          f"{key!r} has no heads. Use by='position'.")
-    if direction not in DIRECTIONS:
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise InputError(f"direction={direction!r}; "
                          f"use 'denoising' (clean -> corrupted) or 'noising' "
                          f"(corrupted -> clean).")
@@ -161,8 +164,7 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
                          "choose prompts whose predictions differ.")
     base, source = (runs["corrupted"], runs["clean"]) if direction == "denoising" else \
         (runs["clean"], runs["corrupted"])
-    layers = (list(range(model.cfg.n_layers)) if layers is None
-              else [base.layer_index(l) for l in layers])
+    layers = checks.layers(layers, model.cfg.n_layers)
     n_seq = len(clean_ids)
     n_heads = getattr(model.cfg, HEAD_KEYS[key]) if key in HEAD_KEYS else 0
     cells = [(p, None) for p in range(n_seq)] if by == "position" else \
@@ -194,6 +196,31 @@ def activation_patching(model, clean, corrupted, metric="logit_diff", key: str =
                           positions)
 
 
+def _items(value, name: str) -> list:
+    """A list (tuple, array, tensor) of things, not one str or a scalar."""
+    value = checks.as_numpy(value)
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+        raise InputError(f"{name} must be a list, got {checks.shown(value)}.")
+    return list(value)
+
+
+def _ints(value, name: str) -> list[int]:
+    """One int or a list of ints (positions, heads) -> [int]."""
+    items = [value] if checks.is_int(value) else _items(value, name)
+    if not all(checks.is_int(x) for x in items):
+        raise InputError(f"{name} must be an int or a list of ints, got {checks.shown(value)}.")
+    return [int(x) for x in items]
+
+
+def _pair(value, name: str) -> tuple[int, int]:
+    """A (layer, head) pair of ints."""
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(checks.is_int(x) for x in value)):
+        raise InputError(f"{name} must be a (layer, head) pair of ints, "
+                         f"got {checks.shown(value)}.")
+    return int(value[0]), int(value[1])
+
+
 def _patcher(key: str, src: np.ndarray, cells: list) -> Callable[[np.ndarray], np.ndarray]:
     """The intervention for one batch: run b of the batch takes cell b from ``src``.
 
@@ -221,6 +248,15 @@ ABLATIONS = ("zero", "mean", "resample")
 COMPONENTS = {"head": "z", "neuron": "mlp_post", "attn": "attn_out", "mlp": "mlp_out"}
 
 
+def _references(reference) -> list:
+    """The reference of a mean or resample ablation as a list: of texts, id sequences or traces
+    (one text, one id sequence or one trace becomes a list of one)."""
+    one = isinstance(reference, (str, Trace)) or (
+        isinstance(reference, (list, tuple, np.ndarray)) and len(reference)
+        and np.ndim(reference[0]) == 0 and not isinstance(reference[0], (str, Trace)))
+    return [reference] if one else list(reference)
+
+
 def ablation(model, component: str, layer: int, index: int | None = None, kind: str = "zero",
              reference=None) -> dict:
     """The interventions that ablate one component:
@@ -229,15 +265,17 @@ def ablation(model, component: str, layer: int, index: int | None = None, kind: 
     component: "head" (head ``index``'s z), "neuron" (mlp_post[..., index]), "attn" or "mlp" (the
     sublayer's whole output). kind: "zero"; "mean" (its mean over the ``reference`` texts or ids,
     all positions); "resample" (its value on ``reference``, one text of the same length).
+    ``reference`` may also be traces already recorded (``model.run(text)``), which are read, not
+    run again.
     """
-    if component not in COMPONENTS:
+    if not isinstance(component, str) or component not in COMPONENTS:
         raise InputError(f"component {component!r}; use one of {', '.join(COMPONENTS)}.")
-    if kind not in ABLATIONS:
+    if not isinstance(kind, str) or kind not in ABLATIONS:
         raise InputError(f"kind {kind!r}; use one of {', '.join(ABLATIONS)}.")
     key = COMPONENTS[component]
-    l = model.run([0], names=()).layer_index(layer)
+    l = checks.layer(layer, model.cfg.n_layers)
     size = {"head": model.cfg.n_heads, "neuron": model.cfg.d_mlp}.get(component)
-    if size is not None and (not isinstance(index, (int, np.integer)) or not 0 <= index < size):
+    if size is not None and (not checks.is_int(index) or not 0 <= index < size):
         raise InputError(f"{component} index {index!r} is out of range: layer {l} has {size} "
                          f"{component}s (0..{size - 1}).")
     part = (Ellipsis, index, slice(None)) if component == "head" else \
@@ -248,11 +286,8 @@ def ablation(model, component: str, layer: int, index: int | None = None, kind: 
         if reference is None:
             raise InputError(f"kind={kind!r} needs reference= "
                              f"(texts or ids to take the {kind} from).")
-        one = isinstance(reference, str) or (isinstance(reference, (list, tuple, np.ndarray))
-                                             and len(reference) and np.ndim(reference[0]) == 0
-                                             and not isinstance(reference[0], str))
-        refs = [reference] if one else list(reference)
-        values = [model.run(r, names={key})[key, l] for r in refs]
+        values = [r[key, l] if isinstance(r, Trace) else model.run(r, names={key})[key, l]
+                  for r in _references(reference)]
         if kind == "mean":
             fill = np.mean(np.concatenate([v[part].reshape(len(v), -1) for v in values]), axis=0)
         else:
@@ -282,11 +317,15 @@ def knockout(model, layers, target: int, sources, heads=None) -> dict:
     pattern entries and renormalising the row; the target's edge to itself is never blocked, so
     knocking out every source leaves only the self edge (weight 1)."""
     n_heads = model.cfg.n_heads
-    heads = list(range(n_heads)) if heads is None else list(heads)
+    chosen = checks.layers(layers, model.cfg.n_layers)
+    heads = list(range(n_heads)) if heads is None else _ints(heads, "heads")
     if any(not 0 <= h < n_heads for h in heads):
         raise InputError(f"heads {heads} out of range: "
                          f"the model has {n_heads} heads (0..{n_heads - 1}).")
-    sources = sorted({int(s) for s in np.atleast_1d(sources)} - {int(target)})
+    if not checks.is_int(target) or target < 0:
+        raise InputError(f"target must be a position (an int >= 0), "
+                         f"got {checks.shown(target)}.")
+    sources = sorted(set(_ints(sources, "sources")) - {int(target)})
     if any(s > target or s < 0 for s in sources):
         raise InputError(f"sources {sources}: "
                          f"a position attends only to itself and earlier ones (0..{target}).")
@@ -297,8 +336,7 @@ def knockout(model, layers, target: int, sources, heads=None) -> dict:
         rows[..., sources] = 0
         pattern[..., heads, target, :] = rows / rows.sum(-1, keepdims=True)
         return pattern
-    trace = model.run([0], names=())
-    return {("pattern", trace.layer_index(l)): cut for l in np.atleast_1d(layers)}
+    return {("pattern", l): cut for l in chosen}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,6 +366,8 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
     from .attribution import layer_attribution
 
     ids = model.to_tokens(text) if isinstance(text, str) else model.check_ids(text)
+    checks.flag(heads, "heads")
+    chosen = checks.layers(layers, model.cfg.n_layers)
     t = model.to_single_token(target)
     c = None if contrast is None else model.to_single_token(contrast)
 
@@ -338,10 +378,12 @@ def direct_and_total_effects(model, text, target, contrast=None, kind: str = "me
     try:
         trace = model.run(ids)
         clean = metric(trace.logits)
+        if kind != "zero" and reference is not None:   # recorded once, read by every ablation
+            reference = [r if isinstance(r, Trace) else
+                         model.run(r, names={"z", "attn_out", "mlp_out"})
+                         for r in _references(reference)]
         attr = layer_attribution(trace, target=t, contrast=c, by="layer")
         labels, direct, total = [], [], []
-        chosen = (range(model.cfg.n_layers) if layers is None
-                  else [trace.layer_index(x) for x in layers])
         for l in chosen:
             parts = [("attn", None, f"{l}_attn"), ("mlp", None, f"{l}_mlp")]
             if heads:
@@ -367,10 +409,16 @@ def steer(vector, scale: float = 1.0, positions=None) -> Callable[[np.ndarray], 
     """An intervention that adds ``scale * vector`` to the stream (activation steering, Turner et
     al. 2023): ``model.run(ids, interventions={("resid_pre", 6): ml.steer(v, 4.0)})``.
     ``positions`` limits it to some positions (default: all)."""
-    v = np.asarray(vector, dtype=np.float64)
-    if v.ndim != 1 or not np.isfinite(v).all() or not np.isfinite(scale):
-        raise InputError("steer: vector must be a finite 1-D array of d_model numbers "
-                         "and scale finite.")
+    scale = checks.number(scale, "scale")
+    try:
+        v = np.asarray(checks.as_numpy(vector), dtype=np.float64)
+    except (ValueError, TypeError):         # strings, a ragged list
+        v = np.array(np.nan)
+    if v.ndim != 1 or not np.isfinite(v).all():
+        raise InputError(f"steer: vector must be a finite 1-D array of d_model numbers, "
+                         f"got {checks.shown(vector)}.")
+    if positions is not None:
+        positions = np.asarray(_ints(positions, "positions"))
 
     def add(value: np.ndarray) -> np.ndarray:
         if value.shape[-1] != v.shape[0]:
@@ -378,7 +426,7 @@ def steer(vector, scale: float = 1.0, positions=None) -> Callable[[np.ndarray], 
                              f"the value it is added to {value.shape[-1]} per position; "
                              f"steer a d_model-wide key such as resid_pre.")
         value = value.copy()
-        where = (Ellipsis, slice(None) if positions is None else np.asarray(positions), slice(None))
+        where = (Ellipsis, slice(None) if positions is None else positions, slice(None))
         value[where] += (scale * v).astype(value.dtype)
         return value
     return add
@@ -395,10 +443,10 @@ def path_patching(model, clean, corrupted, sender: tuple[int, int],
     those. Receivers are (layer, head), with KV heads for "k" and "v"; all after the sender's
     layer.
     Noising swaps the two runs. -> the metric after step 2."""
-    if receiver_input not in ("q", "k", "v"):
+    if not isinstance(receiver_input, str) or receiver_input not in ("q", "k", "v"):
         raise InputError(f"receiver_input={receiver_input!r}; "
                          f"path patching reaches a receiver's q, k or v.")
-    if direction not in DIRECTIONS:
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
         raise InputError(f"direction={direction!r}; use 'denoising' or 'noising'.")
     clean_ids, corrupted_ids = _aligned(model, clean, corrupted)
     score = make_metric(model, metric if metric != "logit_diff_normalized" else "logit_diff",
@@ -406,7 +454,8 @@ def path_patching(model, clean, corrupted, sender: tuple[int, int],
     base_ids, source_ids = ((corrupted_ids, clean_ids) if direction == "denoising"
                             else (clean_ids, corrupted_ids))
     base, source = _textbook_run(model, base_ids, {"z"}), _textbook_run(model, source_ids, {"z"})
-    l_s, h_s = sender
+    l_s, h_s = _pair(sender, "sender")
+    receivers = [_pair(r, "receivers entry") for r in _items(receivers, "receivers")]
     n_heads = model.cfg.n_heads if receiver_input == "q" else model.cfg.n_kv_heads
     if not (0 <= l_s < model.cfg.n_layers and 0 <= h_s < model.cfg.n_heads):
         raise InputError(f"sender {sender} is out of range: layers 0..{model.cfg.n_layers - 1}, "
