@@ -42,6 +42,7 @@ MAGIC = b"GGUF"
 VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                 # GGML_MAX_DIMS
+DEQUANTIZE_PIECE = 1 << 24   # weights dequantized at a time (GGUFFile.dequantize)
 MAX_STRING_BYTES = 1 << 24   # a key or a string value; the longest real ones are chat templates
                              # (~10 KB)
 
@@ -98,9 +99,24 @@ class GGUFFile:
         return np.frombuffer(self._mm, dtype=np.uint8, count=t.n_bytes, offset=t.offset)
 
     def dequantize(self, name: str) -> np.ndarray:
-        """One tensor as float32 numbers, in its numpy shape (a new array)."""
+        """One tensor as float32 numbers, in its numpy shape (a new array).
+
+        A large tensor is dequantized DEQUANTIZE_PIECE weights at a time into the one result: the
+        unpacking's temporaries (a few bytes per weight) then stay a few tens of MB, where for an
+        8B model's 525M-weight embedding they would add gigabytes to the peak (issue 19).
+        """
         t = self.tensors[name]
-        return dequantize(self.raw(name), t.type_id, math.prod(t.shape)).reshape(t.shape)
+        n, raw = math.prod(t.shape), self.raw(name)
+        if n <= DEQUANTIZE_PIECE:
+            return dequantize(raw, t.type_id, n).reshape(t.shape)
+        out = np.empty(n, dtype=np.float32)
+        blocks = max(1, DEQUANTIZE_PIECE // t.qtype.block_size)       # blocks per piece
+        piece_bytes, piece_weights = blocks * t.qtype.type_size, blocks * t.qtype.block_size
+        for i, start in enumerate(range(0, raw.size, piece_bytes)):
+            piece = raw[start:start + piece_bytes]
+            m = piece.size // t.qtype.type_size * t.qtype.block_size
+            out[i * piece_weights:i * piece_weights + m] = dequantize(piece, t.type_id, m)
+        return out.reshape(t.shape)
 
     def __repr__(self) -> str:
         return f"GGUFFile({str(self.path)!r}, version {self.version}, {len(self.tensors)} tensors)"
