@@ -12,8 +12,8 @@
 #     resid_mid  = resid_pre + attention(RMSNorm(resid_pre))
 #     resid_post = resid_mid + mlp(RMSNorm(resid_mid))
 #
-# Run this file as a script (`python tutorials/01_forward_pass_by_hand.py`) or open it as a
-# notebook.
+# Run this file as a script (`python tutorials/01_forward_pass_by_hand.py`), or open its notebook
+# twin `01_forward_pass_by_hand.ipynb` in Jupyter.
 
 # %%
 import numpy as np

@@ -8,6 +8,9 @@
 #
 # One detail matters: N is recomputed on x_l. The stream grows in size with depth, so borrowing the
 # final layer's divisor would give early layers the wrong temperature (TransformerLens issue #1076).
+#
+# We use the real SmolLM2-135M (30 layers) where it is fetched (`minilens fetch smollm2`, 98 MB,
+# see tutorial 06), and otherwise the shipped 8-layer Shakespeare Llama, which needs no download.
 
 # %%
 import tempfile
@@ -16,10 +19,18 @@ from pathlib import Path
 import numpy as np
 
 import minilens as ml
+from minilens.loading.fetch import fetched_path
 from minilens.show import render
 
-model = ml.load("shakespeare-llama")
-text = "To be, or not to be, that is the"
+if fetched_path("smollm2") is not None:
+    model = ml.load("smollm2")
+    text = "The Eiffel Tower is in the city of"
+else:
+    print("SmolLM2 is not fetched (run `minilens fetch smollm2`); "
+          "using the shipped Shakespeare Llama.")
+    model = ml.load("shakespeare-llama")
+    text = "To be, or not to be, that is the"
+print(model)
 trace = model.run(text)
 lens = ml.logit_lens(trace, top_k=5)
 print(f"{len(lens.labels)} lens rows (one per layer, plus final_post) "
@@ -32,7 +43,7 @@ print(f"{len(lens.labels)} lens rows (one per layer, plus final_post) "
 # row is the model's real output: the lens at the end *is* the model.
 
 # %%
-print(render.lens_table(lens, width=140))
+print(render.lens_table(lens, width=200))      # wide enough for every position of this prompt
 assert np.allclose(lens.logits("final_post"), trace.logits, atol=1e-4), (
     "final_post is the model's own logits")
 
@@ -71,17 +82,25 @@ print(f"Notice: the final answer is top-1 from row {focus.labels[settled]} on.")
 #   (log d_vocab = uniform);
 # - KL(p_final || p_layer) (nats): how much the layer's guess still differs from the final one.
 # KL must reach exactly 0 at final_post. Read the two together: a layer can be confident (low
-# entropy) and still wrong (high KL).
+# entropy) and still wrong (high KL), as `0_pre` is when it reads back the input token.
+#
+# The bars are drawn to scale, 40 characters for the largest KL after `0_pre`. `0_pre`'s KL is
+# far larger (a confident guess of the wrong token costs many nats), so its bar is cut
+# at 40 and marked `>`: drawn to scale it would squash every other bar.
 
 # %%
 H, KL = lens.entropy.mean(1), lens.kl_to_final.mean(1)
+scale = KL[1:].max()
 print(f"uniform would be {np.log(model.cfg.d_vocab):.2f} nats")
 print(f"{'row':10s} {'entropy':>8s} {'KL':>8s}")
 for label, h, kl in zip(lens.labels, H, KL):
-    print(f"{label:10s} {h:8.3f} {kl:8.3f}  {'=' * int(round(6 * kl))}")
+    bar = "=" * min(40, int(round(40 * kl / scale))) + (">" if kl > scale else "")
+    print(f"{label:10s} {h:8.3f} {kl:8.3f}  {bar}")
 assert abs(KL[-1]) < 1e-4
-print(f"Notice: KL falls from {KL[0]:.2f} nats at {lens.labels[0]} to 0 at final_post; "
-      f"the biggest single drop is into row {lens.labels[int(np.argmin(np.diff(KL))) + 1]}.")
+drop = int(np.argmin(np.diff(KL[1:]))) + 2             # the row the largest later drop leads into
+print(f"Notice: KL is {KL[0]:.2f} nats at {lens.labels[0]} and {KL[1]:.2f} at {lens.labels[1]}; "
+      f"after that the biggest single drop is into row {lens.labels[drop]} "
+      f"({KL[drop - 1]:.2f} -> {KL[drop]:.2f}), and it reaches 0 at final_post.")
 
 # %% [markdown]
 # ## Why recompute the norm

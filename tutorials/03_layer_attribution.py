@@ -13,16 +13,26 @@
 # exactly, not approximately: the frozen s is the very number the model used. Each share is
 # "what this component pushed into the direction the final readout looks along". This is direct
 # logit attribution; it ignores what a component did *indirectly* through later layers.
+#
+# As in tutorial 02: SmolLM2-135M where it is fetched, the shipped Shakespeare Llama otherwise.
 
 # %%
 import numpy as np
 
 import minilens as ml
+from minilens.loading.fetch import fetched_path
 from minilens.show import render
 
-model = ml.load("shakespeare-llama")
+if fetched_path("smollm2") is not None:
+    model = ml.load("smollm2")
+    text = "The Eiffel Tower is in the city of"
+else:
+    print("SmolLM2 is not fetched (run `minilens fetch smollm2`); "
+          "using the shipped Shakespeare Llama.")
+    model = ml.load("shakespeare-llama")
+    text = "To be, or not to be, that is the"
+print(model)
 g = model.params
-text = "To be, or not to be, that is the"
 trace = model.run(text)
 target = int(trace.logits[-1].argmax())          # the model's own prediction; any token works
 t_str = model.to_str_tokens([target])[0]
@@ -57,7 +67,7 @@ print(f"|N(a + b) - (F(a) + F(b))| = {np.abs(rms(a + b) - frozen(a) - frozen(b))
 
 # %%
 attr = ml.layer_attribution(trace, target, by="layer")
-print(render.attribution_bars(attr, top=len(attr.values)))
+print(render.attribution_bars(attr, top=16))          # the rest are summed in one line
 assert abs(attr.values.sum() - attr.logit) < 1e-3 * max(1, abs(attr.logit))
 big = attr.top(3)
 print(f"Notice: the three largest shares are {', '.join(f'{k} ({v:+.2f})' for k, v in big)}.")
@@ -87,8 +97,9 @@ print(f"Notice: the head with the largest direct effect is {best} ({head_only[be
 # %% [markdown]
 # ## Split an MLP into neurons
 # The MLP writes sum_i mlp_post[i] * W_out[i]: one term per neuron. Take the layer whose MLP
-# contributed most and list its neurons. Usually a handful of neurons carry most of the layer's
-# share, which makes them candidates for the direction lens in tutorial 05.
+# contributed most and list its neurons, then measure how concentrated the layer's share is: the
+# part of it (in absolute value) that its top 10 neurons hold. The largest neurons are candidates
+# for the direction lens in tutorial 05, which shows that not all of them read as anything.
 
 # %%
 mlp_layers = [(k, v) for k, v in zip(attr.labels, attr.values) if k.endswith("_mlp")]
@@ -96,7 +107,7 @@ top_mlp = int(max(mlp_layers, key=lambda kv: abs(kv[1]))[0].split("_")[0])
 neurons = ml.layer_attribution(trace, target, by="neuron", layer=top_mlp)
 print(render.attribution_bars(neurons, top=8))
 vals = np.array([v for k, v in zip(neurons.labels, neurons.values) if k.startswith("L")])
-share = np.abs(vals[:10]).sum() / np.abs(vals).sum()
+share = np.sort(np.abs(vals))[-10:].sum() / np.abs(vals).sum()
 print(f"Notice: in layer {top_mlp}, the top 10 of {len(vals)} neurons hold {share:.0%} "
       f"of the total |share|.")
 

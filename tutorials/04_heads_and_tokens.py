@@ -7,19 +7,31 @@
 #
 #     z_h[q] W_O[h] = sum over source positions k of pattern[h, q, k] * (v_h[k] W_O[h])
 #
-# (plus the value bias, which passes through unchanged because each pattern row sums to 1; the
-# shipped Llama has none). Dot each term with the frozen readout w_read from tutorial 03 and the
+# (plus the value bias, which passes through unchanged because each pattern row sums to 1; neither
+# model here has one). Dot each term with the frozen readout w_read from tutorial 03 and the
 # head's share splits over source tokens, exactly.
+#
+# SmolLM2-135M, where it is fetched, gets the indirect-object sentence of tutorial 08: the answer is
+# a name that appears earlier in the prompt, so it has to be fetched from there by attention. The
+# shipped Shakespeare Llama, otherwise, gets a line where "king" comes back.
 
 # %%
 import numpy as np
 
 import minilens as ml
+from minilens.loading.fetch import fetched_path
 from minilens.show import render
 
-model = ml.load("shakespeare-llama")
+if fetched_path("smollm2") is not None:
+    model = ml.load("smollm2")
+    text = "When Mary and John went to the store, John gave a drink to"
+else:
+    print("SmolLM2 is not fetched (run `minilens fetch smollm2`); "
+          "using the shipped Shakespeare Llama.")
+    model = ml.load("shakespeare-llama")
+    text = "My lord, the king is come; the king is"
+print(model)
 cfg = model.cfg
-text = "My lord, the king is come; the king is"
 trace = model.run(text)
 toks = model.to_str_tokens(trace.ids)
 target = int(trace.logits[-1].argmax())
@@ -72,13 +84,16 @@ print(f"Notice: head L{l_best}H{h_best} carries most of position {k_best}'s shar
 
 # %% [markdown]
 # ## The attention pattern of that head
-# A share is attention times value. Look at the pattern itself: every query row of head
-# L{l}H{h} (darker = more attention; rows sum to 1; the upper triangle is the causal mask).
+# A share is attention times value. Look at the pattern itself: every query row of the head just
+# found (darker = more attention; rows sum to 1; the upper triangle is the causal mask).
 # Check whether the big share came from a big attention weight or from a large value vector.
+# Query rows with nothing to fetch often park their weight on the first token, an "attention
+# sink": look at the first column.
 
 # %%
 P = trace["pattern", int(l_best)][h_best]                                     # [n_seq(q), n_seq(k)]
 shades = " .:-=+*#%@"
+print(f"the attention pattern of head L{l_best}H{h_best}:")
 print("query \\ key  " + "".join(f"{t[:3]:>4s}" for t in short))
 for i in range(trace.n_seq):
     print(f"{short[i]:>11s}  "

