@@ -142,7 +142,8 @@ def test_lens_options_target_topk_mid_json_html(capsys, tmp_path, model, trace):
     j, h = tmp_path / "lens.json", tmp_path / "lens.html"
     code, out, err = run(capsys, "lens", TEXT, "--target", " the", "--top-k", "3", "--mid",
                          "--json", str(j), "--html", str(h))
-    assert code == 0 and err == ""
+    assert code == 0 and err.splitlines() == [f"wrote {h} (the HTML report)",
+                                              f"wrote {j} (the numbers as JSON)"], err
     lens = ml.logit_lens(trace, target=" the", top_k=3, incl_mid=True)
     data = json.loads(j.read_text())
     assert data["labels"] == lens.labels.tolist() and "0_mid" in data["labels"], (
@@ -232,7 +233,8 @@ def test_generate_is_greedy(capsys, model):
     code, out, _ = run(capsys, "generate", "To be", "-n", "6")
     assert code == 0
     ids = model.to_tokens("To be")
-    expected = "To be" + model.decode(model.generate(ids, 6)[len(ids):])
+    # the text the six tokens add after the prompt's own
+    expected = "To be" + model.decode(model.generate(ids, 6))[len(model.decode(ids)):]
     assert out == expected + "\n"
 
 
@@ -272,7 +274,7 @@ ERRORS = {
     "no subcommand": ([], "required"),
     "a layer that is not a number": (["attribute", TEXT, "--target", " the", "--by", "token",
                                       "--layer", "x"], "int"),
-    "top-k of zero": (["lens", TEXT, "--top-k", "0"], "top_k"),
+    "top-k of zero": (["lens", TEXT, "--top-k", "0"], "--top-k"),
     "last of zero": (["lens", TEXT, "--last", "0"], "--last"),
     "negative -n": (["generate", TEXT, "-n", "-1"], "-n"),
     "a file given as the model": (["info", "--model", str(SHIPPED / "config.json")], "is a file"),

