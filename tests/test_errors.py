@@ -156,13 +156,13 @@ def test_config_required_field_null(llama):
 
 def test_config_size_of_wrong_type(gpt2):
     edit_config(gpt2, n_head="4")
-    with expect(CheckpointError, "config.json", "positive integers"):
+    with expect(CheckpointError, "config.json", "n_head = '4'", "a positive integer"):
         ml.load(gpt2)
 
 
 def test_config_zero_layers(llama):
     edit_config(llama, num_hidden_layers=0)
-    with expect(CheckpointError, "n_layers = 0", "not a positive integer", "Fix config.json"):
+    with expect(CheckpointError, "num_hidden_layers = 0", "a positive integer", "Fix config.json"):
         ml.load(llama)
 
 

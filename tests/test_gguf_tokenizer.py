@@ -311,7 +311,8 @@ def test_gguf_add_bos_follows_llama_cpp(md, expected):
 
 
 def test_gguf_add_bos_must_be_a_bool():
-    with pytest.raises(CheckpointError, match="add_bos_token must be a bool, got 'false'"):
+    with pytest.raises(CheckpointError,
+                       match="'tokenizer.ggml.add_bos_token' = 'false' is not allowed"):
         gguf_add_bos({"tokenizer.ggml.model": "llama", "tokenizer.ggml.add_bos_token": "false"})
 
 

@@ -14,9 +14,11 @@ Layers are then widened to the compute dtype lazily, on first use.
 from __future__ import annotations
 
 import dataclasses
-import json
+import errno
 import mmap
 import os
+import re
+import stat
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,10 +27,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from ..config import ModelConfig
-from ..errors import CheckpointError, CheckpointNotFoundError, OutOfMemoryError
+from ..errors import CheckpointError, CheckpointNotFoundError, InputError, OutOfMemoryError
 from . import fetch
 from .progress import LayerProgress, progress_enabled
 from .safetensors import TensorInfo, open_tensor, read_header, widen
+from .schema import read_json, short
 
 # (checkpoint name without prefix, expected shape) -> array
 Getter = Callable[[str, tuple], np.ndarray]
@@ -310,16 +313,17 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
 
     minilens.load never touches the network; only ``minilens fetch`` downloads, and only when asked.
     """
+    name = str(path_or_name)      # (minilens.load has checked it is a usable path: checks.path)
     path = Path(path_or_name).expanduser()
-    if path.is_dir():
+    kind = lookup(path)
+    if kind == "dir":
         return path
-    if path.is_file():
+    if kind is not None:
         if path.suffix.lower() == ".gguf":      # a single-file GGUF checkpoint
             return path
         raise CheckpointNotFoundError(
             f"{path} is a file; minilens.load wants the folder that holds config.json "
             f"and the .safetensors files: minilens.load({str(path.parent)!r}).")
-    name = str(path_or_name)
     if name in SHIPPED:
         return shipped_path(name)
     fetched = fetch.fetched_path(name)
@@ -329,16 +333,9 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
     for cache in hf_cache_dirs():
         repo = cache / ("models--" + name.replace("/", "--"))
         looked.append(str(repo))
-        snapshots = repo / "snapshots"
-        if not snapshots.is_dir():
-            continue
-        ref = repo / "refs" / "main"
-        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.json").is_file():
-            return snapshots / ref.read_text().strip()
-        candidates = sorted((s for s in snapshots.iterdir() if (s / "config.json").is_file()),
-                            key=lambda s: s.stat().st_mtime)
-        if candidates:
-            return candidates[-1]
+        snapshot = cached_snapshot(repo)
+        if snapshot is not None:
+            return snapshot
     if name in fetch.SOURCES:
         raise CheckpointNotFoundError(
             f"{name!r} is a model minilens can fetch, but it is not fetched yet (no "
@@ -348,22 +345,94 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         f"{name!r} is neither a local folder nor a model in the local Hugging Face cache "
         f"(looked in {', '.join(looked)}). minilens never downloads from the Hub. "
         f"Download it once with "
-        f"`huggingface-cli download {name} --include '*.json' '*.safetensors'` "
+        f"`hf download {name} --include '*.json' '*.safetensors'` "
         f"and call minilens.load({name!r}) again, or pass the folder's path."
     )
+
+
+def lookup(path: Path) -> str | None:
+    """"dir", "file" (or anything else that is not a folder), or None when nothing is there.
+
+    A folder on the way that cannot be searched, a name too long for the file system and a NUL
+    byte in the path are minilens errors that say so, not a PermissionError or OSError traceback.
+    """
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except PermissionError:
+        raise CheckpointError(
+            f"{short(str(path))}: permission denied: a folder on the way cannot be searched. "
+            f"Check the permissions of {short(str(path.parent))} and of the folders above it "
+            f"(each needs x for you, e.g. `chmod a+rx FOLDER`).") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise CheckpointNotFoundError(
+                f"{short(str(path))}: the name is too long for the file system "
+                f"({len(str(path))} characters). Pass a folder's path or a model's name.") from None
+        raise CheckpointError(f"{short(str(path))}: cannot be looked at "
+                              f"({e.strerror or e}).") from None
+    except ValueError as e:                     # "embedded null byte"
+        raise InputError(f"{short(str(path))}: not a usable path ({e}).") from None
+    return "dir" if stat.S_ISDIR(st.st_mode) else "file"
+
+
+MAX_REF_BYTES = 255
+
+
+def cached_snapshot(repo: Path) -> Path | None:
+    """The snapshot folder of one Hugging Face cache entry: the commit refs/main names, else the
+    newest snapshot holding a config.json; None if the entry has none.
+
+    refs/main must name a folder inside snapshots/ (a commit hash): a ref of ``../../..`` would
+    otherwise lead minilens out of the cache.
+    """
+    snapshots = repo / "snapshots"
+    if lookup(snapshots) != "dir":
+        return None
+    ref = repo / "refs" / "main"
+    if lookup(ref) == "file":
+        snapshot = snapshots / read_ref(ref, repo)
+        if lookup(snapshot / "config.json") == "file":
+            return snapshot
+    try:
+        candidates = sorted((s for s in snapshots.iterdir() if lookup(s / "config.json") == "file"),
+                            key=lambda s: s.stat().st_mtime)
+    except PermissionError:
+        raise CheckpointError(f"{snapshots}: permission denied: the folder cannot be listed. "
+                              f"Check its permissions (e.g. `chmod a+rx {snapshots}`).") from None
+    return candidates[-1] if candidates else None
+
+
+def read_ref(ref: Path, repo: Path) -> str:
+    """The commit a Hugging Face cache ref names: one plain folder name, checked."""
+    damaged = (f"The Hugging Face cache entry is damaged: delete {repo} and download the model "
+               f"again.")
+    try:
+        with open(ref, "rb") as fh:
+            raw = fh.read(MAX_REF_BYTES + 2)
+    except OSError as e:
+        raise CheckpointError(f"{ref}: cannot be read ({e.strerror or e}). {damaged}") from None
+    try:
+        commit = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{ref}: is not UTF-8 text, so it names no commit. "
+                              f"{damaged}") from None
+    if (len(raw) > MAX_REF_BYTES + 1 or not commit or commit in (".", "..")
+            or not re.fullmatch(r"[A-Za-z0-9._-]+", commit)):
+        raise CheckpointError(f"{ref}: holds {short(commit)}, which is not a commit hash (the "
+                              f"name of a folder in {repo / 'snapshots'}). {damaged}")
+    return commit
 
 
 def find_safetensors(folder: Path) -> list[Path]:
     """The checkpoint's safetensors files: a single file, or the shards named by the index."""
     single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
-    if single.is_file():
+    if lookup(single) == "file":
         return [single]
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r}). "
-                                  f"Re-download it.") from None
+    if lookup(index) == "file":
+        content = read_json(index, "It is not a valid safetensors index; re-download it.")
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index}: 'weight_map' should map tensor names to shard files. "
                                   f"Re-download it.")
@@ -375,7 +444,7 @@ def find_safetensors(folder: Path) -> list[Path]:
                     f"minilens reads only files inside the checkpoint folder; fix the index.")
         shards = sorted({folder / f for f in weight_map.values()})
         for shard in shards:
-            if not shard.is_file():
+            if lookup(shard) != "file":
                 raise CheckpointNotFoundError(
                     f"{index} names the shard {shard.name}, which is not in {folder}. "
                     f"The download is incomplete: fetch the missing shard."
@@ -401,6 +470,7 @@ class Checkpoint:
     def __init__(self, files: Sequence[Path], layout: Layout):
         self.layout = layout
         self.infos: dict[str, TensorInfo] = {}
+        self.files = list(files)
         for file in files:
             for name, info in read_header(file).items():
                 name = self._strip(name)
@@ -419,16 +489,17 @@ class Checkpoint:
 
     def _info(self, name: str, shape: tuple) -> TensorInfo:
         if name not in self.infos:
-            files = sorted({str(i.file) for i in self.infos.values()})
+            files = ", ".join(str(f) for f in self.files)
             raise CheckpointError(
-                f"tensor {name!r} is missing from {', '.join(files)}. "
+                f"tensor {name!r} is missing from {files}"
+                f"{'' if self.infos else ' (which holds no tensors at all)'}. "
                 f"The checkpoint is incomplete or its config.json does not describe it "
                 f"(check num_hidden_layers, tie_word_embeddings, biases)."
             )
         info = self.infos[name]
         if info.shape != tuple(shape):
             raise CheckpointError(
-                f"tensor {name!r} in {info.file} has shape {list(info.shape)}, "
+                f"tensor {name!r} in {info.file} has shape {short(list(info.shape))}, "
                 f"but config.json implies {list(shape)}. "
                 f"The config and the weights do not belong together."
             )

@@ -22,11 +22,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..config import ModelConfig
 from ..errors import CheckpointError, UnsupportedModelError
-from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages
+from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages, lookup
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
 from .safetensors import TensorInfo
+from .schema import GGUF, REQUIRED, Derived, by_family, check, short
 from .tokenizer import Tokenizer
 
 # ----------------------------------------------------------------------------------------------
@@ -119,128 +121,118 @@ def value_transform(arch: str, name: str, hf: dict) -> Callable[[np.ndarray], np
 # Config: GGUF metadata -> a config.json dict
 # ----------------------------------------------------------------------------------------------
 
-REQUIRED = object()
+GGUF_FIX = "The file was written by a broken converter, or is damaged."
 
 
 class _Meta:
-    """Typed access to `{arch}.*` metadata; a wrong type or range names the GGUF key and the
-    file."""
+    """`{arch}.*` metadata read through the schema's GGUF table (loading/schema.py): a value is
+    checked by the rule of the config field it becomes, and a bad one is named by its GGUF key."""
 
     def __init__(self, gguf: GGUFFile, arch: str):
         self.meta, self.arch, self.path = gguf.metadata, arch, gguf.path
+        self.names: dict[str, str] = {}     # config field -> the GGUF key it came from
 
-    def bad(self, key: str, value: Any, want: str) -> CheckpointError:
-        shown = (repr(value) if not isinstance(value, (list, np.ndarray))
-                 else f"an array of {len(value)}")
-        return CheckpointError(f"{self.path}: metadata {key!r} is {shown}; it must be {want}. "
-                               f"The file was written by a broken converter, or is damaged.")
+    def shown(self, key: str) -> str:
+        return f"metadata {self.arch + '.' + key!r}"
 
-    def int(self, key: str, default: Any = REQUIRED, minimum: int = 1) -> Any:
-        full = f"{self.arch}.{key}"
+    def get(self, key: str, derived: Any = None) -> Any:
+        """The checked value of `{arch}.{key}`; its default (the schema's) when absent."""
+        entry, full = GGUF[key], f"{self.arch}.{key}"
         if full not in self.meta:
+            default = by_family(entry.default, self.arch)
             if default is REQUIRED:
                 raise CheckpointError(
                     f"{self.path}: the GGUF metadata has no {full!r}, "
                     f"which minilens needs to build the model. "
                     f"The file is incomplete or not a language model.")
-            return default
-        value = self.meta[full]
-        if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                or value < minimum or value > 2**31):
-            raise self.bad(full, value, f"an integer from {minimum} to 2**31")
-        return int(value)
+            return derived if isinstance(default, Derived) else default
+        return check(entry.field, self.meta[full], str(self.path), self.shown(key), GGUF_FIX)
 
-    def float(self, key: str, default: Any = REQUIRED, positive: bool = True) -> Any:
-        full = f"{self.arch}.{key}"
-        if full not in self.meta:
-            if default is REQUIRED:
-                raise CheckpointError(f"{self.path}: the GGUF metadata has no {full!r}.")
-            return default
-        value = self.meta[full]
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not np.isfinite(value) or (positive and value <= 0)):
-            raise self.bad(full, value,
-                           "a positive finite number" if positive else "a finite number")
-        return float(value)
-
-    def str(self, key: str, default: Any = None) -> Any:
-        value = self.meta.get(f"{self.arch}.{key}", default)
-        if value is not default and not isinstance(value, str):
-            raise self.bad(f"{self.arch}.{key}", value, "a string")
-        return value
+    def put(self, hf: dict, field: str, key: str, derived: Any = None) -> Any:
+        """hf[field] = the value of `{arch}.{key}`, remembering where it came from."""
+        hf[field] = self.get(key, derived)
+        self.names[field] = self.shown(key)
+        return hf[field]
 
 
-def hf_config(gguf: GGUFFile) -> dict:
-    """The config.json that describes this GGUF file, in Hugging Face's own field names."""
+def hf_config(gguf: GGUFFile) -> tuple[dict, dict[str, str]]:
+    """The config.json that describes this GGUF file, in Hugging Face's own field names, and the
+    GGUF key each field came from (for messages)."""
     arch = gguf.metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise UnsupportedModelError(
-            f"{gguf.path}: GGUF architecture {arch!r} is not supported; minilens reads "
+            f"{gguf.path}: GGUF architecture {short(arch)} is not supported; minilens reads "
             f"{', '.join(ARCHITECTURES)} (Mistral-style models are written as 'llama')."
         )
     m = _Meta(gguf, arch)
-    n_heads = m.int("attention.head_count")
-    d_model = m.int("embedding_length")
-    d_head = m.int("attention.key_length", d_model // n_heads)
+    hf: dict[str, Any] = {"model_type": arch}
+    n_heads = m.put(hf, "num_attention_heads", "attention.head_count")
+    d_model = m.put(hf, "hidden_size", "embedding_length")
+    d_head = m.get("attention.key_length", d_model // n_heads)
+    if f"{arch}.attention.key_length" in gguf.metadata:
+        m.put(hf, "head_dim", "attention.key_length")
     n_vocab = (gguf.tensors["token_embd.weight"].shape[0] if "token_embd.weight" in gguf.tensors
                else None)
-    hf: dict[str, Any] = {
-        "model_type": arch,
-        "num_hidden_layers": m.int("block_count"), "hidden_size": d_model,
-        "intermediate_size": m.int("feed_forward_length"),
-        "num_attention_heads": n_heads,
-        "num_key_value_heads": m.int("attention.head_count_kv", n_heads),
-        "head_dim": d_head,
-        "vocab_size": m.int("vocab_size", n_vocab),
-        "max_position_embeddings": m.int("context_length", None),
-        "tie_word_embeddings": "output.weight" not in gguf.tensors,
-        "bos_token_id": gguf.metadata.get("tokenizer.ggml.bos_token_id"),
-        "eos_token_id": gguf.metadata.get("tokenizer.ggml.eos_token_id"),
-    }
+    m.put(hf, "num_hidden_layers", "block_count")
+    m.put(hf, "intermediate_size", "feed_forward_length")
+    m.put(hf, "num_key_value_heads", "attention.head_count_kv", n_heads)
+    m.put(hf, "vocab_size", "vocab_size", n_vocab)
+    m.put(hf, "max_position_embeddings", "context_length")
+    hf["tie_word_embeddings"] = "output.weight" not in gguf.tensors
+    hf["bos_token_id"] = gguf_bos_token_id(gguf.metadata, str(gguf.path))
+    hf["eos_token_id"] = gguf.metadata.get("tokenizer.ggml.eos_token_id")
+    m.names.update(bos_token_id="metadata 'tokenizer.ggml.bos_token_id'",
+                   eos_token_id="metadata 'tokenizer.ggml.eos_token_id'")
     if arch == "gpt2":
-        return {"model_type": "gpt2", "n_layer": hf["num_hidden_layers"], "n_embd": d_model,
+        gpt2 = {"model_type": "gpt2", "n_layer": hf["num_hidden_layers"], "n_embd": d_model,
                 "n_head": n_heads, "n_inner": hf["intermediate_size"],
-                "vocab_size": hf["vocab_size"], "n_positions": m.int("context_length"),
-                "layer_norm_epsilon": m.float("attention.layer_norm_epsilon", 1e-5),
-                "activation_function": "gelu_new", "tie_word_embeddings": hf["tie_word_embeddings"],
+                "vocab_size": hf["vocab_size"], "activation_function": "gelu_new",
+                "tie_word_embeddings": hf["tie_word_embeddings"],
                 "bos_token_id": hf["bos_token_id"], "eos_token_id": hf["eos_token_id"]}
-    hf["rms_norm_eps"] = m.float("attention.layer_norm_rms_epsilon", 1e-6)
-    hf["rope_theta"] = m.float("rope.freq_base", 10000.0)
+        m.put(gpt2, "n_positions", "context_length")
+        m.put(gpt2, "layer_norm_epsilon", "attention.layer_norm_epsilon")
+        m.names.update(n_layer=m.names["num_hidden_layers"], n_embd=m.names["hidden_size"],
+                       n_head=m.names["num_attention_heads"],
+                       n_inner=m.names["intermediate_size"])
+        return gpt2, m.names
+    m.put(hf, "rms_norm_eps", "attention.layer_norm_rms_epsilon")
+    m.put(hf, "rope_theta", "rope.freq_base")
     hf["attention_bias"] = "blk.0.attn_q.bias" in gguf.tensors
     hf["mlp_bias"] = "blk.0.ffn_up.bias" in gguf.tensors
-    scaling = m.str("rope.scaling.type")
-    if scaling not in (None, "none"):
-        if scaling != "linear":
-            raise UnsupportedModelError(
-                f"{gguf.path}: {arch}.rope.scaling.type {scaling!r} is not supported; "
-                f"minilens implements linear scaling for GGUF files.")
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": m.float("rope.scaling.factor")}
+    if m.get("rope.scaling.type") == "linear":
+        hf["rope_scaling"] = {"rope_type": "linear", "factor": m.get("rope.scaling.factor")}
+        m.names["rope_scaling.factor"] = m.shown("rope.scaling.factor")
     if arch == "qwen2":
         hf["use_sliding_window"] = False
     if arch in ("gemma", "gemma2"):
         hf["hidden_activation"] = "gelu_pytorch_tanh"
     if arch == "gemma2":
-        hf["attn_logit_softcapping"] = m.float("attn_logit_softcapping", None)
-        hf["final_logit_softcapping"] = m.float("final_logit_softcapping", None)
-        hf["sliding_window"] = m.int("attention.sliding_window", 4096)
+        m.put(hf, "attn_logit_softcapping", "attn_logit_softcapping")
+        m.put(hf, "final_logit_softcapping", "final_logit_softcapping")
+        m.put(hf, "sliding_window", "attention.sliding_window")
         # llama.cpp scales Gemma 2's queries by 1/sqrt(d_head), except for the 27B (46 layers),
         # whose query_pre_attn_scalar is d_model / n_heads; GGUF stores no field for it.
         hf["query_pre_attn_scalar"] = (d_model // n_heads if hf["num_hidden_layers"] == 46
                                        else d_head)
+    rotary = m.get("rope.dimension_count", d_head)
     if arch == "phi3":
-        rotary = m.int("rope.dimension_count", d_head)
+        if not 0 < rotary <= d_head:
+            raise CheckpointError(f"{gguf.path}: {m.shown('rope.dimension_count')} = {rotary} "
+                                  f"is not allowed: it must be at most the head width {d_head}. "
+                                  f"{GGUF_FIX}")
         hf["partial_rotary_factor"] = rotary / d_head
-        window = m.int("attention.sliding_window", 0, minimum=0)   # the converter writes 0 for none
+        window = m.get("attention.sliding_window")   # the converter writes 0 for none
         hf["sliding_window"] = window if window > 0 else None
+        m.names["sliding_window"] = m.shown("attention.sliding_window")
         if "rope_factors_long.weight" in gguf.tensors:
             raise UnsupportedModelError(
                 f"{gguf.path}: a Phi-3 with LongRoPE ('rope_factors_long.weight'); "
                 f"minilens implements the 4k-context Phi-3 only.")
-    elif arch != "gpt2" and m.int("rope.dimension_count", d_head) != d_head:
+    elif rotary != d_head:
         raise UnsupportedModelError(f"{gguf.path}: {arch}.rope.dimension_count is "
-                                    f"{m.int('rope.dimension_count')}, not d_head = {d_head}; "
+                                    f"{rotary}, not d_head = {d_head}; "
                                     f"partial rotary embeddings are supported for phi3 only.")
-    return hf
+    return hf, m.names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,17 +329,19 @@ def _gguf_name_of(arch: str, hf_n: str) -> str:
 
 
 def open_gguf(path: Path) -> tuple[dict, GGUFCheckpoint]:
-    """(config.json dict, checkpoint) for one GGUF file."""
+    """(config.json dict, checkpoint) for one GGUF file. The dict is read once here through the
+    config readers, so that an error in it names the GGUF key it came from."""
     gguf = GGUFFile(path)
-    hf = hf_config(gguf)
+    hf, names = hf_config(gguf)
+    ModelConfig.from_hf(hf, source=f"{path} (its GGUF metadata)", fix=GGUF_FIX, names=names)
     return hf, GGUFCheckpoint(gguf, hf)
 
 
 def find_gguf(path: Path) -> Path | None:
     """The GGUF file to load: ``path`` itself, or the one .gguf in a folder without config.json."""
-    if path.is_file():
+    if lookup(path) == "file":
         return path
-    if (path / "config.json").is_file():
+    if lookup(path / "config.json") == "file":   # (a folder that cannot be searched says so)
         return None
     found = sorted(path.glob("*.gguf"))
     if len(found) > 1:
@@ -363,5 +357,6 @@ def gguf_tokenizer(gguf: GGUFFile) -> "Tokenizer | None":
     if "tokenizer.ggml.model" not in gguf.metadata:
         return None
     hf_tok = tokenizer_from_gguf(gguf.metadata, str(gguf.path))
-    return Tokenizer.from_hf_tokenizer(hf_tok, gguf_bos_token_id(gguf.metadata),
-                                       gguf_add_bos(gguf.metadata), str(gguf.path))
+    source = str(gguf.path)
+    return Tokenizer.from_hf_tokenizer(hf_tok, gguf_bos_token_id(gguf.metadata, source),
+                                       gguf_add_bos(gguf.metadata, source), source)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from ..errors import CheckpointError
+from .schema import GGUF_TOKENIZER, check
 
 # ---------------------------------------------------------------------------------------------
 # Pre-tokenizer regexes, copied from llama.cpp's llm_tokenizer_bpe (src/llama-vocab.cpp). Each
@@ -80,6 +81,7 @@ def tokenizer_from_gguf(metadata: dict, source: str) -> Tokenizer:
     1-D numpy arrays). ``source`` names the file in error messages. Raises CheckpointError for
     a tokenizer model or pre-tokenizer not covered here; the model can still run on token ids.
     """
+    check_tokenizer_metadata(metadata, source)
     model = metadata.get("tokenizer.ggml.model")
     if model not in COVERED_MODELS:
         raise CheckpointError(
@@ -97,37 +99,45 @@ def tokenizer_from_gguf(metadata: dict, source: str) -> Tokenizer:
     return tok
 
 
-def gguf_add_bos(metadata: dict) -> bool:
+def gguf_add_bos(metadata: dict, source: str = "the GGUF file") -> bool:
     """Does llama.cpp start this file's prompts with BOS?
 
     ``tokenizer.ggml.add_bos_token`` if the file has it, else llama.cpp's default for the
     tokenizer: yes for SentencePiece ("llama") and WordPiece ("bert") and for the Llama 3 family
     of byte-level pre-tokenizers, no otherwise. Gemma 4's pre-tokenizer forces it on.
     """
+    check_tokenizer_metadata(metadata, source)
     model = metadata.get("tokenizer.ggml.model")
     pre = "gemma4" if model == "gemma4" else metadata.get("tokenizer.ggml.pre")
     if pre in _PRE_FORCES_BOS:
         return True
     if "tokenizer.ggml.add_bos_token" in metadata:
-        flag = metadata["tokenizer.ggml.add_bos_token"]
-        if not isinstance(flag, bool):
-            raise CheckpointError(f"tokenizer.ggml.add_bos_token must be a bool, got {flag!r}.")
-        return flag
+        return metadata["tokenizer.ggml.add_bos_token"]
     if model in ("llama", "bert"):
         return True
     return model == "gpt2" and pre in _PRE_ADDS_BOS
 
 
-def gguf_bos_token_id(metadata: dict) -> int | None:
+def gguf_bos_token_id(metadata: dict, source: str = "the GGUF file") -> int | None:
     """The BOS id llama.cpp uses: ``tokenizer.ggml.bos_token_id`` if present and in range, else
     its default for the tokenizer model (1 for SentencePiece, 11 for byte-level BPE; llama.cpp's
-    own numbers), or None."""
-    n_tokens = len(metadata.get("tokenizer.ggml.tokens") or ())
+    own numbers), or None. A value that is not a token id at all is a CheckpointError."""
+    check_tokenizer_metadata(metadata, source)
+    n_tokens = len(metadata.get("tokenizer.ggml.tokens", ()))
     default = {"llama": 1, "gpt2": 11, "bert": 101}.get(metadata.get("tokenizer.ggml.model"))
     if metadata.get("tokenizer.ggml.pre") in ("chatglm-bpe", "glm4", "glm5"):
         default = None
     bos = metadata.get("tokenizer.ggml.bos_token_id", default)
     return int(bos) if bos is not None and 0 <= int(bos) < n_tokens else None
+
+
+def check_tokenizer_metadata(metadata: dict, source: str) -> None:
+    """Every ``tokenizer.ggml.*`` key minilens reads has the type schema.GGUF_TOKENIZER gives it,
+    so that a damaged file is a CheckpointError naming the key, not a TypeError."""
+    for key, field in GGUF_TOKENIZER.items():
+        if metadata.get(key) is not None:       # (a GGUF file holds no nulls; a dict may)
+            check(field, metadata[key], source, f"metadata {key!r}",
+                  "The file was written by a broken converter, or is damaged.")
 
 
 # ---------------------------------------------------------------------------------------------

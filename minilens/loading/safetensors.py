@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckpointError
+from .schema import short
 
 # safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as uint16 bits.
 DTYPES = {"F64": (np.float64, 8), "F32": (np.float32, 4), "F16": (np.float16, 2),
@@ -50,7 +51,8 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
                               f"and try again.") from None
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError: JSONDecodeError, or an integer past Python's int-digit limit;
         # RecursionError: absurd nesting
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e}). "
                               f"{fix}") from None
@@ -118,8 +120,9 @@ def _validate_entry(path: Path, name: str, entry: object, data_bytes: int,
                               f"lacks dtype, shape or data_offsets. {fix}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPES:
+        shown = dtype if isinstance(dtype, str) and len(dtype) < 40 else short(dtype)
         raise CheckpointError(
-            f"{path}: tensor {name!r} has dtype {dtype}, which minilens does not read "
+            f"{path}: tensor {name!r} has dtype {shown}, which minilens does not read "
             f"(it reads {', '.join(DTYPES)}). "
             f"Convert the checkpoint to float16, bfloat16 or float32 first."
         )
@@ -129,14 +132,15 @@ def _validate_entry(path: Path, name: str, entry: object, data_bytes: int,
     if (not isinstance(shape, list) or not all(is_int(d) and d >= 0 for d in shape)
             or not isinstance(offsets, list) or len(offsets) != 2
             or not all(is_int(o) for o in offsets)):
-        raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r} "
-                              f"or offsets {offsets!r}. {fix}")
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {short(shape)} "
+                              f"or offsets {short(offsets)}. {fix}")
     begin, end = offsets
     n_bytes = math.prod(shape) * DTYPES[dtype][1]
     if not 0 <= begin <= end <= data_bytes or end - begin != n_bytes:
         raise CheckpointError(
-            f"{path}: tensor {name!r} claims bytes [{begin}, {end}) for shape {shape} {dtype} "
-            f"({n_bytes} bytes), but the data block holds {data_bytes} bytes. {fix}"
+            f"{path}: tensor {name!r} claims bytes [{short(begin)}, {short(end)}) for shape "
+            f"{short(shape)} {dtype} ({short(n_bytes)} bytes), but the data block holds "
+            f"{data_bytes} bytes. {fix}"
         )
     return TensorInfo(name, dtype, tuple(shape), begin, end, path)
 

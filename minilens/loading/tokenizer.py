@@ -30,6 +30,7 @@ import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
 from ..errors import CheckpointError, InputError
+from .schema import TOKENIZER_CONFIG, ConfigReader, read_json
 
 
 class Tokenizer:
@@ -108,16 +109,11 @@ class Tokenizer:
 def bos_rule(path: Path, hf: _HFTokenizer, config_bos_id: int | None,
              family_default: bool) -> tuple[bool, int | None, str]:
     """-> (prepend BOS?, the BOS id, which rule decided), by rules (a), (b), (c) above."""
-    tok_config = _read_tokenizer_config(path.parent / "tokenizer_config.json")
+    tok_config = read_tokenizer_config(path.parent / "tokenizer_config.json")
     processor = _post_processor(hf)
     template_id = template_bos_id(processor, path) if processor is not None else None
-    if tok_config.get("add_bos_token") is not None:                             # (a)
-        flag = tok_config["add_bos_token"]
-        if not isinstance(flag, bool):
-            raise CheckpointError(
-                f"{path.parent / 'tokenizer_config.json'}: add_bos_token must be true or false "
-                f"(a JSON boolean), got {flag!r}. Fix the file, or delete the field to let "
-                f"tokenizer.json's post-processor decide.")
+    flag = tok_config.get("add_bos_token")
+    if flag is not None:                                                        # (a)
         named = _named_token_id(tok_config.get("bos_token"), hf)
         bos = next((i for i in (template_id, named, config_bos_id) if i is not None), None)
         return flag, bos, f"add_bos_token={str(flag).lower()} in tokenizer_config.json"
@@ -155,16 +151,19 @@ def _post_processor(hf: _HFTokenizer) -> dict | None:
     return None if processor is None else json.loads(processor.__getstate__())
 
 
-def _read_tokenizer_config(path: Path) -> dict:
+def read_tokenizer_config(path: Path) -> dict:
+    """The fields of tokenizer_config.json that minilens reads (schema.TOKENIZER_CONFIG), checked;
+    absent ones (and a missing file) are None."""
     if not path.is_file():
         return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot be read as JSON ({e}).") from None
+    fix = ("Fix the file, or delete the field to let tokenizer.json's post-processor decide "
+           "(a tokenizer_config.json of another model does not belong here).")
+    config = read_json(path, fix)
     if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}.")
-    return config
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}. "
+                              f"Re-download tokenizer_config.json, or delete it.")
+    reader = ConfigReader(config, str(path), fix, table=TOKENIZER_CONFIG)
+    return {name: reader.get(name) for name in TOKENIZER_CONFIG}
 
 
 def _named_token_id(token, hf: _HFTokenizer) -> int | None:
