@@ -9,17 +9,26 @@ below (numpy + zlib, no imaging library), and checks that
   top-left corner of cell (0, 0), then samples a point inside each of the rows x positions cells,
   away from the centred token text, and compares it with the cell's fill attribute.
 The activation-patching heatmap (a 40-token prompt, so its cells are narrow) gets the same check,
-and its colour bar must show both ends of the diverging scale.
+and its colour bar must show both ends of the diverging scale. So do the layer x head grid of head
+attribution (every cell of L x H in its colour) and a 93-token lens, wrapped into panels in a
+1024-px window (its colour bar on screen). On the shipped (tied-embedding) model, the log-scale
+lens must draw the rows below 0_pre in clearly different colours, read from the screenshot.
+Text must not overlap: Chromium loads the attribution bars and the head grid with a small script
+(added for the test only; reports have none) that writes every <text>'s drawn box into the page,
+and ``--dump-dom`` prints it.
 
 Chromium is Debian's ``chromium`` package; .ci/run installs it and sets MINILENS_REQUIRE_BROWSER=1,
 so in CI a missing browser is a failure, never a skip.
 """
 
+import json
 import os
+import re
 import shutil
 import struct
 import subprocess
 import zlib
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -212,3 +221,154 @@ def test_patching_heatmap_renders_in_headless_chromium(tmp_path):
     for rgb in (top, bottom):    # at least one pixel row across the 14px bar, inside its outline
         n = int(np.all(img.astype(int) == np.array(rgb), axis=2).sum())
         assert n >= 12, f"the colour bar's end swatch {rgb} is on screen ({n} pixels)"
+
+
+def page(body: str) -> str:
+    """A bare HTML page around some SVG."""
+    return ('<!DOCTYPE html><html><head><meta charset="utf-8"></head>'
+            f'<body style="margin: 8px; background: #fff">{body}</body></html>')
+
+
+def shoot(chromium: str, html: str, svg_class: str, tmp: Path, name: str,
+          width: int | None = None) -> tuple[np.ndarray, Cells, Path]:
+    """Write a page, parse its cells, and screenshot it big enough to hold the whole picture."""
+    path = tmp / f"{name}.html"
+    path.write_text(html, encoding="utf-8")
+    parsed = Cells(svg_class)
+    parsed.feed(html)
+    size = (width or parsed.svg[0] + 40, parsed.svg[1] + 40)
+    png = tmp / f"{name}.png"
+    return screenshot(chromium, path, png, size, tmp), parsed, png
+
+
+def test_head_grid_renders_in_headless_chromium(tmp_path):
+    chromium = find_chromium()
+    model = ml.load(ROOT / "weights" / "shakespeare-llama")
+    attr = ml.layer_attribution(model.run(TEXT), " the", by="head")
+    img, parsed, png = shoot(chromium, page(render.head_grid_svg(attr)), "ml-headgrid", tmp_path,
+                             "heads")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    assert len(parsed.cells) == L * H and {c[:2] for c in parsed.cells} == {
+        (l, h) for l in range(L) for h in range(H)}, "one cell per layer and head"
+    assert_not_blank(img, min_non_white=0.02)
+    assert_cells_on_screen(img, parsed.cells, png)
+    top, bottom = parsed.legend[0], parsed.legend[-1]
+    assert top[2] > top[0] and bottom[0] > bottom[2], "blue adds to the logit, red takes away"
+
+
+def cell_samples(img: np.ndarray, cells: list, offset: tuple[float, float]) -> dict:
+    """The on-screen colour at an inner corner of each cell, given where cell (0, 0) sits."""
+    dx, dy = offset
+    return {(r, p): tuple(int(v) for v in img[int(round(dy + y + 4)), int(round(dx + x + 4))])
+            for r, p, x, y, w, h, rgb in cells}
+
+
+def grid_offset(img: np.ndarray, cells: list) -> tuple[float, float]:
+    """Where the SVG's origin sits on the page: from the darkest cell's top-left corner (the
+    first corner in its colour whose neighbours are right too)."""
+    first = min(cells, key=lambda c: sum(c[6]))
+    match = np.all(img.astype(int) == np.array(first[6]), axis=2)
+    for py, px in np.argwhere(match):
+        dx, dy = px - first[2], py - first[3]
+        if all(tuple(img[int(round(dy + y + 4)), int(round(dx + x + 4))]) == rgb
+               for _, _, x, y, _, _, rgb in cells[:20]
+               if 0 <= dy + y + 4 < img.shape[0] and 0 <= dx + x + 4 < img.shape[1]):
+            return dx, dy
+    raise AssertionError("the heatmap's cells were not found on screen")
+
+
+@pytest.mark.parametrize("metric", ["kl", "target_prob"])
+def test_log_scale_lens_shows_the_rows_below_0_pre(tmp_path, metric):
+    """On the shipped model (tied embeddings), the rows below 0_pre are drawn in many clearly
+    different colours: not one flat block, not all white."""
+    chromium = find_chromium()
+    model = ml.load("shakespeare-llama")
+    assert model.cfg.tie_embeddings
+    lens = ml.logit_lens(model.run(TEXT))
+    img, parsed, png = shoot(chromium, page(render.heatmap_svg(lens, metric)), "ml-heatmap",
+                             tmp_path, metric)
+    assert_cells_on_screen(img, parsed.cells, png)
+    seen = cell_samples(img, parsed.cells, grid_offset(img, parsed.cells))
+    below = np.array([rgb for (r, _), rgb in seen.items() if r >= 1], dtype=float)
+    luminance = below @ np.array([0.2126, 0.7152, 0.0722])
+    bins = len(set((luminance // 20).astype(int)))
+    assert luminance.max() - luminance.min() > 100 and bins >= 5, (
+        f"{metric}: the rows below 0_pre span luminance {luminance.min():.0f}-"
+        f"{luminance.max():.0f} in {bins} steps of 20; see {png}")
+    assert len({tuple(c) for c in below}) >= len(below) // 2, "cells of distinct colour"
+
+
+def test_long_lens_keeps_labels_and_legend_on_screen(tmp_path):
+    """93 tokens in a 1024-px window: panels, each cell in its colour, the colour bar visible."""
+    chromium = find_chromium()
+    model = ml.load("shakespeare-llama")
+    ids = model.to_tokens(" ".join(["To be, or not to be, that is the question:"] * 9))[:93]
+    lens = ml.logit_lens(model.run(ids))
+    img, parsed, png = shoot(chromium, page(render.heatmap_svg(lens)), "ml-heatmap", tmp_path,
+                             "long", width=1024)
+    assert parsed.svg[0] <= 1024 - 16, "no sideways scroll"
+    assert_cells_on_screen(img, parsed.cells, png)
+    for rgb in (parsed.legend[0], parsed.legend[-1]):
+        n = int(np.all(img.astype(int) == np.array(rgb), axis=2).sum())
+        assert n >= 12, f"the colour bar's end swatch {rgb} is on screen ({n} pixels)"
+
+
+MEASURE = """<script>
+const boxes = [];
+document.querySelectorAll("svg").forEach(svg => svg.querySelectorAll("text").forEach(t => {
+  const b = t.getBoundingClientRect();
+  boxes.push({svg: svg.getAttribute("class"), text: t.textContent, x: b.left, y: b.top,
+              w: b.width, h: b.height});
+}));
+const pre = document.createElement("pre");
+pre.id = "boxes";
+pre.textContent = JSON.stringify(boxes);
+document.body.appendChild(pre);
+</script>"""
+
+
+def text_boxes(chromium: str, html: str, tmp: Path) -> list[dict]:
+    """Every <text>'s box as Chromium draws it."""
+    path = tmp / "measure.html"
+    path.write_text(html.replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'profile'}", "--window-size=1400,1200", "--dump-dom",
+           path.as_uri()]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    m = re.search(r'<pre id="boxes">(.*?)</pre>', p.stdout, re.S)
+    assert m, f"chromium printed no measurements (exit {p.returncode}): {p.stderr[-2000:]}"
+    return json.loads(unescape(m.group(1)))
+
+
+def overlaps(boxes: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of texts whose drawn boxes share more than a pixel."""
+    out = []
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            w = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+            h = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+            if w > 1 and h > 1:
+                out.append((a["text"], b["text"]))
+    return out
+
+
+def test_attribution_labels_do_not_overlap(tmp_path):
+    """The contrast chart (long negative bars put their values left of the bar), the head bars
+    with "rest" cut, and the head grid: no two texts drawn on top of each other."""
+    chromium = find_chromium()
+    model = ml.load("shakespeare-llama")
+    trace = model.run(TEXT)
+    contrast = ml.layer_attribution(trace, " the", contrast=" a")
+    assert min(contrast.values) < -0.5 * max(abs(contrast.values)), (
+        "a long negative bar (else this tests nothing)")
+    heads = ml.layer_attribution(trace, " be", by="head")
+    body = (render.attribution_svg(contrast) + render.attribution_svg(heads)
+            + render.head_grid_svg(heads))
+    boxes = text_boxes(chromium, page(body), tmp_path)
+    for cls in ("ml-attribution", "ml-headgrid"):
+        mine = [b for b in boxes if b["svg"] == cls]
+        assert len(mine) > 10, f"the {cls} texts were measured"
+        assert all(b["w"] > 0 and b["h"] > 0 for b in mine), "every text is drawn"
+        clash = overlaps(mine)
+        assert not clash, f"{cls}: texts drawn over each other: {clash[:5]}"
