@@ -155,6 +155,48 @@ def clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
+def tuned_lens_side(args, results, hf_model, tokenizer, train_windows, held_windows, tl_steps,
+                    L) -> dict:
+    """tuned-lens's fit (timed) and its evaluation with its logit lens.  -> {name: KL}"""
+    results["loadavg"]["before tuned-lens fit"] = loadavg()
+    wall, cpu = clocks()
+    package_lens = package_train(hf_model, tokenizer, train_windows, tl_steps,
+                                 args.windows_per_step, args.out / "tuned-lens")
+    results["seconds"]["tuned-lens wall"] = time.perf_counter() - wall
+    results["seconds"]["tuned-lens cpu"] = time.process_time() - cpu
+    results["loadavg"]["after tuned-lens fit"] = loadavg()
+    theirs = package_kl(hf_model, {"logit": LogitLens.from_model(hf_model),
+                                   "tuned": package_lens.eval()}, held_windows, L)
+    results["kl"].update({f"tuned-lens {k}": v.tolist() for k, v in theirs.items()})
+    results["loadavg"]["after tuned-lens evaluation"] = loadavg()
+    return theirs
+
+
+def minilens_side(args, results, model, train, train_desc, held) -> dict:
+    """minilens's fit (timed) and its evaluation, or tuned_lens.py's (--minilens-results)
+    once its tuned lens is checked to be the one fitted here.  -> {name: KL}"""
+    results["loadavg"]["before minilens fit"] = loadavg()
+    wall, cpu = clocks()
+    affine = fit_affine_lens(model, train, max_tokens=args.tokens, data=train_desc)
+    results["seconds"]["minilens affine wall"] = time.perf_counter() - wall
+    results["seconds"]["minilens affine cpu"] = time.process_time() - cpu
+    tuned = refine_lens(model, affine, train, steps=args.steps, batch=args.batch, lr=args.lr)
+    results["seconds"]["minilens wall"] = time.perf_counter() - wall
+    results["seconds"]["minilens cpu"] = time.process_time() - cpu
+    results["loadavg"]["after minilens fit"] = loadavg()
+    if args.minilens_results is not None and (args.minilens_results / "results.json").is_file():
+        done = minilens_from(args.minilens_results, args, model, tuned)
+        ours = done["kl"]
+        results["minilens_results"] = dict(translator_max_abs_diff=done["translator_diff"],
+                                           seconds=done["seconds"])
+    else:
+        ours = {name: evaluate_lens(model, lens, held, max_tokens=args.heldout).kl
+                for name, lens in (("logit", None), ("affine", affine), ("tuned", tuned))}
+        results["loadavg"]["after minilens evaluation"] = loadavg()
+    results["kl"].update({f"minilens {k}": v.tolist() for k, v in ours.items()})
+    return ours
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=26_000, help="training tokens")
@@ -168,6 +210,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="numpy's BLAS and torch threads")
     ap.add_argument("--minilens-results", type=Path, default=None,
                     help="tuned_lens.py's --out folder: its KL, if there, instead of evaluating")
+    ap.add_argument("--only", choices=["tuned-lens", "minilens"], default=None,
+                    help="run one side's fit and evaluation only (no side-by-side table)")
     ap.add_argument("--out", type=Path, default=Path("tuned_lens_peer_results"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -199,40 +243,15 @@ def main() -> int:
     def save():
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
-    # tuned-lens first: the part nobody else runs (results.json is written after each stage).
-    results["loadavg"]["before tuned-lens fit"] = loadavg()
-    wall, cpu = clocks()
-    package_lens = package_train(hf_model, tokenizer, train_windows, tl_steps,
-                                 args.windows_per_step, args.out / "tuned-lens")
-    results["seconds"]["tuned-lens wall"] = time.perf_counter() - wall
-    results["seconds"]["tuned-lens cpu"] = time.process_time() - cpu
-    results["loadavg"]["after tuned-lens fit"] = loadavg()
-    save()
-    theirs = package_kl(hf_model, {"logit": LogitLens.from_model(hf_model),
-                                   "tuned": package_lens.eval()}, held_windows, L)
-    results["kl"].update({f"tuned-lens {k}": v.tolist() for k, v in theirs.items()})
-    results["loadavg"]["after tuned-lens evaluation"] = loadavg()
-    save()
-
-    wall, cpu = clocks()
-    affine = fit_affine_lens(model, train, max_tokens=args.tokens, data=train_desc)
-    results["seconds"]["minilens affine wall"] = time.perf_counter() - wall
-    results["seconds"]["minilens affine cpu"] = time.process_time() - cpu
-    tuned = refine_lens(model, affine, train, steps=args.steps, batch=args.batch, lr=args.lr)
-    results["seconds"]["minilens wall"] = time.perf_counter() - wall
-    results["seconds"]["minilens cpu"] = time.process_time() - cpu
-    results["loadavg"]["after minilens fit"] = loadavg()
-    save()
-    if args.minilens_results is not None and (args.minilens_results / "results.json").is_file():
-        done = minilens_from(args.minilens_results, args, model, tuned)
-        ours = done["kl"]
-        results["minilens_results"] = dict(translator_max_abs_diff=done["translator_diff"],
-                                           seconds=done["seconds"])
-    else:
-        ours = {name: evaluate_lens(model, lens, held, max_tokens=args.heldout).kl
-                for name, lens in (("logit", None), ("affine", affine), ("tuned", tuned))}
-    results["kl"].update({f"minilens {k}": v.tolist() for k, v in ours.items()})
-    results["loadavg"]["at the end"] = loadavg()
+    if args.only != "minilens":
+        theirs = tuned_lens_side(args, results, hf_model, tokenizer, train_windows,
+                                 held_windows, tl_steps, L)
+        save()
+    if args.only != "tuned-lens":
+        ours = minilens_side(args, results, model, train, train_desc, held)
+        save()
+    if args.only is not None:
+        return 0
 
     mean = {k: float(np.mean(v[:L])) for k, v in results["kl"].items()}
     logit_diff = float(np.abs(ours["logit"] - theirs["logit"])[:L].max())
