@@ -85,11 +85,33 @@ class Model:
 
     def token_strings(self, ids) -> list[str]:
         """Each id as its token string, or "#id" when the model has no tokenizer: for labels and
-        tables."""
+        tables. A token that holds only part of a character's UTF-8 bytes (byte-level BPE splits
+        rare characters and emoji into such pieces) decodes on its own to "�"; it is shown by its
+        bytes instead, "<0xNN>" each (SentencePiece's own spelling of a byte token), beside any
+        whole characters it also holds."""
         ids = np.asarray(ids).reshape(-1)
         if self.tokenizer is None:
             return [f"#{int(i)}" for i in ids]
-        return self.tokenizer.str_tokens(ids)
+        strs = self.tokenizer.str_tokens(ids)
+        return [self._token_bytes(int(i), s) if "\ufffd" in s else s for i, s in zip(ids, strs)]
+
+    def _token_bytes(self, token_id: int, decoded: str) -> str:
+        """A token that decodes to "�", spelled from its vocabulary entry: a SentencePiece byte
+        token "<0xNN>" as it stands; a byte-level BPE entry (one printable character per byte,
+        GPT-2's bytes_to_unicode) read back into bytes, the undecodable ones as "<0xNN>". Anything
+        else (a real "�" in the vocabulary) is left as decoded."""
+        piece = self.tokenizer.hf.id_to_token(token_id) or ""
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return f"<0x{piece[3:5].upper()}>"
+        printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                     *range(ord("®"), ord("ÿ") + 1)]
+        others = [b for b in range(256) if b not in printable]
+        alphabet = {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
+        if not piece or any(c not in alphabet for c in piece):
+            return decoded
+        text = bytes(alphabet[c] for c in piece).decode("utf-8", errors="surrogateescape")
+        return "".join(f"<0x{ord(c) - 0xDC00:02X}>" if "\udc80" <= c <= "\udcff" else c
+                       for c in text)
 
     def decode(self, ids) -> str:
         return self._need_tokenizer().decode(self.check_ids(ids))
