@@ -6,13 +6,17 @@ reordered for speed; the default). ``Model.run`` chooses between them in one pla
 
 from __future__ import annotations
 
+import copy
+import os
+import weakref
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from . import checks
 from .config import ModelConfig
-from .errors import CheckpointError, InputError, TokenizerMissingError
+from .errors import CheckpointError, CheckpointNotFoundError, InputError, TokenizerMissingError
 from .fast.forward import forward as fast_forward
 from .fast.memory import ArrayPool
 from .fast.recorder import PooledRecorder
@@ -76,7 +80,11 @@ class Model:
     def to_tokens(self, text: str, prepend_bos: bool | None = None) -> np.ndarray:
         """Text -> ids [n_seq] int64. Llama-style families prepend BOS; override with
         prepend_bos."""
-        return self._need_tokenizer().encode(text, prepend_bos)
+        if not isinstance(text, str):
+            raise InputError(f"to_tokens takes a str, got {checks.shown(text)}.")
+        if prepend_bos is not None:
+            checks.flag(prepend_bos, "prepend_bos")
+        return self._need_tokenizer().encode(checks.text(text), prepend_bos)
 
     def to_str_tokens(self, ids) -> list[str]:
         if isinstance(ids, str):
@@ -117,9 +125,13 @@ class Model:
         return self._need_tokenizer().decode(self.check_ids(ids))
 
     def to_single_token(self, token: str | int) -> int:
-        """A token given as a string (which must be exactly one token) or an id, as a checked id."""
+        """A token given as a string (which must be exactly one token) or an id (an int, or a
+        0-d array or tensor holding one), as a checked id."""
+        token = checks.as_numpy(token)
+        if isinstance(token, np.ndarray) and token.ndim == 0 and token.dtype.kind in "iu":
+            token = token.item()
         if isinstance(token, str):
-            token_id = self._need_tokenizer().single_token(token)
+            token_id = self._need_tokenizer().single_token(checks.text(token, "the token"))
             if not 0 <= token_id < self.cfg.d_vocab:  # a tokenizer.json from another model
                 raise InputError(f"{token!r} tokenizes to id {token_id}, "
                                  f"beyond this model's vocabulary 0..{self.cfg.d_vocab - 1}: "
@@ -134,30 +146,27 @@ class Model:
         return int(token)
 
     def check_ids(self, ids, allow_batch: bool = False) -> np.ndarray:
-        """Any array-like of token ids (list, numpy, or a torch tensor via __array__) -> checked
-        int64 array.
+        """Any array-like of token ids (a list, numpy, or a torch tensor, which is detached and
+        read on the CPU) -> checked int64 array.
 
         [n_seq] or [1, n_seq] -> [n_seq]; with allow_batch, [batch, n_seq] stays 2-D.
         """
         if isinstance(ids, str):
             ids = self.to_tokens(ids)  # then checked like any ids: text can be empty, or too long
         try:
-            arr = np.asarray(ids)
+            arr = np.asarray(checks.as_numpy(ids))
         except (ValueError, TypeError):
             raise InputError("token ids must be a rectangular array; "
                              "a batch needs sequences of equal length "
                              "(pad them, or run them one at a time).") from None
         if arr.dtype == object:
-            odd = next((x for x in arr.reshape(-1) if not isinstance(x, (int, np.integer))), None)
-            raise InputError(f"token ids must be ints, "
-                             f"but the input holds {odd!r} ({type(odd).__name__}). "
-                             f"Pass a list or array of ints, or a str to tokenize.")
+            arr = self._object_ids(arr)
         if arr.ndim == 2 and arr.shape[0] == 1 and not allow_batch:
             arr = arr[0]
         if arr.ndim != (2 if allow_batch and arr.ndim == 2 else 1):
             raise InputError(f"token ids must have shape [n_seq]"
                              f"{' or [batch, n_seq]' if allow_batch else ' or [1, n_seq]'},"
-                             f" got shape {list(arr.shape)}."
+                             f" got shape {list(arr.shape)[:8]}{'...' if arr.ndim > 8 else ''}."
                              + (" Wrap a single id in a list: [id]." if arr.ndim == 0 else "")
                              + (" For several sequences use model.run_batch(ids)."
                                 if arr.ndim == 2 else ""))
@@ -165,7 +174,7 @@ class Model:
             raise InputError("the input is empty: give at least one token.")
         if arr.dtype.kind in "USO":
             raise InputError(f"token ids must be ints, "
-                             f"got strings such as {str(arr.reshape(-1)[0])!r}. "
+                             f"got strings such as {str(arr.reshape(-1)[0])[:60]!r}. "
                              f"To run text, pass one str (model.run('some text')), "
                              f"not a list of strings.")
         if arr.dtype.kind not in "iu":
@@ -173,18 +182,36 @@ class Model:
                              f"If they are whole numbers, cast them: ids.astype(int).")
         bad = (arr < 0) | (arr >= self.cfg.d_vocab)
         if bad.any():
-            first = int(np.argwhere(bad)[0][-1])
-            raise InputError(f"token id {arr.reshape(-1)[np.flatnonzero(bad)[0]]} "
-                             f"at position {first} is out of range:"
-                             f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}. "
-                             f"Were the ids made by another "
-                             f"model's tokenizer? Use model.to_tokens(text).")
+            first = int(np.flatnonzero(bad)[0])
+            raise self._out_of_range(arr.reshape(-1)[first],
+                                     np.unravel_index(first, arr.shape)[-1])
         if self.cfg.n_ctx is not None and arr.shape[-1] > self.cfg.n_ctx:
             raise InputError(f"the input has {arr.shape[-1]} tokens, "
                              f"but this {self.cfg.family} model has learned "
                              f"positions for only {self.cfg.n_ctx} (n_positions). "
                              f"Shorten the input.")
         return arr.astype(np.int64)
+
+    def _object_ids(self, arr: np.ndarray) -> np.ndarray:
+        """Ids numpy could only hold as objects: numpy integers in an object array, or Python ints
+        beyond int64 (``[1, 2**64]``). -> int64, once every element is an int in the
+        vocabulary."""
+        flat = arr.reshape(-1)
+        odd = next((i for i, x in enumerate(flat) if not checks.is_int(x)), None)
+        if odd is not None:
+            raise InputError(f"token ids must be ints, "
+                             f"but the input holds {checks.shown(flat[odd])}. "
+                             f"Pass a list or array of ints, or a str to tokenize.")
+        beyond = next((i for i, x in enumerate(flat) if not 0 <= x < self.cfg.d_vocab), None)
+        if beyond is not None:
+            raise self._out_of_range(flat[beyond], np.unravel_index(beyond, arr.shape)[-1])
+        return arr.astype(np.int64)
+
+    def _out_of_range(self, token_id, position) -> InputError:
+        return InputError(f"token id {token_id} at position {position} is out of range:"
+                          f" this model's vocabulary is 0..{self.cfg.d_vocab - 1}. "
+                          f"Were the ids made by another "
+                          f"model's tokenizer? Use model.to_tokens(text).")
 
     # ---- running --------------------------------------------------------------------------
     def run(self, ids, names: Iterable[str] | None = None,
@@ -276,6 +303,34 @@ class Model:
         if self.pool is not None:                       # None: recycling switched off by the user
             self.pool.clear()
 
+    # ---- pickle and deepcopy (issue 18) -------------------------------------------------------
+    def __reduce__(self):
+        """How pickle sees a model. A loaded model is a reference to its files, its dtype and its
+        options: unpickling reopens them memory-mapped, as ``load`` does, so a model (or a trace,
+        which holds one) crosses to a multiprocessing worker for a few hundred bytes. Within one
+        process, unpickling returns a model already open on the same files with the same dtype and
+        options, so a thousand traces from workers share one model. The files must be where they
+        were and unchanged (same size and modification time), or unpickling raises rather than
+        pair a trace with other weights. A model built in memory (bench.HookedAutoModel, tests) has
+        no files and travels with its arrays."""
+        recycles = self.pool is not None
+        if not self.files:
+            return _rebuild, (type(self), dict(vars(self), layers=list(self.layers), pool=None),
+                              recycles)
+        source = self.files[0] if Path(self.files[0]).suffix.lower() == ".gguf" else self.folder
+        options = dict(fast=self.fast, pool=recycles,
+                       cache_layers=getattr(self.layers, "cache", None),
+                       files=[file_stamp(f) for f in self.files])
+        return _reopen, (os.path.abspath(source), self.dtype.name, options)
+
+    def __deepcopy__(self, memo: dict) -> "Model":
+        """copy.deepcopy: a new model of the same files, dtype and options, reopened; one built in
+        memory gets copies of its arrays."""
+        rebuild, args = self.__reduce__()
+        if rebuild is _reopen:
+            return _reopen(*args, shared=False)
+        return _rebuild(args[0], copy.deepcopy(args[1], memo), args[2])
+
     def __call__(self, ids) -> np.ndarray:
         """The logits only.  -> [n_seq, d_vocab]"""
         return self.run(ids, names=()).logits
@@ -290,6 +345,54 @@ class Model:
             if self.cfg.n_ctx is not None and len(ids) >= self.cfg.n_ctx:
                 break
         return ids
+
+
+def file_stamp(path) -> tuple[str, int, int]:
+    """(path, size, modification time): what must not have changed when a model is reopened."""
+    st = os.stat(path)
+    return os.path.abspath(path), st.st_size, st.st_mtime_ns
+
+
+# The models open in this process, for unpickling to find (Model.__reduce__). Weak: it keeps no
+# model alive.
+_OPEN: weakref.WeakSet = weakref.WeakSet()
+
+
+def _reopen(source: str, dtype: str, options: dict, shared: bool = True) -> Model:
+    """Unpickling a loaded model (Model.__reduce__): an open model of the same files, dtype and
+    options (``shared``), or the files loaded again, memory-mapped."""
+    if shared:
+        for model in list(_OPEN):
+            try:
+                if model.__reduce__()[1] == (source, dtype, options):
+                    return model
+            except OSError:                 # that model's files are gone: not a match
+                continue
+    for path, size, mtime in options["files"]:
+        try:
+            same = file_stamp(path)[1:] == (size, mtime)
+        except OSError:
+            raise CheckpointNotFoundError(
+                f"cannot reopen the pickled model: {path} is gone. A pickled model (or trace) "
+                f"refers to its checkpoint files; unpickle it where they are.") from None
+        if not same:
+            raise CheckpointError(
+                f"cannot reopen the pickled model: {path} has changed since it was pickled "
+                f"(its size or modification time differ), so its weights may not be the ones "
+                f"the model (or trace) was made with. Load the model afresh.")
+    model = load(source, dtype=dtype, cache_layers=options["cache_layers"],
+                 fast=options["fast"])
+    if not options["pool"]:
+        model.pool = None
+    return model
+
+
+def _rebuild(cls: type, state: dict, recycles: bool) -> Model:
+    """Unpickling a model built in memory (Model.__reduce__): its arrays as they were."""
+    model = cls.__new__(cls)
+    vars(model).update(state)
+    model.pool = ArrayPool() if recycles else None
+    return model
 
 
 # Widened layers are kept (cached) when, all together, they fit in this many bytes.
@@ -313,9 +416,14 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False,
     CACHE_LAYERS_MAX_BYTES (2 GiB), so small models run fastest and a bf16 1B model does not
     need twice its stored size in RAM (issue 6).
     """
+    checks.path(path_or_name, "path_or_name")
+    checks.flag(check_finite, "check_finite")
+    checks.flag(fast, "fast")
+    if cache_layers is not None:
+        checks.flag(cache_layers, "cache_layers")
     try:
         dtype = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):
         dtype = None
     if dtype not in (np.float32, np.float64):
         raise InputError(f"dtype must be float32 or float64 (np.float32, np.float64), "
@@ -356,6 +464,7 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False,
     model.tokenizer_problem = tokenizer_problem
     model.checkpoint = ckpt             # the stored tensors, by name (their dtypes, files, shapes)
     model.fast = bool(fast)
+    _OPEN.add(model)
     return model
 
 

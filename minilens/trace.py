@@ -37,14 +37,20 @@ is read (then keeps it): bit for bit the pattern that z was made from (tests/tes
 
 The arrays are ordinary numpy arrays. In the fast forward pass their memory comes from the model's
 pool (fast/memory.py): once a trace and every view of its arrays are gone, the model reuses it.
+
+A trace pickles with its arrays and a reference to its model's files (Model.__reduce__), so it can
+come back from a multiprocessing worker or go into a joblib cache; copy.deepcopy copies the
+arrays and shares the model.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable
 
 import numpy as np
 
+from . import checks
 from .errors import InputError, NotRecordedError
 
 LAYER_KEYS = ("resid_pre", "scale_ln1", "q", "k", "v", "z", "pattern", "attn_out", "scale_ln1_post",
@@ -122,6 +128,13 @@ class Recorder:
         if isinstance(names, str) or (names is not None and not hasattr(names, "__iter__")):
             raise InputError(f"names must be a collection of trace keys, e.g. {{'resid_pre'}}, "
                              f"got {names!r}.")
+        if names is not None:
+            names = list(names)
+            odd = next((i for i, n in enumerate(names) if not isinstance(n, str)), None)
+            if odd is not None:
+                raise InputError(f"names must hold trace keys as strings, such as 'resid_pre', "
+                                 f"got {checks.shown(names[odd])} among them. Layers are not "
+                                 f"chosen here: a name records every layer.")
         self.names = None if names is None else set(names)
         unknown = sorted(map(repr, (self.names or set()) - set(ALL_KEYS)))
         if unknown:  # a typo would otherwise record nothing, and fail only later
@@ -189,12 +202,7 @@ class Trace:
 
     def layer_index(self, layer: int) -> int:
         """A layer index, negative allowed, checked against the model's depth."""
-        L = self.n_layers
-        if (not isinstance(layer, (int, np.integer)) or isinstance(layer, bool)
-                or not -L <= layer < L):
-            raise InputError(f"layer {layer!r} is out of range: this model has {L} layers, "
-                             f"so use 0..{L - 1} (or -{L}..-1 from the end).")
-        return int(layer) % L
+        return checks.layer(layer, self.n_layers)
 
     def __contains__(self, key) -> bool:
         try:
@@ -214,9 +222,11 @@ class Trace:
 
     def _stored_key(self, key) -> tuple[str, int | None]:
         """The (name, layer) that ``key`` names in the store, with negative layers resolved."""
+        if not (isinstance(key, str) or (isinstance(key, tuple) and len(key) == 2
+                                         and isinstance(key[0], str))):
+            raise InputError(f"trace keys are a name such as 'embed' or a (name, layer) pair "
+                             f"such as ('resid_pre', 3), got {checks.shown(key)}.")
         if isinstance(key, tuple):
-            if len(key) != 2:
-                raise InputError(f"trace keys are a name or (name, layer), got {key!r}.")
             name, layer = key
             if name not in LAYER_KEYS:
                 raise InputError(f"{name!r} is not a per-layer key; "
@@ -231,13 +241,51 @@ class Trace:
             if name not in GLOBAL_KEYS:
                 raise InputError(f"unknown trace key {name!r}; keys are {', '.join(ALL_KEYS)}.")
             stored = (name, None)
+        absent = self._absent_in_family(name)
+        if absent and stored not in self._store:
+            raise NotRecordedError(f"{key!r} does not exist in a {self.model.cfg.family} model: "
+                                   f"{absent}")
         if stored not in self._store:
             raise NotRecordedError(f"{key!r} was not recorded in this trace. "
                                    f"Run model.run(ids) without names=..., "
                                    f"or include {name!r} in names.")
         return stored
 
+    def _absent_in_family(self, name: str) -> str | None:
+        """Why the model's family never makes the value ``name``, or None if it does."""
+        cfg = self.model.cfg
+        if name == "pos_embed" and cfg.positional != "learned":
+            return ("its positions are rotary (RoPE turns q and k inside attention), not a "
+                    "learned embedding added to the stream, so there is no 'pos_embed'. The "
+                    "stream starts at 'embed'.")
+        if name in ("scale_ln1_post", "scale_ln2_post") and not cfg.sandwich_norms:
+            return ("it has no norm on its sublayers' outputs (only Gemma 2 has), so there is no "
+                    f"{name!r}.")
+        if name == "logits_precap" and not cfg.final_softcap:
+            return "its logits are not soft-capped (only Gemma 2's are): 'logits' is all there is."
+        return None
+
+    def __deepcopy__(self, memo: dict) -> "Trace":
+        """copy.deepcopy copies the arrays and shares the model: a model holds no state between
+        runs, and copying it would reopen its files. (pickle does carry the model, as a reference
+        to its files: Model.__reduce__.)"""
+        memo[id(self.model)] = self.model
+        twin = Trace.__new__(Trace)
+        memo[id(self)] = twin
+        vars(twin).update(copy.deepcopy(vars(self), memo))
+        return twin
+
     def __repr__(self) -> str:
         cfg = self.model.cfg
         return (f"Trace({cfg.family}, n_seq={self.n_seq}, n_layers={cfg.n_layers}, "
                 f"{len(self._store)} arrays, dtype={self.logits.dtype})")
+
+
+def check_trace(value: Any, function: str) -> Trace:
+    """The ``trace`` argument of an analysis function: a Trace, as ``model.run`` returns."""
+    if not isinstance(value, Trace):
+        hint = (" Run the model first: trace = model.run(ids)."
+                if hasattr(value, "run") and hasattr(value, "cfg") else "")
+        raise InputError(f"{function} reads a Trace (from model.run(ids)), "
+                         f"got {checks.shown(value)}.{hint}")
+    return value

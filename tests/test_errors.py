@@ -713,7 +713,7 @@ def test_lens_positions_not_ints(trace):
 
 
 def test_lens_top_k_zero(trace):
-    with expect(InputError, "top_k must be a positive int", "0"):
+    with expect(InputError, "top_k must be an int >= 1", "0"):
         ml.logit_lens(trace, top_k=0)
 
 

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import checks
 from ..errors import InputError
 from ..ops import gqa_repeat
+from ..trace import check_trace
 
 if TYPE_CHECKING:
     from ..trace import Trace
@@ -61,7 +63,7 @@ class Attribution:
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The k parts of largest magnitude, largest first, as (label, value)."""
-        order = np.argsort(-np.abs(self.values), kind="stable")[:k]
+        order = np.argsort(-np.abs(self.values), kind="stable")[:checks.count(k, "k")]
         return [(str(self.labels[i]), float(self.values[i])) for i in order]
 
     def __getitem__(self, label: str) -> float:
@@ -249,8 +251,8 @@ def layer_attribution(trace: "Trace", target, position: int = -1, by: str = "lay
                  layer l's attention, then "{l}_attn_bias" and "rest".
     "rest" is everything else in the stream plus the constant, so values.sum() == logit always.
     """
-    model = trace.model
-    if by not in BY:
+    model = check_trace(trace, "layer_attribution").model
+    if not isinstance(by, str) or by not in BY:
         raise InputError(f"by={by!r} is not a way to split the logit; "
                          f"use one of {', '.join(map(repr, BY))}.")
     n_seq = trace.n_seq

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import checks
 from ..errors import CheckpointError, CheckpointNotFoundError, InputError
 from ..loading.safetensors import open_tensor, read_header, widen
 
@@ -82,22 +83,23 @@ def _lens_rows(model: "Model", vectors: np.ndarray, k: int, apply_norm_weight: b
 
 def direction_lens(model: "Model", vector, k: int = 10,
                    apply_norm_weight: bool = True) -> DirectionLens:
-    """The tokens a d_model direction promotes and suppresses most (see the module docstring)."""
-    v = np.asarray(vector, dtype=np.float64)
-    if v.shape != (model.cfg.d_model,):
-        raise InputError(f"the direction must have shape [d_model] = [{model.cfg.d_model}], "
-                         f"got {list(v.shape)}.")
-    if not np.isfinite(v).all():
-        raise InputError("the direction holds NaN or inf values. Check the vector you passed "
-                         "(e.g. the SAE decoder row or neuron weights it came from).")
+    """The tokens a d_model direction promotes and suppresses most (see the module docstring).
+    ``vector``: a list, array or torch tensor of d_model numbers; ``k`` >= 1 (capped at
+    d_vocab)."""
+    k = checks.count(k, "k")
+    checks.flag(apply_norm_weight, "apply_norm_weight")
+    v = checks.vector(vector, "the direction", model.cfg.d_model)
     return _lens_rows(model, v[None], k, apply_norm_weight)[0]
 
 
 def sae_lens(model: "Model", path: str | os.PathLike, features=None, k: int = 10,
              apply_norm_weight: bool = True) -> list[DirectionLens]:
     """Read SAE decoder rows (``W_dec`` [d_sae, d_model], the SAELens / Gemma Scope layout) from a
-    safetensors file, memory-mapped, and lens the chosen ``features`` (all when None)."""
-    path = Path(path)
+    safetensors file, memory-mapped, and lens the chosen ``features`` (all when None). Rows
+    holding NaN or inf are refused."""
+    k = checks.count(k, "k")
+    checks.flag(apply_norm_weight, "apply_norm_weight")
+    path = Path(checks.path(path, "path"))
     if path.is_dir():
         path = (path / "sae_weights.safetensors" if (path / "sae_weights.safetensors").is_file()
                 else path / "params.safetensors")
@@ -120,9 +122,13 @@ def sae_lens(model: "Model", path: str | os.PathLike, features=None, k: int = 10
     if features is None:
         idx = np.arange(d_sae)
     else:
-        idx = np.atleast_1d(np.asarray(features))
+        try:
+            idx = np.atleast_1d(np.asarray(checks.as_numpy(features)))
+        except (ValueError, TypeError):         # a ragged list
+            idx = np.array([None])
         if idx.ndim != 1 or idx.dtype.kind not in "iu" or idx.size == 0:
-            raise InputError(f"features must be an int or a list of ints, got {features!r}.")
+            raise InputError(f"features must be an int or a list of ints, "
+                             f"got {checks.shown(features)}.")
         if ((idx < 0) | (idx >= d_sae)).any():
             raise InputError(f"feature {idx[(idx < 0) | (idx >= d_sae)][0]} is out of range: "
                              f"this SAE has {d_sae} features, so use 0..{d_sae - 1}.")
@@ -131,5 +137,10 @@ def sae_lens(model: "Model", path: str | os.PathLike, features=None, k: int = 10
     for start in range(0, len(idx), 256):                                          # bounded memory
         chosen = idx[start:start + 256]
         rows = widen(W_dec[chosen], info.dtype, model.params.W_U.dtype)            # [n, d_model]
+        finite = np.isfinite(rows).all(-1)
+        if not finite.all():       # NaN scores sort anywhere: refused, as direction_lens does
+            bad = int(chosen[np.argmin(finite)])
+            raise CheckpointError(f"{path}: W_dec row {bad} (SAE feature {bad}) holds NaN or inf "
+                                  f"values: the SAE file is corrupt, or its training diverged.")
         out += _lens_rows(model, rows, k, apply_norm_weight, chosen)
     return out

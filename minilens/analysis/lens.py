@@ -24,9 +24,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .. import checks
 from ..errors import InputError
 from ..fast import kernels
 from ..forward import final_norm, unembed
+from ..trace import check_trace
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -241,7 +243,8 @@ def resolve_targets(trace: "Trace", target, positions: np.ndarray) -> np.ndarray
     if target is None:
         nxt = np.append(trace.ids[1:], int(trace.logits[-1].argmax()))   # [n_seq]
         return nxt[positions]
-    if isinstance(target, (str, int, np.integer)):
+    target = checks.as_numpy(target)                                # a torch tensor of ids
+    if isinstance(target, (str, int, np.integer)) or np.ndim(target) == 0:
         return np.full(len(positions), model.to_single_token(target), dtype=np.int64)
     arr = np.asarray(target)
     if arr.ndim != 1 or arr.dtype.kind not in "iu":
@@ -286,8 +289,9 @@ def logit_lens(trace: "Trace", target=None, top_k: int = 5, positions=None,
     """The logit lens on every row of the recorded stream.  See the module docstring and
     LensResult. ``translators``: read each ``"{l}_pre"`` row through its affine translator
     first (the tuned lens; see analysis/tuned_lens.py)."""
-    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise InputError(f"top_k must be a positive int, got {top_k!r}.")
+    check_trace(trace, "logit_lens")
+    top_k = checks.count(top_k, "top_k")
+    checks.flag(incl_mid, "incl_mid")
     pos = check_positions(trace, positions)
     targets = resolve_targets(trace, target, pos)
     rows = lens_rows(trace, incl_mid)

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
+from .. import checks
 from ..errors import CheckpointError, InputError, MinilensError
 from ..loading.fetch import minilens_home
 from ..loading.safetensors import open_tensor, read_header, widen
@@ -72,6 +73,22 @@ def to_stderr(message: str) -> None:
 
 def _quiet(message: str) -> None:
     pass
+
+
+def _progress(progress) -> Callable[[str], None]:
+    """The ``progress`` argument: a function of one str, or None for silence."""
+    if progress is None:
+        return _quiet
+    if not callable(progress):
+        raise InputError(f"progress must be a function of one str (such as print) or None, "
+                         f"got {checks.shown(progress)}.")
+    return progress
+
+
+def _check_translators(translators) -> None:
+    if not isinstance(translators, Translators):
+        raise InputError(f"translators must be a Translators (from fit_affine_lens, refine_lens "
+                         f"or load_translators), got {checks.shown(translators)}.")
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,7 +130,7 @@ class Translators:
         """Write A and b to a safetensors file, with ``info`` (model, data, fit) as metadata.
         float32 by default: a float32 model reads them in float32 anyway (half the file)."""
         from safetensors.numpy import save_file
-        path = Path(path)
+        path = Path(checks.path(path, "path"))
         info = dict(self.info)
         meta = {"format": FORMAT, "info": json.dumps(info)}
         for key in ("family", "n_layers", "d_model", "d_vocab", "model", "kind", "data"):
@@ -138,7 +155,7 @@ def load_translators(path, model: "Model") -> Translators:
 
     Refuses (CheckpointError) a file that is not a translators file, or one fit for another
     model: a different family, n_layers, d_model or vocabulary."""
-    path = Path(path)
+    path = Path(checks.path(path, "path"))
     if not path.is_file():
         raise InputError(f"{path}: no such translators file. Fit one with "
                          f"`minilens fit-lens --model MODEL --out {path.name}`.")
@@ -183,23 +200,29 @@ def token_windows(model: "Model", texts, seq_len: int = SEQ_LEN,
     tokens; each window runs on its own. Where the tokenizer prepends BOS, every window starts
     with it. Stops at ``max_tokens`` tokens, the last window cut short.
     -> list of [n_seq] int64"""
+    texts = checks.as_numpy(texts)
     if isinstance(texts, (str, np.ndarray)):
         texts = [texts]
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise InputError(f"texts must be a str, token ids, or a list of them, "
+                         f"got {checks.shown(texts)}.")
     texts = list(texts)
     if not texts:
         raise InputError("texts is empty: give at least one text (a str, or token ids).")
-    if not isinstance(seq_len, (int, np.integer)) or seq_len < 2:
-        raise InputError(f"seq_len must be an int >= 2, got {seq_len!r}.")
-    if max_tokens is not None and not (isinstance(max_tokens, (int, np.integer))
-                                       and max_tokens >= 2):
-        raise InputError(f"max_tokens must be an int >= 2 or None, got {max_tokens!r}.")
+    seq_len = checks.count(seq_len, "seq_len", 2)
+    if max_tokens is not None:
+        max_tokens = checks.count(max_tokens, "max_tokens", 2)
     if model.cfg.n_ctx is not None:                 # GPT-2's learned positions end there
         seq_len = min(seq_len, model.cfg.n_ctx)
     tok = model.tokenizer
     bos = tok.bos_token_id if tok is not None and tok.prepend_bos else None
     windows, n = [], 0
     for i, text in enumerate(texts):
-        ids = model.to_tokens(text) if isinstance(text, str) else np.asarray(text)
+        ids = (model.to_tokens(text) if isinstance(text, str)
+               else np.asarray(checks.as_numpy(text)))
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise InputError(f"texts[{i}] must be a str or a 1-D array of token ids, "
+                             f"got {checks.shown(text)}.")
         if len(ids) < 2:
             raise InputError(f"texts[{i}] is {len(ids)} token(s); a lens needs at least two "
                              f"(a prediction, and the token it predicts). Drop it or join it "
@@ -237,8 +260,8 @@ class Streams:
 def sample_streams(model: "Model", texts, n_tokens: int, seq_len: int = SEQ_LEN,
                    progress: Callable[[str], None] | None = to_stderr) -> Streams:
     """The streams of the first windows of ``texts``, ``n_tokens`` tokens in all."""
-    progress = progress or _quiet
-    windows = token_windows(model, texts, seq_len, max_tokens=n_tokens)
+    progress = _progress(progress)
+    windows = token_windows(model, texts, seq_len, max_tokens=checks.count(n_tokens, "n_tokens", 2))
     pre, final = [], []
     for i, ids in enumerate(windows):
         X, Y, _ = record(model, ids)
@@ -318,15 +341,17 @@ def fit_affine_lens(model: "Model", texts, ridge: float | None = None,
     windows; the choice and each grid value's held-out error are in ``info["ridge"]`` and
     ``info["ridge_mse"]``.
     """
-    progress = progress or _quiet
+    progress = _progress(progress)
+    if ridge is not None:
+        ridge = checks.number(ridge, "ridge (math.inf for the logit lens)", 0, allow_inf=True)
+    grid = tuple(checks.number(r, "each ridge in grid", 0, allow_inf=True)
+                 for r in checks.as_numpy(grid))
+    if ridge is None and not grid:
+        raise InputError("grid is empty: give the ridges to choose from, or pass ridge=... .")
     windows = token_windows(model, texts, seq_len, max_tokens)
-    grid = tuple(float(r) for r in grid)
     if ridge is None and len(windows) < 2:
         raise InputError("choosing the ridge needs held-out tokens: give at least two windows "
                          f"of text (more than {seq_len} tokens), or pass ridge=... .")
-    if ridge is not None and not (isinstance(ridge, (int, float)) and ridge >= 0):
-        raise InputError(f"ridge must be a number >= 0 (math.inf for the logit lens) or None, "
-                         f"got {ridge!r}.")
     cfg = model.cfg
     fit, held = (NormalEquations(cfg.n_layers, cfg.d_model) for _ in range(2))
     n_total = sum(len(w) for w in windows)
@@ -409,11 +434,14 @@ def refine_lens(model: "Model", translators: Translators, texts_or_streams, step
     mean KL(p_final || p_lens) over minibatches of ``batch`` tokens, every layer on the same
     tokens. ``texts_or_streams``: texts (their first steps * batch tokens are recorded once), or
     Streams. A NaN or inf stops it with LensFitError naming the layer and the step."""
-    progress = progress or _quiet
-    if not isinstance(steps, (int, np.integer)) or steps < 0:
-        raise InputError(f"steps must be an int >= 0, got {steps!r}.")
-    if not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise InputError(f"batch must be a positive int, got {batch!r}.")
+    progress = _progress(progress)
+    steps, batch = checks.count(steps, "steps", 0), checks.count(batch, "batch")
+    lr = checks.number(lr, "lr")
+    if lr <= 0:
+        raise InputError(f"lr must be a number > 0, got {lr!r}.")
+    if not checks.is_int(seed):
+        raise InputError(f"seed must be an int, got {checks.shown(seed)}.")
+    _check_translators(translators)
     cfg = model.cfg
     if (translators.n_layers, translators.d_model) != (cfg.n_layers, cfg.d_model):
         raise InputError(f"translators for {translators.n_layers} layers of d_model "
@@ -509,9 +537,11 @@ def evaluate_lens(model: "Model", translators: Translators | None, texts,
                   progress: Callable[[str], None] | None = to_stderr) -> LensEvaluation:
     """KL to the final layer, cross-entropy, top-1 agreement and bias of a lens at every layer
     (None: the logit lens), on ``texts``, each run on its own (long ones in windows)."""
-    progress = progress or _quiet
+    progress = _progress(progress)
     cfg = model.cfg
     L = cfg.n_layers
+    if translators is not None:
+        _check_translators(translators)
     if translators is not None and (translators.n_layers, translators.d_model) != (L, cfg.d_model):
         raise InputError(f"translators for {translators.n_layers} layers of d_model "
                          f"{translators.d_model}; the model has {L} of {cfg.d_model}.")

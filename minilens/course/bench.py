@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import checks
 from ..analysis.attribution import Attribution, layer_attribution
 from ..analysis.lens import LensResult, check_positions, lens_logits, run_lens
 from ..config import ModelConfig
@@ -58,7 +59,7 @@ class HookedAutoConfig(dict):
     """
 
     def __init__(self, name: str = "llama", **overrides):
-        if name not in DEFAULTS:
+        if not isinstance(name, str) or name not in DEFAULTS:
             raise InputError(f"HookedAutoConfig(name={name!r}): "
                              f"minilens builds {', '.join(map(repr, DEFAULTS))}.")
         unknown = sorted(set(overrides) - set(DEFAULTS[name]))
@@ -80,8 +81,12 @@ class HookedAutoModel(Model):
             raise InputError(
                 f"HookedAutoModel needs a HookedAutoConfig, got {type(config).__name__}. "
                 f"For a checkpoint folder use HookedAutoModel.from_pretrained(path).")
+        if not checks.is_int(seed):
+            raise InputError(f"seed must be an int, got {checks.shown(seed)}.")
+        if dtype not in (np.float32, np.float64, "float32", "float64"):
+            raise InputError(f"dtype must be np.float32 or np.float64, got {checks.shown(dtype)}.")
         cfg = config.cfg
-        params, layers = random_params(cfg, seed, np.dtype(dtype))
+        params, layers = random_params(cfg, int(seed), np.dtype(dtype))
         super().__init__(cfg, params, layers, dtype=dtype)
 
     @staticmethod
@@ -165,8 +170,8 @@ class LogitLens:
     ``logit_lens(input_ids, target_idx, layer_idx)``."""
 
     def __init__(self, model: Model, top_k: int = 5):
-        self.model = model
-        self.top_k = top_k
+        self.model = _check_model(model, "LogitLens")
+        self.top_k = checks.count(top_k, "top_k")
 
     def layer_attribution(self, input_ids, target_idx: int) -> Attribution:
         """How much each layer's attn and mlp (and the embedding) add to vocabulary id
@@ -200,9 +205,16 @@ class LogitLens:
                                                                by="token", layer=l))
 
 
+def _check_model(model, tool: str) -> Model:
+    if not isinstance(model, Model):
+        raise InputError(f"{tool} needs a minilens Model (HookedAutoModel(config), or "
+                         f"HookedAutoModel.from_pretrained(folder)), got {checks.shown(model)}.")
+    return model
+
+
 def _vocab_id(target_idx) -> int:
     """target_idx is a vocabulary id (an int, or a 0-d array/tensor holding one)."""
-    arr = np.asarray(target_idx)
+    arr = np.asarray(checks.as_numpy(target_idx))
     if arr.ndim != 0 or arr.dtype.kind not in "iu":
         raise InputError(f"target_idx must be one vocabulary id (an int), got {target_idx!r}.")
     return int(arr)
@@ -219,12 +231,12 @@ class BaseInterpretabilityBench:
     """Runs experiments with tools injected, and logs every run as JSON in ``save_dir``."""
 
     def __init__(self, model: Model, save_dir: str | os.PathLike = "experiments"):
-        self.model = model
-        self.save_dir = Path(save_dir)
+        self.model = _check_model(model, "BaseInterpretabilityBench")
+        self.save_dir = Path(checks.path(save_dir, "save_dir"))
         self._tools: dict[str, object] = {}
 
     def tool(self, name: str):
-        if name not in TOOLS:
+        if not isinstance(name, str) or name not in TOOLS:
             raise InputError(f"unknown tool {name!r}; available tools: {', '.join(sorted(TOOLS))}.")
         if name not in self._tools:
             self._tools[name] = TOOLS[name](self.model)
@@ -233,7 +245,7 @@ class BaseInterpretabilityBench:
     def use_tools(self, *names: str):
         """Decorator: call the function with each tool passed as a keyword argument named like the
         tool."""
-        unknown = [n for n in names if n not in TOOLS]
+        unknown = [n for n in names if not isinstance(n, str) or n not in TOOLS]
         if unknown:
             raise InputError(f"unknown tool {unknown[0]!r}; "
                              f"available tools: {', '.join(sorted(TOOLS))}.")
@@ -291,22 +303,43 @@ class BaseInterpretabilityBench:
         raise InputError(f"{self.save_dir} holds too many runs of {fn.__name__} this second.")
 
 
-def to_jsonable(x):
+# Containers nested deeper than this are logged as their shortened repr.
+MAX_DEPTH = 100
+
+
+def to_jsonable(x, _inside: tuple = ()):
     """numpy arrays and scalars -> lists and numbers; minilens results -> dicts;
-    anything else -> repr."""
-    if isinstance(x, (str, bool, int, float)) or x is None:
+    anything else -> repr.
+
+    The log must not fail on the result it records: a container that holds itself is written as
+    "[...]", as repr writes it, one nested deeper than MAX_DEPTH as its shortened repr, and an int
+    too long for Python to print (4300 digits) by its size. ``_inside``: the ids of the containers
+    being written, outermost first."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        try:
+            return x if abs(x) < 2 ** 63 else str(x)
+        except ValueError:                       # sys.get_int_max_str_digits
+            return f"<an int of {x.bit_length()} bits>"
+    if isinstance(x, (str, bool, float)) or x is None:
         return x
-    if hasattr(x, "to_dict"):
-        return to_jsonable(x.to_dict())
-    if isinstance(x, dict):
-        return {str(k): to_jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_jsonable(v) for v in x]
     if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
-        return np.asarray(x).tolist()
-    return repr(x)
+        return to_jsonable(x.item(), _inside)
+    if id(x) in _inside:
+        return "[...]"
+    if len(_inside) >= MAX_DEPTH:
+        return checks.shown(x)
+    inside = (*_inside, id(x))
+    if hasattr(x, "to_dict"):
+        return to_jsonable(x.to_dict(), inside)
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v, inside) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v, inside) for v in x]
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__") or callable(getattr(x, "detach",
+                                                                                  None)):
+        arr = np.asarray(checks.as_numpy(x))
+        return arr.tolist() if arr.dtype.kind in "biuf" else to_jsonable(arr.tolist(), inside)
+    return checks.shown(x)
 
 
 __all__ = ["HookedAutoConfig", "HookedAutoModel", "BaseInterpretabilityBench", "LogitLens",
