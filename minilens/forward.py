@@ -60,17 +60,24 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig, rec=reco
             pos_embed = rec("pos_embed", None, np.broadcast_to(g.W_pos[:n_seq], embed.shape))
             resid = embed + pos_embed                              # [n_seq, d_model]
     rope = rope_tables(cfg.rope, n_seq, resid.dtype) if cfg.positional == "rope" else None
+    # The causal mask, built once: one per distinct sliding window (most families: one in all).
+    masks = {window: causal_mask(n_seq, window, resid.dtype)
+             for window in set(cfg.layer_windows[start:])}              # [n_seq(q), n_seq(k)]
     for l in range(start, cfg.n_layers):
-        resid = block(resid, layers[l], cfg, rope, rec, l)
+        resid = block(resid, layers[l], cfg, rope, rec, l, masks[cfg.layer_windows[l]])
     resid_final = rec("resid_final", None, resid)
     return unembed(final_norm(resid_final[..., read, :], g, cfg, rec), g, cfg, rec)
 
 
-def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope, rec, l: int) -> np.ndarray:
-    """One transformer block: x + attn(norm(x)), then + mlp(norm(.)).  [n_seq, d_model] -> same"""
+def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope, rec, l: int,
+          mask: np.ndarray | None = None) -> np.ndarray:
+    """One transformer block: x + attn(norm(x)), then + mlp(norm(.)).  [n_seq, d_model] -> same
+
+    ``mask``: the causal mask of layer l's window (``forward`` passes the one it built); None
+    builds it here."""
     resid_pre = rec("resid_pre", l, resid_pre)
     attn_in = norm(resid_pre, w.ln1_w, w.ln1_b, cfg, rec, "scale_ln1", l)
-    attn_out = attention(attn_in, w, cfg, rope, rec, l)
+    attn_out = attention(attn_in, w, cfg, rope, rec, l, mask)
     if cfg.sandwich_norms:                           # Gemma 2: a norm on what attention writes
         attn_out = norm(attn_out, w.ln1_post_w, None, cfg, rec, "scale_ln1_post", l)
     attn_out = rec("attn_out", l, attn_out)
@@ -93,9 +100,14 @@ def norm(x: np.ndarray, gamma, beta, cfg: ModelConfig, rec, key: str, l: int | N
     return normed
 
 
-def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope, rec, l: int) -> np.ndarray:
-    """Causal multi-head self-attention.  [n_seq, d_model] -> [n_seq, d_model]"""
+def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope, rec, l: int,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """Causal multi-head self-attention.  [n_seq, d_model] -> [n_seq, d_model]
+
+    ``mask`` [n_seq(q), n_seq(k)]: 0 where a query may attend to a key, -inf where not."""
     *lead, n_seq, _ = x.shape
+    if mask is None:
+        mask = causal_mask(n_seq, cfg.layer_windows[l], x.dtype)
     n_heads, n_kv_heads, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     q = linear(x, w.W_Q, w.b_Q).reshape(*lead, n_seq, n_heads, d_head)    # [n_seq, n_heads, d_head]
     k = linear(x, w.W_K, w.b_K).reshape(*lead, n_seq, n_kv_heads, d_head)  # [n_seq, n_kv, d_head]
@@ -113,7 +125,7 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope, rec, l: int
     scores = q @ k.swapaxes(-1, -2) * x.dtype.type(cfg.attn_scale)   # [n_heads, n_seq(q), n_seq(k)]
     if cfg.attn_softcap:                             # Gemma 2: before the mask
         scores = softcap(scores, cfg.attn_softcap)
-    pattern = softmax(scores + causal_mask(n_seq, cfg.layer_windows[l], x.dtype))
+    pattern = softmax(scores + mask)                                   # masked entries exactly 0
     pattern = rec("pattern", l, pattern)
     z = rec("z", l, (pattern @ v).swapaxes(-3, -2))                    # [n_seq, n_heads, d_head]
     return linear(z.reshape(*lead, n_seq, n_heads * d_head), w.W_O, w.b_O)   # [n_seq, d_model]

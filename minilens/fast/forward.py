@@ -86,7 +86,7 @@ def pattern_rows(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: fl
 
 def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.floating,
                      softcap: float | None, window: int | None,
-                     out: np.ndarray | None = None) -> np.ndarray:
+                     out: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
     """z = pattern v, with pattern = softmax(q k^T * scale + causal mask).
 
     q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq], v [n_heads, n_seq, d_head]
@@ -99,12 +99,16 @@ def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.fl
     would mean 150 MB of fresh memory per forward pass on GPT-2-small at 512 tokens (600 MB at
     1024), and first-touching that memory cost 0.13 s of a 0.79 s forward pass at 2 threads
     (issue 6).
+
+    ``mask``: causal_mask(n_seq, window), which ``forward`` builds once for every layer with this
+    window (an [n_seq, n_seq] bool is 34 MB at 6,000 tokens; issue 18); None builds it here.
     """
     *lead, n_heads, n_seq, d_head = q.shape
     scratch = np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)
     z = np.empty((*lead, n_seq, n_heads, d_head), dtype=q.dtype) if out is None else out
     z_heads = np.swapaxes(z, -3, -2)                # a view of z: [n_heads, n_seq, d_head]
-    mask = causal_mask(n_seq, window)
+    if mask is None:
+        mask = causal_mask(n_seq, window)
     for start, stop, lo in attention_blocks(n_seq, window):
         pattern = pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo,
                                out=scratch[..., :stop - start, :stop - lo])
@@ -154,10 +158,11 @@ def split_heads(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, n_heads: int
 
 
 def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
-              rec: Recorder, l: int) -> np.ndarray:
+              rec: Recorder, l: int, mask: np.ndarray) -> np.ndarray:
     """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]
 
-    (``rec.empty(shape, dtype)`` is memory that the model recycles; see Recorder.empty.)
+    (``rec.empty(shape, dtype)`` is memory that the model recycles; see Recorder.empty.
+    ``mask``: causal_mask(n_seq, layer l's window), built once per forward pass.)
     """
     *lead, n_seq, _ = x.shape
     n_heads, n_kv_heads, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
@@ -183,7 +188,7 @@ def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | Non
     q_heads = np.swapaxes(q, -3, -2)                           # [n_heads, n_seq, d_head]
     v_heads = np.swapaxes(ops.gqa_repeat(v, group), -3, -2)    # [n_heads, n_seq, d_head]
     z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window,
-                         out=rec.empty((*lead, n_seq, n_heads, d_head), x.dtype))
+                         out=rec.empty((*lead, n_seq, n_heads, d_head), x.dtype), mask=mask)
     # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
     rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
     rec("z", l, z)                                             # [n_seq, n_heads, d_head]
@@ -207,13 +212,13 @@ def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) 
 
 
 def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
-          rec: Recorder, l: int) -> np.ndarray:
+          rec: Recorder, l: int, mask: np.ndarray) -> np.ndarray:
     """One transformer block.  [n_seq, d_model] -> [n_seq, d_model]"""
     shape, dtype = resid_pre.shape, resid_pre.dtype
     rec("resid_pre", l, resid_pre)
     normed, scale_ln1 = norm(resid_pre, w.ln1_w, w.ln1_b, cfg)
     rec("scale_ln1", l, scale_ln1)
-    attn_out = attention(normed, w, cfg, rope, rec, l)
+    attn_out = attention(normed, w, cfg, rope, rec, l, mask)
     if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
         attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg,
                                         out=rec.empty(shape, dtype))
@@ -252,8 +257,10 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
         rec("pos_embed", None, pos_embed)
         x = embed + pos_embed
     rope = ops.rope_tables(cfg.rope, n_seq, x.dtype) if cfg.positional == "rope" else None
+    # One causal mask per distinct sliding window, shared by the layers that have it.
+    masks = {window: causal_mask(n_seq, window) for window in set(cfg.layer_windows)}
     for l in range(cfg.n_layers):
-        x = block(x, layers[l], cfg, rope, rec, l)
+        x = block(x, layers[l], cfg, rope, rec, l, masks[cfg.layer_windows[l]])
     rec("resid_final", None, x)
     normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
     rec("scale_final", None, scale_final)
