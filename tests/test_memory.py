@@ -6,14 +6,13 @@ handed out again, that the pool keeps no more than its bound, and that every rec
 for bit what the forward pass computes without a pool. No timing is measured here.
 """
 import gc
-import mmap
 import os
 
 import numpy as np
 import pytest
 
 import minilens as ml
-from minilens.fast.memory import ArrayPool
+from minilens.fast.memory import ArrayPool, PooledMemory
 from random_checkpoints import gpt2_config, llama_config, write_checkpoint
 
 
@@ -33,7 +32,7 @@ def addresses(trace) -> set[int]:
     """Where the trace's pooled arrays start in memory."""
     values = [trace.logits] + [trace[key] for key in trace.keys()
                                if not (isinstance(key, tuple) and key[0] == "pattern")]
-    return {a.__array_interface__["data"][0] for a in values if isinstance(a.base, mmap.mmap)}
+    return {a.__array_interface__["data"][0] for a in values if isinstance(a.base, PooledMemory)}
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -91,7 +90,7 @@ def test_logits_only_runs_and_names_subsets_use_the_pool_too(models):
     m = models["gpt2"]
     m.free_memory()
     logits = m(IDS)
-    assert isinstance(logits.base, mmap.mmap)
+    assert isinstance(logits.base, PooledMemory)
     temporaries = m.pool.free_bytes  # the values the run did not keep are back already
     assert temporaries > 0
     del logits
@@ -99,7 +98,8 @@ def test_logits_only_runs_and_names_subsets_use_the_pool_too(models):
     assert m.pool.free_bytes == temporaries + len(IDS) * m.cfg.d_vocab * 4
     only = m.run(IDS, names={"resid_pre"})
     assert only.keys() == [("resid_pre", l) for l in range(m.cfg.n_layers)]
-    assert all(isinstance(only["resid_pre", l].base, mmap.mmap) for l in range(1, m.cfg.n_layers))
+    assert all(isinstance(only["resid_pre", l].base, PooledMemory)
+               for l in range(1, m.cfg.n_layers))
 
 
 def test_batch_traces_are_views_that_keep_their_memory(models):
@@ -172,3 +172,55 @@ def test_a_growing_sequence_does_not_pile_up_memory(models):
     m.generate(IDS[:5], n_new=10)
     gc.collect()
     assert m.pool.free_bytes <= m.pool.run_bytes
+
+
+def reach(route: str, logits: np.ndarray):
+    """(something that reaches the logits' memory by ``route``, a function reading its values),
+    each holding only what the route gives: not ``logits`` itself, unless the route does."""
+    base, dtype, shape = logits.base, logits.dtype, logits.shape
+    if route == "base":
+        if isinstance(base, PooledMemory):
+            return base, lambda: np.asarray(base).copy()
+        return base, lambda: np.frombuffer(base, dtype).reshape(shape).copy()
+    if route == "frombuffer":
+        try:
+            held = np.frombuffer(base, dtype)
+        except TypeError:                               # the base exports no buffer
+            held = np.frombuffer(logits, dtype)         # the array itself: it holds the memory
+        return held, lambda: held.reshape(shape).copy()
+    if route == "memoryview":
+        try:
+            held = memoryview(base)
+        except TypeError:
+            held = memoryview(logits)
+        return held, lambda: np.frombuffer(held, dtype).reshape(shape).copy()
+    from _torch import import_torch
+    torch, _ = import_torch()
+    try:
+        held = torch.frombuffer(base, dtype=torch.float32)
+    except (TypeError, ValueError):
+        held = torch.from_numpy(logits)
+    return held, lambda: held.numpy().reshape(shape).copy()
+
+
+@pytest.mark.parametrize("route", ["base", "frombuffer", "memoryview", "torch"])
+def test_recycled_memory_cannot_be_reached_past_its_finalizer(models, route):
+    """Finding: the pool's memory could be reached past its finalizer. Hold `trace.logits.base`
+    (the mmap) or `np.frombuffer(...)` of it, drop the trace, and run again: the held buffer
+    silently showed another run's logits. Each route (.base, np.frombuffer, memoryview,
+    torch.frombuffer / torch.from_numpy) must either not reach the memory or keep it out of the
+    pool."""
+    m = models["gpt2"]
+    m.free_memory()
+    trace = m.run(IDS)
+    held, read = reach(route, trace.logits)
+    want = trace.logits.copy()
+    del trace
+    gc.collect()
+    for _ in range(3):                  # runs that draw on the pool and overwrite what they get
+        m.run(IDS[::-1].copy())
+        m(IDS)
+        m(IDS[::-1].copy())
+    assert np.array_equal(read(), want), (
+        f"memory held through {route} was recycled: it shows another run's numbers")
+    del held

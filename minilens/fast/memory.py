@@ -21,12 +21,15 @@ up maps of every length it went through. ``model.free_memory()`` gives all of it
 
 Only memory is recycled, never values: an array goes back to the pool only when nothing in the
 program can reach it any more. A kept slice such as ``trace["resid_pre", 3][-1]`` keeps its whole
-array out of the pool. tracemalloc does not see this memory (it is not malloc's); the peak RSS does.
+array out of the pool, and so does anything reached from an array (its ``.base``, a memoryview, a
+torch tensor): the map itself is never exposed (PooledMemory). tracemalloc does not see this
+memory (it is not malloc's); the peak RSS does.
 """
 
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -47,6 +50,22 @@ def anonymous_map(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, nbytes)        # Windows: anonymous maps are private to the process
 
 
+class PooledMemory:
+    """The ``.base`` of a pooled array: the map's address and the array's layout, handed to numpy
+    through ``__array_interface__``, and not the map itself (issue 18, item 6).
+
+    It has no buffer to export, so nothing reached from a pooled array (``.base``,
+    ``np.frombuffer``, ``memoryview``, ``torch.from_numpy``) leads to the map; and holding it
+    holds the memory, since the map goes back to the pool only once this object is unreachable.
+    When ``.base`` was the map, a program could hold ``trace.logits.base``, drop the trace, and see
+    a later run's logits through it."""
+
+    def __init__(self, buf: mmap.mmap, shape: tuple, dtype: np.dtype):
+        address = np.frombuffer(buf, np.uint8).__array_interface__["data"][0]
+        self.__array_interface__ = dict(version=3, shape=tuple(int(n) for n in shape),
+                                        typestr=dtype.str, data=(address, False))
+
+
 class ArrayPool:
     """Hands out uninitialised arrays whose memory comes back to the pool when they are dropped."""
 
@@ -58,6 +77,7 @@ class ArrayPool:
         self._free: OrderedDict[int, list[mmap.mmap]] = OrderedDict()
         # re-entrant: a garbage collection inside empty() may give memory back
         self._lock = threading.RLock()
+        POOLS.add(self)
 
     def begin_run(self) -> None:
         """A forward pass starts: what the last one asked for becomes the measure of what to
@@ -86,10 +106,12 @@ class ArrayPool:
             buf = anonymous_map(nbytes)
             if nbytes >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
                 buf.madvise(mmap.MADV_HUGEPAGE)
-        array = np.ndarray(shape, dtype, buffer=buf)
-        # Every view of `array` has `array` as its base, because array's own base is the map, not an
-        # ndarray. So this runs only once the array and all of its views are unreachable.
-        weakref.finalize(array, self._give_back, nbytes, buf).atexit = False
+        memory = PooledMemory(buf, shape, dtype)
+        array = np.asarray(memory)                  # array.base is `memory`, never the map
+        # Every view of `array` has `array` as its base, because array's own base is not an
+        # ndarray. So this runs only once the array, all of its views and whatever holds its
+        # base are unreachable.
+        weakref.finalize(memory, self._give_back, nbytes, buf).atexit = False
         return array
 
     def _give_back(self, nbytes: int, buf: mmap.mmap) -> None:
@@ -112,3 +134,24 @@ class ArrayPool:
         with self._lock:
             self._free.clear()
             self.free_bytes = 0
+
+    def _after_fork(self) -> None:
+        """In a forked child: a new lock, and no free maps. A thread of the parent may have held
+        the lock (and been halfway through the free lists) when another forked; that thread does
+        not exist in the child, so the inherited lock would never be released (issue 18)."""
+        self._lock = threading.RLock()
+        self._free = OrderedDict()
+        self.free_bytes = 0
+
+
+# Every pool in the process, for the fork handler. Weak: it keeps no pool alive.
+POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _reset_pools_after_fork() -> None:
+    for pool in list(POOLS):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):                 # Unix; Windows has no fork
+    os.register_at_fork(after_in_child=_reset_pools_after_fork)
