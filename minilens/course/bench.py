@@ -67,7 +67,12 @@ class HookedAutoConfig(dict):
             raise InputError(
                 f"HookedAutoConfig({name!r}) has no field {', '.join(map(repr, unknown))}; "
                 f"its Hugging Face fields are {', '.join(sorted(DEFAULTS[name]))}.")
-        super().__init__({**DEFAULTS[name], **overrides})
+        fields = {**DEFAULTS[name], **overrides}
+        for key in ("bos_token_id", "eos_token_id"):
+            # GPT-2's <|endoftext|> (50256) is the default; a smaller vocabulary ends at its last id
+            if key not in overrides and fields[key] >= fields["vocab_size"]:
+                fields[key] = fields["vocab_size"] - 1
+        super().__init__(fields)
         self.name = name
         self.cfg = ModelConfig.from_hf(dict(self), source=f"HookedAutoConfig({name!r})")
 
