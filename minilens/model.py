@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 import weakref
+from itertools import islice
 from pathlib import Path
 from typing import Iterable
 
@@ -21,6 +23,7 @@ from .fast.forward import forward as fast_forward
 from .fast.memory import ArrayPool
 from .fast.recorder import PooledRecorder
 from .forward import forward as textbook_forward
+from .generate import can_extrapolate, context_limit, greedy
 from .loading.checkpoint import (
     LAYOUTS,
     Checkpoint,
@@ -335,16 +338,32 @@ class Model:
         """The logits only.  -> [n_seq, d_vocab]"""
         return self.run(ids, names=()).logits
 
-    def generate(self, ids, n_new: int = 20) -> np.ndarray:
-        """Greedy decoding, re-running the whole sequence each step (minilens keeps no KV
-        cache)."""
+    def generate(self, ids, n_new: int = 20, past_context: bool = False,
+                 kv_cache: bool = True) -> np.ndarray:
+        """Greedy decoding: ``n_new`` tokens, each the argmax of the logits at the last position.
+        -> ids [n_seq + n_new], the input first
+
+        It stops early, with a warning, where the sequence fills the model's context
+        (generate.context_limit: GPT-2's n_positions, a rotary model's max_position_embeddings).
+        ``past_context=True`` lets a rotary model go on past it; RoPE extrapolates there, usually
+        into nonsense, and learned positions end there whatever is asked. ``kv_cache=False``
+        re-runs the whole sequence at every step instead of reading the earlier tokens' keys and
+        values from a cache (generate.py): the same tokens, slower.
+        """
+        n_new = checks.count(n_new, "n_new", minimum=0)
+        past_context = checks.flag(past_context, "past_context")
         ids = self.check_ids(ids)
-        for _ in range(n_new):
-            next_id = int(self(ids)[-1].argmax())
-            ids = np.append(ids, next_id)
-            if self.cfg.n_ctx is not None and len(ids) >= self.cfg.n_ctx:
-                break
-        return ids
+        new = list(islice(greedy(self, ids, past_context, checks.flag(kv_cache, "kv_cache")),
+                          n_new))
+        if len(new) < n_new:
+            limit = context_limit(self.cfg)
+            go_on = ("pass past_context=True to go on (RoPE extrapolates past it, usually into "
+                     "nonsense)" if can_extrapolate(self.cfg)
+                     else "its learned positions end there")
+            warnings.warn(f"generate stopped after {len(new)} of {n_new} new tokens: the sequence "
+                          f"fills this {self.cfg.family} model's context of {limit} positions; "
+                          f"{go_on}.", stacklevel=2)
+        return np.concatenate([ids, np.array(new, dtype=np.int64)])
 
 
 def file_stamp(path) -> tuple[str, int, int]:
