@@ -22,7 +22,8 @@ import numpy as np
 # The unembedding never reads the raw residual stream: it reads N(x), the final norm.
 # - RMSNorm:   N(x) = gamma * x / sqrt(mean(x**2) + eps)
 # - LayerNorm: N(x) = gamma * (x - mean(x)) / sqrt(var(x) + eps) + beta
-# The mean and variance are over d_model (the last axis), per position.
+# The mean and variance are over d_model (the last axis), per position. var(x) is the biased
+# variance, mean((x - mean(x))**2): divided by d_model, not d_model - 1.
 
 # %%
 def final_norm(x, gamma, beta, eps, kind):
@@ -84,8 +85,11 @@ def kl_to_final(final_logits, logits):
 # ## Part 4: layer attribution
 # The final residual at one position is a sum of everything written into the stream:
 # x_final = components.sum(0) (the embedding, then each layer's attention and MLP output).
-# The norm is not linear, but its divisor s is a single number per position. Freeze s at its
-# value on x_final, and N becomes linear: each component's share of logit[target] is
+# The norm is not linear, but its divisor s is a single number per position: Part 1's divisor,
+# taken on x_final,
+#     RMSNorm:   s = sqrt(mean(x_final**2) + eps)
+#     LayerNorm: s = sqrt(mean((x_final - mean(x_final))**2) + eps)   (centred first)
+# Freeze s at that value, and N becomes linear: each component's share of logit[target] is
 #     RMSNorm:   (c / s * gamma) . W_U[:, target]
 #     LayerNorm: ((c - mean(c)) / s * gamma) . W_U[:, target]
 # The constant (beta . W_U[:, target] + b_U[target]) belongs to no component: leave it out.
@@ -96,6 +100,8 @@ def layer_attribution(components, x_final, gamma, beta, eps, kind, W_U, b_U, tar
 
     components [n_parts, d_model] -> [n_parts]
     x_final: [d_model], the final residual (components.sum(0)); target: a token id.
+    s, the divisor frozen on x_final: sqrt(mean(x_final**2) + eps) for RMSNorm, and
+    sqrt(mean((x_final - mean(x_final))**2) + eps) for LayerNorm.
     The shares plus the constant add up to the model's logit exactly.
     """
     x = x_final - x_final.mean() if kind == "layernorm" else x_final
