@@ -156,8 +156,8 @@ def clocks() -> tuple[float, float]:
 
 
 def tuned_lens_side(args, results, hf_model, tokenizer, train_windows, held_windows, tl_steps,
-                    L) -> dict:
-    """tuned-lens's fit (timed) and its evaluation with its logit lens.  -> {name: KL}"""
+                    L) -> None:
+    """tuned-lens's fit (timed) and its evaluation with its logit lens, into ``results``."""
     results["loadavg"]["before tuned-lens fit"] = loadavg()
     wall, cpu = clocks()
     package_lens = package_train(hf_model, tokenizer, train_windows, tl_steps,
@@ -169,12 +169,11 @@ def tuned_lens_side(args, results, hf_model, tokenizer, train_windows, held_wind
                                    "tuned": package_lens.eval()}, held_windows, L)
     results["kl"].update({f"tuned-lens {k}": v.tolist() for k, v in theirs.items()})
     results["loadavg"]["after tuned-lens evaluation"] = loadavg()
-    return theirs
 
 
-def minilens_side(args, results, model, train, train_desc, held) -> dict:
+def minilens_side(args, results, model, train, train_desc, held) -> None:
     """minilens's fit (timed) and its evaluation, or tuned_lens.py's (--minilens-results)
-    once its tuned lens is checked to be the one fitted here.  -> {name: KL}"""
+    once its tuned lens is checked to be the one fitted here, into ``results``."""
     results["loadavg"]["before minilens fit"] = loadavg()
     wall, cpu = clocks()
     affine = fit_affine_lens(model, train, max_tokens=args.tokens, data=train_desc)
@@ -194,7 +193,6 @@ def minilens_side(args, results, model, train, train_desc, held) -> dict:
                 for name, lens in (("logit", None), ("affine", affine), ("tuned", tuned))}
         results["loadavg"]["after minilens evaluation"] = loadavg()
     results["kl"].update({f"minilens {k}": v.tolist() for k, v in ours.items()})
-    return ours
 
 
 def main() -> int:
@@ -213,7 +211,13 @@ def main() -> int:
     ap.add_argument("--only", choices=["tuned-lens", "minilens"], default=None,
                     help="run one side's fit and evaluation only (no side-by-side table)")
     ap.add_argument("--out", type=Path, default=Path("tuned_lens_peer_results"))
+    ap.add_argument("--combine", type=Path, nargs=2, default=None, metavar="RESULTS_JSON",
+                    help="only print the table from an --only tuned-lens and an --only minilens "
+                         "run's results.json")
     args = ap.parse_args()
+    if args.combine:
+        combine(args.combine, args.out)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     threads = harness.pin_threads(args.threads)
     command = "python tests/benchmarks/tuned_lens_peer.py " + " ".join(sys.argv[1:])
@@ -244,39 +248,55 @@ def main() -> int:
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
     if args.only != "minilens":
-        theirs = tuned_lens_side(args, results, hf_model, tokenizer, train_windows,
-                                 held_windows, tl_steps, L)
+        tuned_lens_side(args, results, hf_model, tokenizer, train_windows, held_windows,
+                        tl_steps, L)
         save()
     if args.only != "tuned-lens":
-        ours = minilens_side(args, results, model, train, train_desc, held)
+        minilens_side(args, results, model, train, train_desc, held)
         save()
-    if args.only is not None:
-        return 0
+    if args.only is None:
+        print(f"$ {command}")
+        table(results, L)
+    save()
+    return 0
 
-    mean = {k: float(np.mean(v[:L])) for k, v in results["kl"].items()}
-    logit_diff = float(np.abs(ours["logit"] - theirs["logit"])[:L].max())
+
+def table(results: dict, L: int) -> None:
+    """The side-by-side table, the means, the ratio and the times, from results.json's dict
+    (which gets the means and the ratio)."""
+    kl = {k: np.array(v) for k, v in results["kl"].items()}
+    mean = {k: float(v[:L].mean()) for k, v in kl.items()}
+    logit_diff = float(np.abs(kl["minilens logit"] - kl["tuned-lens logit"])[:L].max())
     ratio = mean["minilens tuned"] / mean["tuned-lens tuned"]
     results.update(mean_kl=mean, logit_max_abs_diff=logit_diff, ratio_tuned=ratio)
-    save()
-    header = (f"{'layer':>6} {'ml logit':>9} {'tl logit':>9} {'ml affine':>9} {'ml tuned':>9} "
-              f"{'tl tuned':>9}")
-    rows = [header]
+    names = ("minilens logit", "tuned-lens logit", "minilens affine", "minilens tuned",
+             "tuned-lens tuned")
+    print(f"{'layer':>6} " + " ".join(f"{n:>16}" for n in names))
     for l in range(L):
-        rows.append(f"{l:>6} {ours['logit'][l]:>9.4f} {theirs['logit'][l]:>9.4f} "
-                    f"{ours['affine'][l]:>9.4f} {ours['tuned'][l]:>9.4f} "
-                    f"{theirs['tuned'][l]:>9.4f}")
-    rows.append(f"{'mean':>6} {mean['minilens logit']:>9.4f} {mean['tuned-lens logit']:>9.4f} "
-                f"{mean['minilens affine']:>9.4f} {mean['minilens tuned']:>9.4f} "
-                f"{mean['tuned-lens tuned']:>9.4f}")
+        print(f"{l:>6} " + " ".join(f"{kl[n][l]:>16.4f}" for n in names))
+    print(f"{'mean':>6} " + " ".join(f"{mean[n]:>16.4f}" for n in names))
+    print(json.dumps({k: v for k, v in results.items() if k not in ("kl", "args")}, indent=1))
     sec = results["seconds"]
-    print(f"$ {command}\n" + "\n".join(rows) + "\n" + json.dumps(
-        {k: v for k, v in results.items() if k not in ("kl", "args")}, indent=1))
     print(f"minilens tuned / tuned-lens tuned mean KL = {ratio:.3f} (goal <= 1.10: "
           f"{'met' if ratio <= 1.10 else 'MISSED'}); fit wall time minilens "
           f"{sec['minilens wall']:.0f} s, tuned-lens {sec['tuned-lens wall']:.0f} s; CPU time "
-          f"{sec['minilens cpu']:.0f} s, {sec['tuned-lens cpu']:.0f} s; wrote "
-          f"{args.out}/results.json")
-    return 0
+          f"{sec['minilens cpu']:.0f} s, {sec['tuned-lens cpu']:.0f} s")
+
+
+def combine(paths: list[Path], out: Path) -> None:
+    """The table from the results.json of an --only tuned-lens and an --only minilens run."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    results = dict(commands=[p["command"] for p in parts],
+                   **{k: v for k, v in parts[0].items() if k != "command"})
+    for key in ("kl", "seconds", "loadavg"):
+        results[key] = {k: v for p in parts for k, v in p[key].items()}
+    results["minilens_results"] = next((p["minilens_results"] for p in parts
+                                        if "minilens_results" in p), None)
+    print("\n".join(f"$ {c}" for c in results["commands"]))
+    table(results, len(results["kl"]["minilens tuned"]) - 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"wrote {out}/results.json")
 
 
 if __name__ == "__main__":
