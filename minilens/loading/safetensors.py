@@ -63,6 +63,10 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
         if name == "__metadata__":
+            # unused by minilens, but the reference refuses anything but strings to strings
+            if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                raise CheckpointError(f"{path}: the header's __metadata__ is {short(entry)}; it "
+                                      f"must map names to strings. {fix}")
             continue
         infos[name] = _validate_entry(path, name, entry, data_bytes, fix)
     _check_coverage(path, infos, data_bytes, fix)
