@@ -10,7 +10,6 @@ written with numpy (random_checkpoints.py); the torch tests skip without torch o
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import minilens as ml
-from minilens import InputError, MinilensError, NotRecordedError
+from minilens import InputError, NotRecordedError
 from minilens.course.bench import (
     BaseInterpretabilityBench,
     HookedAutoConfig,
@@ -26,23 +25,9 @@ from minilens.course.bench import (
     LogitLens,
 )
 from random_checkpoints import gpt2_config, llama_config, write_checkpoint
+from test_errors import expect
 
 WORDS = ["[UNK]", "to", "be", "or", "not", "that", "is", "the", "question"]
-
-
-@contextlib.contextmanager
-def expect(exc_type, *fragments, absent=()):
-    """The block raises ``exc_type`` (a MinilensError) whose message holds every fragment and none
-    of ``absent``."""
-    with pytest.raises(exc_type) as info:
-        yield info
-    assert isinstance(info.value, MinilensError), (
-        f"{type(info.value).__name__} is not a minilens error: {info.value}")
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, f"the message lacks {fragment!r}:\n{message}"
-    for fragment in absent:
-        assert fragment not in message, f"the message says {fragment!r}:\n{message}"
 
 
 @pytest.fixture(scope="module")

@@ -36,9 +36,9 @@ from random_checkpoints import gpt2_config, llama_config, random_tensors, write_
 
 
 @contextlib.contextmanager
-def expect(exc_type, *fragments):
+def expect(exc_type, *fragments, absent=()):
     """Assert that the block raises ``exc_type`` (a MinilensError) whose message holds every
-    fragment."""
+    fragment, and none of ``absent``."""
     with pytest.raises(exc_type) as info:
         yield info
     assert isinstance(info.value, MinilensError), (
@@ -46,6 +46,8 @@ def expect(exc_type, *fragments):
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"the message lacks {fragment!r}:\n{message}"
+    for fragment in absent:
+        assert fragment not in message, f"the message says {fragment!r}:\n{message}"
 
 
 WORDS = ["[UNK]", "to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis",
