@@ -24,6 +24,16 @@ from .analysis.patching import (
     path_patching,
     steer,
 )
+from .analysis.tuned_lens import (
+    LensEvaluation,
+    Translators,
+    evaluate_lens,
+    fit_affine_lens,
+    fit_tuned_lens,
+    lens_corpus,
+    load_translators,
+    refine_lens,
+)
 from .config import ModelConfig, RopeConfig
 from .errors import (
     CheckpointError,
@@ -47,6 +57,8 @@ __all__ = [
     "direction_lens", "sae_lens", "DirectionLens",
     "activation_patching", "PatchingResult", "ablation", "knockout", "steer", "path_patching",
     "direct_and_total_effects", "EffectsResult",
+    "fit_affine_lens", "refine_lens", "fit_tuned_lens", "evaluate_lens", "LensEvaluation",
+    "Translators", "load_translators", "lens_corpus",
     "load", "Model", "Trace", "ModelConfig", "RopeConfig", "forward",
     "MinilensError", "CheckpointError", "CheckpointNotFoundError", "InputError",
     "TokenizerMissingError", "UnsupportedModelError", "NotRecordedError",

@@ -3,6 +3,7 @@
     minilens fetch smollm2
     python tests/benchmarks/tuned_lens.py                      # ~26k training tokens, 4k held out
     python tests/benchmarks/tuned_lens.py --tokens 8000 --heldout 1024 --steps 10   # a quick look
+    python tests/benchmarks/tuned_lens.py --tokens 250000 --fit-only    # fit time and peak RSS
 
 Fits the affine lens (ridge toward the identity, the ridge chosen per layer on held-out windows of
 the training text), refines it by the KL gradient (``--steps`` x ``--batch`` tokens, Adam at
@@ -43,6 +44,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default="tuned_lens_results")
+    ap.add_argument("--fit-only", action="store_true",
+                    help="fit and refine, report the time and the peak RSS, evaluate nothing")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -57,6 +60,13 @@ def main() -> int:
     t_tuned = time.time() - t0 - t_affine
     affine.save(out / "affine.safetensors")
     tuned.save(out / "tuned.safetensors")
+    if args.fit_only:
+        import resource
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"fit only: {affine.info['tokens']} tokens; affine {t_affine:.0f} s, refinement "
+              f"{t_tuned:.0f} s ({args.steps} steps x {args.batch} tokens); peak RSS "
+              f"{peak_mb:.0f} MB; wrote {out}/affine.safetensors, tuned.safetensors")
+        return 0
     evals = {name: evaluate_lens(model, lens, held, max_tokens=args.heldout)
              for name, lens in (("logit", None), ("affine", affine), ("tuned", tuned))}
     t_eval = time.time() - t0 - t_affine - t_tuned
