@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from _real_model import smollm2_path
+from minilens import load
 from minilens.course import check, lens_grader, patching_grader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -248,6 +249,22 @@ def test_patching_template_is_all_todo_offline(tmp_path):
 def test_patching_solution_passes_on_the_shipped_llama():
     results, out = grade(PATCH_SOLUTION, models=SHIPPED)
     assert set(results.values()) == {"PASS"}, out
+
+
+def test_patching_solution_runs_as_a_script_offline(tmp_path):
+    """Its last cell (the student's "try it") prints the grid and the effects on the grader's
+    model; offline, on the shipped Llama."""
+    home = tmp_path / "empty-minilens-home"
+    home.mkdir()
+    p = subprocess.run([sys.executable, str(PATCH_SOLUTION)], capture_output=True, text=True,
+                       cwd=tmp_path, env=dict(os.environ, MINILENS_HOME=str(home)), timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("shakespeare-llama: "), p.stdout
+    assert sum(line.startswith("L") for line in lines) == 4, "one grid row per layer shown"
+    last = load("shakespeare-llama").cfg.n_layers - 1
+    for key in ("attn_out", "mlp_out"):
+        assert f"{key} of layer {last}: direct" in p.stdout, p.stdout
 
 
 def test_patching_solution_passes_on_smollm2():
