@@ -54,15 +54,15 @@ def which_assignment(path: Path):
     """The grader module of the assignment in ``path``, told from the functions the file defines
     (read as text, so that a file with a syntax error is still recognised). InputError if it is
     not an assignment."""
-    names = ", ".join(a.TEMPLATE for a in ASSIGNMENTS)
+    names = " or ".join(a.TEMPLATE for a in ASSIGNMENTS)
     if path.suffix != ".py":
-        raise InputError(f"{path} is not an assignment: the grader takes a Python file, "
-                         f"one of {names} with your code in it.")
+        raise InputError(f"{path} is not an assignment: the grader takes a Python file, your "
+                         f"copy of {names} with your code in it.")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path} cannot be read as a Python file ({e}); give your "
-                         f"assignment, one of {names}.") from None
+        raise InputError(f"{path} cannot be read as a Python file ({e}); give your copy of "
+                         f"{names}.") from None
     defined = set(re.findall(r"^[ \t]*def[ \t]+(\w+)", text, re.M))
     found = max(ASSIGNMENTS, key=lambda a: len(defined & set(a.FUNCTIONS)))
     if not defined & set(found.FUNCTIONS):
@@ -106,7 +106,7 @@ def run_parts(path: str | Path, models: list[str] | None = None,
     with tempfile.TemporaryDirectory(prefix="minilens-check-") as tmp:
         cases = assignment.build_cases(Path(tmp), models)
         if out is not None:
-            print(f"  graded on {assignment.describe(cases)}", file=out)
+            print(f"  graded on: {assignment.describe(cases)}", file=out)
         for label, name, part in assignment.PARTS:
             try:
                 with np.errstate(all="ignore"):

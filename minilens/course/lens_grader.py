@@ -100,7 +100,7 @@ def build_cases(tmp: Path, models: list[str] | None = None) -> list[Case]:
         except Exception:
             continue  # no shipped weights (a bare checkout): the random models grade every part
         for text in ("To be, or not to be, that is the", "My lord, the king"):
-            cases.append(make_case(f"{name} on {text!r}", model, text))
+            cases.append(make_case(f"{name}, {text!r}", model, text))
     ids = np.random.default_rng(1).integers(0, 97, 11)
     gpt2 = random_gpt2(tmp / "gpt2")
     cases.append(make_case("random GPT-2 (LayerNorm, biases)", gpt2, ids))
