@@ -102,6 +102,20 @@ def write_checkpoint(folder, hf: dict, seed: int = 0, dtype=np.float32, n_shards
     return folder
 
 
+def edit_config(folder: Path, **changes) -> Path:
+    """Rewrite folder's config.json with some fields changed (a value of ... deletes the field).
+    -> the folder"""
+    path = Path(folder) / "config.json"
+    hf = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is ...:
+            hf.pop(key, None)
+        else:
+            hf[key] = value
+    path.write_text(json.dumps(hf))
+    return Path(folder)
+
+
 def save_tensors(folder: Path, tensors: dict[str, np.ndarray], n_shards: int = 1) -> None:
     """Write tensors as one model.safetensors, or as shards named by
     model.safetensors.index.json."""

@@ -32,7 +32,13 @@ from minilens import (
     TokenizerMissingError,
     UnsupportedModelError,
 )
-from random_checkpoints import gpt2_config, llama_config, random_tensors, write_checkpoint
+from random_checkpoints import (
+    edit_config,
+    gpt2_config,
+    llama_config,
+    random_tensors,
+    write_checkpoint,
+)
 
 
 @contextlib.contextmanager
@@ -77,18 +83,6 @@ def llama(tmp_path) -> Path:
 @pytest.fixture
 def model(gpt2) -> ml.Model:
     return ml.load(gpt2)
-
-
-def edit_config(folder: Path, **changes) -> None:
-    """Rewrite config.json with some fields changed; a value of ... deletes the field."""
-    path = folder / "config.json"
-    hf = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is ...:
-            hf.pop(key, None)
-        else:
-            hf[key] = value
-    path.write_text(json.dumps(hf))
 
 
 # ------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 import minilens as ml
 from minilens import CheckpointError, CheckpointNotFoundError, MinilensError
 from minilens.config import FAMILY_READERS, ModelConfig
-from random_checkpoints import gpt2_config, llama_config, write_checkpoint
+from random_checkpoints import edit_config, gpt2_config, llama_config, write_checkpoint
 
 IDS = np.arange(12) % 50
 
@@ -56,22 +56,9 @@ def checkpoint(tmp_path: Path, hf: dict, name: str = "m") -> Path:
     return write_checkpoint(tmp_path / name, hf)
 
 
-def with_config(folder: Path, **changes) -> Path:
-    """config.json with some fields changed (a value of ... deletes the field)."""
-    path = folder / "config.json"
-    hf = json.loads(path.read_text())
-    for key, value in changes.items():
-        if value is ...:
-            hf.pop(key, None)
-        else:
-            hf[key] = value
-    path.write_text(json.dumps(hf))
-    return folder
-
-
 def rope(folder: Path, **changes) -> Path:
     hf = json.loads((folder / "config.json").read_text())
-    return with_config(folder, rope_parameters={**hf["rope_parameters"], **changes})
+    return edit_config(folder, rope_parameters={**hf["rope_parameters"], **changes})
 
 
 @pytest.fixture
@@ -91,7 +78,7 @@ def gemma2(tmp_path) -> Path:
 def test_rope_theta_zero_is_refused_not_replaced(llama):
     """Finding: "`rope_theta: 0` is silently replaced by 10000 (a falsy `or` chain)"."""
     # the hub dialect: a top-level rope_theta
-    with_config(llama, rope_parameters=None, rope_theta=0)
+    edit_config(llama, rope_parameters=None, rope_theta=0)
     with expect(CheckpointError, "config.json", "rope_theta = 0", "positive finite",
                 "the RoPE base", f"Fix config.json in {llama}"):
         ml.load(llama)
@@ -120,14 +107,14 @@ def test_sliding_window_zero_or_negative_is_refused(tmp_path, family, window):
     folder = checkpoint(tmp_path, llama_config(model_type=family, sliding_window=2,
                                                use_sliding_window=True, max_window_layers=0))
     with expect(CheckpointError, f"sliding_window = {window}", "positive integer"):
-        ml.load(with_config(folder, sliding_window=window))(IDS)
+        ml.load(edit_config(folder, sliding_window=window))(IDS)
 
 
 @pytest.mark.parametrize("field", ["attn_logit_softcapping", "final_logit_softcapping"])
 def test_nan_soft_cap_is_refused(gemma2, field):
     """Finding: "NaN soft-caps (gemma2) are all accepted, and the forward pass returns NaN"."""
     with expect(CheckpointError, f"{field} = nan", "positive finite"):
-        ml.load(with_config(gemma2, **{field: float("nan")}))(IDS)
+        ml.load(edit_config(gemma2, **{field: float("nan")}))(IDS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,7 +131,7 @@ def test_config_values_of_the_wrong_type_name_the_field(llama, change, fragments
     raised Python exceptions; and "Config type errors do not name the field ('a field has the
     wrong type or value')"."""
     with expect(CheckpointError, "config.json", *fragments):
-        ml.load(with_config(llama, **change))
+        ml.load(edit_config(llama, **change))
 
 
 @pytest.mark.parametrize("factor, max_pos, field", [
@@ -153,7 +140,7 @@ def test_config_values_of_the_wrong_type_name_the_field(llama, change, fragments
 ], ids=["factor", "max_position_embeddings"])
 def test_string_sizes_for_dynamic_rope(llama, factor, max_pos, field):
     """Finding: "string sizes for dynamic rope" raised TypeError (at the first long prompt)."""
-    with_config(llama, max_position_embeddings=max_pos)
+    edit_config(llama, max_position_embeddings=max_pos)
     with expect(CheckpointError, field):
         ml.load(rope(llama, rope_type="dynamic", factor=factor))(np.arange(300) % 50)
 
@@ -168,25 +155,25 @@ def test_original_max_position_embeddings_x(llama):
 def test_string_soft_cap(gemma2):
     """Finding: "a string soft-cap" raised TypeError."""
     with expect(CheckpointError, "final_logit_softcapping = '30'", "positive finite"):
-        ml.load(with_config(gemma2, final_logit_softcapping="30"))(IDS)
+        ml.load(edit_config(gemma2, final_logit_softcapping="30"))(IDS)
 
 
 def test_negative_query_pre_attn_scalar(gemma2):
     """Finding: "`query_pre_attn_scalar: -4` (a complex sqrt)" raised TypeError."""
     with expect(CheckpointError, "query_pre_attn_scalar = -4", "positive finite"):
-        ml.load(with_config(gemma2, query_pre_attn_scalar=-4))(IDS)
+        ml.load(edit_config(gemma2, query_pre_attn_scalar=-4))(IDS)
 
 
 def test_sliding_window_of_ten_to_the_thirty(tmp_path):
     """Finding: "a `sliding_window` of 10^30" raised OverflowError in numpy."""
     folder = checkpoint(tmp_path, llama_config(model_type="mistral", sliding_window=4))
     with expect(CheckpointError, "sliding_window = ", "at most 2147483647"):
-        ml.load(with_config(folder, sliding_window=10**30))(IDS)
+        ml.load(edit_config(folder, sliding_window=10**30))(IDS)
 
 
 def test_llama3_rope_without_max_position_embeddings(llama):
     """Finding: "llama3 rope without any `max_position_embeddings`" raised TypeError."""
-    with_config(llama, max_position_embeddings=...)
+    edit_config(llama, max_position_embeddings=...)
     with expect(CheckpointError, "llama3 RoPE needs original_max_position_embeddings",
                 "max_position_embeddings"):
         ml.load(rope(llama, rope_type="llama3", factor=8.0))(IDS)
@@ -255,7 +242,7 @@ def test_out_of_range_bos_token_id_blames_config_json(tmp_path):
     """Finding: "An out-of-range `bos_token_id` blames the user's ids, where the fault is in
     config.json"."""
     folder = tokenizer_folder(tmp_path)
-    with_config(folder, bos_token_id=500)
+    edit_config(folder, bos_token_id=500)
     (folder / "tokenizer_config.json").write_text('{"add_bos_token": true}')
     with expect(CheckpointError, "config.json", "bos_token_id = 500", "vocab_size = 101"):
         ml.load(folder).run("to be")
