@@ -227,3 +227,18 @@ def test_a_large_gguf_tensor_is_dequantized_in_pieces_to_the_same_bits(tmp_path,
     for name, t in f.tensors.items():
         whole = quants.dequantize(f.raw(name), t.type_id, int(np.prod(t.shape)))
         assert np.array_equal(f.dequantize(name), whole.reshape(t.shape)), name
+
+
+def test_progress_counts_a_pass_from_its_first_layer_not_from_load():
+    """A model loaded a while before its first pass must not report that pass as slow: the clock
+    of the first pass started when the model was loaded, so `minilens patch` on SmolLM2 printed
+    "layer 1/30, 6 s" for a pass that took well under a second."""
+    import io
+    import time
+
+    out = io.StringIO()
+    progress = LayerProgress(stream=out, after=0.2)
+    time.sleep(0.3)                       # loading, tokenizing, anything before the first pass
+    for l in range(3):
+        progress(l, 3, 0.0)
+    assert out.getvalue() == "", f"a fast first pass was reported: {out.getvalue()!r}"

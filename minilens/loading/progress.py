@@ -47,7 +47,7 @@ class LayerProgress:
 
     def __call__(self, l: int, n_layers: int, widen_seconds: float) -> None:
         now = time.perf_counter()
-        if l <= self.last:                                   # a new pass
+        if l <= self.last or self.last < 0:                  # a new pass (or the first)
             self.finish()
             self.t0, self.widen0, self.logged = now, widen_seconds, None
         self.last = l
