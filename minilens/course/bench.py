@@ -1,4 +1,5 @@
-"""The seed's API (shared/seed/LogitLens.md), implemented on minilens.
+"""The Arrakis-compatible bench API (the LogitLens page of the Arrakis library), implemented on
+minilens.
 
     config = HookedAutoConfig(name="llama")            # small, random weights, vocabulary 50257
     model = HookedAutoModel(config)                     # or HookedAutoModel.from_pretrained(folder)
@@ -8,7 +9,7 @@
     def test_logit_lens(input_ids, target_idx, layer_idx, logit_lens):
         return logit_lens.logit_lens(input_ids, target_idx, layer_idx)
 
-The seed's library never projected onto the vocabulary, ignored the final norm and crashed on
+Arrakis's own LogitLens never projected onto the vocabulary, ignored the final norm and crashed on
 the last two layers. Here ``LogitLens`` is a thin layer over minilens.logit_lens and
 minilens.layer_attribution, which do the math exactly. No torch is imported: any array-like
 with ``__array__`` (a torch tensor included) is read with numpy.
@@ -37,7 +38,7 @@ from ..model import Model, load
 
 INIT_STD = 0.02  # GPT-2's initialisation scale (Radford et al. 2019; nanoGPT uses the same)
 
-# Small defaults, in Hugging Face field names. The vocabulary is GPT-2's, so that the seed's
+# Small defaults, in Hugging Face field names. The vocabulary is GPT-2's, so that Arrakis's
 # torch.randint(0, 50256, (1, 50)) ids are valid.
 DEFAULTS = {
     "llama": dict(model_type="llama", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -171,7 +172,7 @@ class LayerLens:
 
 
 class LogitLens:
-    """The seed's tool: ``layer_attribution(input_ids, target_idx)`` and
+    """Arrakis's tool: ``layer_attribution(input_ids, target_idx)`` and
     ``logit_lens(input_ids, target_idx, layer_idx)``."""
 
     def __init__(self, model: Model, top_k: int = 5):
