@@ -14,12 +14,13 @@ tuned-lens is trained by its own training loop, ``tuned_lens.scripts.train_loop.
 zero, SGD with Nesterov momentum 0.9 at lr 1.0 x (1 - 0.9), weight decay 1e-3, linear decay to 0,
 gradient norm clipped to 1, bfloat16 autocast), with its defaults except the amount of data: its
 250 steps of 2^18 tokens are 65M tokens, here there are 26k. Two of its pieces are replaced:
-``Model.load`` answers with the model loaded here (so that loading is not timed, and because its
-``load_in_8bit=`` / ``torch_dtype=`` keywords are for transformers 4), and ``Data.load`` answers
-with minilens's windows instead of its own ``chunk_and_tokenize`` (which joins all texts with EOS
-into 2048-token chunks). A step is ``--windows-per-step`` windows (its per-GPU batch of 1,
-accumulated); the windows are repeated as often as ``--tl-steps`` steps need, shuffled by its
-data loader.
+``Model.load`` answers with the model loaded here (so that loading is not timed, and because on
+transformers 5 its ``from_pretrained(..., load_in_8bit=False)`` raises "LlamaForCausalLM.__init__()
+got an unexpected keyword argument 'load_in_8bit'"), and ``Data.load`` answers with minilens's
+windows instead of its own ``chunk_and_tokenize`` (which joins all texts with EOS into 2048-token
+chunks). A step is ``--windows-per-step`` windows (its per-GPU batch of 1, accumulated); the
+windows are repeated as often as ``--tl-steps`` steps need (by default one pass: each training
+token once), shuffled by its data loader.
 
 Setup (a separate venv, so the project's environment is untouched; --no-deps keeps torch 2.13.0;
 these are the only packages the training loop imports that the system site-packages lack):
@@ -31,6 +32,11 @@ these are the only packages the training loop imports that the system site-packa
 Run (the transformers folder is SmolLM2's GGUF read by transformers and saved, see smollm2.py):
 
     /tmp/tlensvenv/bin/python tests/benchmarks/tuned_lens_peer.py --threads 1
+    # or each side on its own (say, at the same time), then the table from both:
+    /tmp/tlensvenv/bin/python tests/benchmarks/tuned_lens_peer.py --only tuned-lens --out tl
+    /tmp/tlensvenv/bin/python tests/benchmarks/tuned_lens_peer.py --only minilens --out ml
+    /tmp/tlensvenv/bin/python tests/benchmarks/tuned_lens_peer.py --combine tl/results.json \
+        ml/results.json --out both
 """
 
 from __future__ import annotations
