@@ -381,22 +381,24 @@ def cmd_paths(args) -> None:
 # Measurements
 # ---------------------------------------------------------------------------------------------
 
-def gemm_rate(repeats: int = 5) -> float:
+def gemm_rate(repeats: int = 5, clock=time.perf_counter) -> float:
     """float32 multiply-adds per second of one large GEMM, [1024, 4096] @ [4096, 8192] (best of
-    ``repeats``): this machine's rate for the floors."""
+    ``repeats``): this machine's rate for the floors. ``clock=time.process_time`` counts this
+    process's CPU time, which with one BLAS thread does not see other jobs on the machine."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((1024, 4096), dtype=np.float32)
     b = rng.standard_normal((4096, 8192), dtype=np.float32)
     out = np.empty((1024, 8192), np.float32)
     np.matmul(a, b, out=out)
-    best = min(_timed(lambda: np.matmul(a, b, out=out)) for _ in range(repeats))
+    best = min(clocked(lambda: np.matmul(a, b, out=out), clock)[1] for _ in range(repeats))
     return a.shape[0] * a.shape[1] * b.shape[1] / best
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def clocked(fn, clock=time.perf_counter):
+    """(fn(), seconds) on ``clock``."""
+    t0 = clock()
+    result = fn()
+    return result, clock() - t0
 
 
 def forward_macs(cfg, n_seq: int) -> int:
@@ -409,51 +411,62 @@ def forward_macs(cfg, n_seq: int) -> int:
 
 
 def cmd_gemm(args) -> None:
-    rate = gemm_rate()
-    print(json.dumps({"gemm_macs_per_s": rate, "load_avg": os.getloadavg()}))
+    print(json.dumps({"gemm_macs_per_s_wall": gemm_rate(),
+                      "gemm_macs_per_s_cpu": gemm_rate(clock=time.process_time),
+                      "load_avg": os.getloadavg()}))
 
 
 def cmd_split(args) -> None:
-    """One process, as the command line runs it: load, the 'stream' trace, the lens; with the time
-    spent widening the layers (LazyLayers.widen_seconds) and the GEMM floors beside."""
+    """One process doing what the command line does: load, the 'stream' trace, the lens; each
+    timed on the wall clock and in this process's CPU time (the machine is shared: with one BLAS
+    thread the CPU time is what the work costs). Then every layer widened once more, alone: the
+    dequantization's share. The GEMM floors are at the rate gemm_rate measures, on each clock."""
     import minilens as ml
     from minilens.analysis import lens as lens_module
     from minilens.analysis.lens import logit_lens
     path = folders(32)["gguf" if args.format == "gguf" else "bf16"]
     text = prompt_text()
-    t0 = time.perf_counter()
-    model = ml.load(path)
-    t_load = time.perf_counter() - t0
+    wall, cpu = time.perf_counter, time.process_time
+    t = {}
+
+    def timed(name, fn):
+        w0, c0 = wall(), cpu()
+        result = fn()
+        t[f"{name}_wall_s"], t[f"{name}_cpu_s"] = wall() - w0, cpu() - c0
+        return result
+
+    model = timed("load", lambda: ml.load(path))
     ids = model.to_tokens(text)
     model.layers.progress = None
     w0 = model.layers.widen_seconds
-    t0 = time.perf_counter()
-    trace = model.run(ids, record="stream")
-    t_forward = time.perf_counter() - t0
-    widen = model.layers.widen_seconds - w0
+    trace = timed("forward", lambda: model.run(ids, record="stream"))
+    t["forward_widen_wall_s"] = model.layers.widen_seconds - w0
     tracemalloc.start()
-    t0 = time.perf_counter()
-    lens = logit_lens(trace)
-    t_lens = time.perf_counter() - t0
+    lens = timed("lens", lambda: logit_lens(trace))
     lens_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     cfg = model.cfg
+
+    def widen_all_layers():
+        for l in range(cfg.n_layers):
+            model.layers[l]                      # widened, then dropped (never all at once)
+
+    timed("widen_all_layers", widen_all_layers)
     # What keeping W_U stored would cost: widening (or dequantizing) it once per position chunk.
-    t0 = time.perf_counter()
-    model.checkpoint.getter(np.float32)("lm_head.weight", (cfg.d_vocab, cfg.d_model))
-    t_widen_unembed = time.perf_counter() - t0
+    timed("widen_unembedding", lambda: model.checkpoint.getter(np.float32)(
+        "lm_head.weight", (cfg.d_vocab, cfg.d_model)))
     rows = len(lens.labels)
     chunk = max(1, lens_module.CHUNK_ELEMENTS // (rows * cfg.d_vocab))
-    rate = gemm_rate()
-    out = {"format": args.format, "n_seq": len(ids), "load_s": t_load, "forward_s": t_forward,
-           "forward_widen_s": widen, "lens_s": t_lens, "rows": rows,
-           "gemm_macs_per_s": rate,
-           "forward_floor_s": forward_macs(cfg, len(ids)) / rate,
-           "lens_floor_s": rows * len(ids) * cfg.d_model * cfg.d_vocab / rate,
+    rates = {"wall": gemm_rate(), "cpu": gemm_rate(clock=time.process_time)}
+    lens_macs = rows * len(ids) * cfg.d_model * cfg.d_vocab
+    out = {"format": args.format, "n_seq": len(ids), "rows": rows, **t,
+           "gemm_macs_per_s": rates, "forward_macs": forward_macs(cfg, len(ids)),
+           "lens_macs": lens_macs,
+           **{f"forward_floor_{k}_s": forward_macs(cfg, len(ids)) / r for k, r in rates.items()},
+           **{f"lens_floor_{k}_s": lens_macs / r for k, r in rates.items()},
            "lens_tracemalloc_peak_bytes": lens_peak,
            "lens_chunk_bound_bytes": 2 * lens_module.CHUNK_ELEMENTS * 4,
            "lens_position_chunks": -(-len(ids) // chunk),
-           "widen_unembedding_once_s": t_widen_unembed,
            "logits_finite": bool(np.isfinite(trace.logits).all()),
            "logit_std": float(trace.logits.std()),
            "final_top1_prob_mean": float(lens.top_probs[-1, :, 0].mean()),
