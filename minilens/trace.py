@@ -39,7 +39,7 @@ The arrays are ordinary numpy arrays. In the fast forward pass their memory come
 pool (fast/memory.py): once a trace and every view of its arrays are gone, the model reuses it.
 
 A trace pickles with its arrays and a reference to its model's files (Model.__reduce__), so it can
-come back from a multiprocessing worker or go into a joblib cache; copy.deepcopy copies the
+come back from a multiprocessing worker or go into an on-disk cache; copy.deepcopy copies the
 arrays and shares the model.
 """
 
