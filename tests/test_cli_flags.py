@@ -303,6 +303,21 @@ def test_generate_stops_at_the_rotary_context_unless_past_context(capsys, model)
     assert out_past == "To be" + expected[len(model.decode(ids)):] + "\n"
 
 
+def test_generated_control_characters_are_shown_not_obeyed_on_a_terminal(capsys, monkeypatch):
+    """ESC, BEL and backspace in generated text reach a terminal escaped (issue 17 item 5); line
+    breaks and tabs stay; a pipe gets the text as it is."""
+    def continuation(model, ids, new_ids, made):
+        made.extend(new_ids)
+        yield " red \x1b[31mtext\x07\b\n\tnext"
+
+    monkeypatch.setattr(cli, "continuation", continuation)
+    code, piped, _ = run(capsys, "generate", "To be", "-n", "3")
+    assert code == 0 and piped == "To be red \x1b[31mtext\x07\b\n\tnext\n"
+    monkeypatch.setattr(cli, "_isatty", lambda stream: True)
+    code, shown, _ = run(capsys, "generate", "To be\x1b", "-n", "3")
+    assert code == 0 and shown == "To be\\x1b red \\x1b[31mtext\\x07\\x08\n\tnext\n", shown
+
+
 # ------------------------------------------------------------------------------------------
 # The environment: argv, COLUMNS, a closed stdout, a full disk, Ctrl-C
 # ------------------------------------------------------------------------------------------

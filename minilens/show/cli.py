@@ -26,6 +26,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -394,13 +395,14 @@ def cmd_generate(args) -> int:
     ids = model.check_ids(model.to_tokens(args.text))
     progress.clear()
     out = sys.stdout
-    out.write(args.text)
+    shown = terminal_text if _isatty(out) else str      # a file or a pipe gets the text as is
+    out.write(shown(args.text))
     out.flush()
     made = []
     try:
         new_ids = islice(greedy(model, ids, past_context=args.past_context), args.n)
         for piece in continuation(model, ids, new_ids, made):
-            out.write(piece)                    # the text appears as it is made
+            out.write(shown(piece))             # the text appears as it is made
             out.flush()
     except KeyboardInterrupt:
         out.write("\n")                         # end the line; main says "interrupted"
@@ -442,6 +444,14 @@ def continuation(model, ids, new_ids, made: list[int], context: int = 4):
     if shown < len(seq):                                # a byte token that never finished
         start = max(0, shown - context)
         yield model.decode(seq[start:])[len(model.decode(seq[start:shown])):]
+
+
+def terminal_text(text: str) -> str:
+    """Text as a terminal should show it: its line breaks and tabs kept, every other control
+    character escaped (render.escape_controls), so that a generated ESC or BEL is seen, not
+    obeyed."""
+    from .render import escape_controls
+    return re.sub(r"[^\n\t]+", lambda run: escape_controls(run.group()), text)
 
 
 def is_gguf(model) -> bool:
