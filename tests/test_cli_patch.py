@@ -25,7 +25,8 @@ def test_patch_prints_the_grid_and_writes_the_heatmap(tmp_path):
     html = tmp_path / "patch.html"
     p = run(CLEAN, CORRUPTED, "--target", " king", "--contrast", " truth", "--html", str(html))
     assert p.returncode == 0, p.stderr
-    assert "denoising (clean -> corrupted): resid_pre patched by position" in p.stdout
+    assert ("denoising: clean -> corrupted" in p.stdout
+            and "resid_pre patched by position" in p.stdout), p.stdout   # the table's title
     assert "strongest cells:" in p.stdout
     assert html.read_text().lstrip().startswith("<"), "the heatmap is an HTML file"
     assert f"wrote {html}" in p.stderr, "--html says where it wrote"
