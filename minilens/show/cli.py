@@ -586,9 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
         """--FLAG TOK or --FLAG-id N, one of the two."""
         group = p.add_mutually_exclusive_group(required=required)
         group.add_argument(f"--{flag}", metavar="TOK", default=None,
-                           help=f"{what}, as text that is exactly one token, e.g. ' the'")
+                           help=f"{what} (text that is exactly one token, e.g. ' the'; or its id: "
+                                f"--{flag}-id N)")
         group.add_argument(f"--{flag}-id", metavar="N", type=int, default=None,
-                           help=f"{what}, as a token id (instead of --{flag})")
+                           help=f"{what}, given by its token id (instead of --{flag})")
 
     def text(p, what: str = "the text to run"):
         p.add_argument("text", help=what)
@@ -646,9 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clean", help="the clean prompt (the behaviour to explain)")
     p.add_argument("corrupted",
                    help="the corrupted prompt: the same number of tokens, a few changed")
-    token(p, "target", True, "the token the clean prompt predicts, e.g. ' Mary'")
+    token(p, "target", True, "the token the clean prompt predicts")
     token(p, "contrast", False,
-          "the token the corrupted prompt favours (for the logit-difference metrics)")
+          "the token the corrupted prompt favours, for the logit-difference metrics")
     p.add_argument("--metric", choices=("logit_diff_normalized", "logit_diff", "logprob"),
                    default="logit_diff_normalized",
                    help="what is measured at the last position (default: the logit difference "
@@ -673,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split one logit into what each layer/head/neuron/token wrote")
     text(p)
     token(p, "target", True, "the token whose logit is split")
-    token(p, "contrast", False, "split logit[target] - logit[contrast] instead; the other token")
+    token(p, "contrast", False, "a second token: split logit[target] - logit[contrast] instead")
     p.add_argument("--by", choices=("layer", "head", "token", "neuron"), default="layer",
                    help="the parts: every layer's attention and MLP (default), every head, the "
                         "source tokens through one layer's attention, or one layer's neurons")
