@@ -90,9 +90,21 @@ def model(gpt2) -> ml.Model:
 # ------------------------------------------------------------------------------------------
 
 def test_missing_folder(tmp_path):
-    with expect(CheckpointNotFoundError, "no-such-model", "minilens never downloads",
-                "huggingface-cli download"):
-        ml.load(tmp_path / "no-such-model")
+    """A path that does not exist is a path, not a Hub name: the message says so and gives no
+    advice to download it from the Hub (issue 17: it advised `huggingface-cli download
+    /nonexistent/path`)."""
+    for path in (tmp_path / "no-such-model", str(tmp_path / "no-such-model"), "./no-such-model",
+                 "models/a/b", "missing.gguf"):
+        with expect(CheckpointNotFoundError, "no such folder or .gguf file", "Check the path",
+                    "shakespeare-llama", absent=("download",)):
+            ml.load(path)
+
+
+def test_missing_hub_name_says_how_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with expect(CheckpointNotFoundError, "minilens never downloads",
+                "hf download some-org/no-such-model"):
+        ml.load("some-org/no-such-model")
 
 
 def test_a_file_instead_of_the_folder(gpt2):

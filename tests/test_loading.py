@@ -191,7 +191,7 @@ def test_model_name_not_in_cache_says_how_to_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ml.CheckpointNotFoundError,
-                       match="huggingface-cli download some-org/no-such-model") as e:
+                       match="hf download some-org/no-such-model") as e:
         ml.load("some-org/no-such-model")
     assert str(tmp_path) in str(e.value), "the message should say where it looked"
 

