@@ -211,6 +211,8 @@ def test_record_must_name_a_preset(small):
         model.run([1, 2], record="resid")
     assert set(RECORD_PRESETS) == {"stream", "sublayers", "all"}
     assert model.run([1, 2], record="all").keys() == model.run([1, 2]).keys()
+    batch = model.run_batch([[1, 2, 3], [4, 5, 6]], record="stream")
+    assert batch[1].keys() == model.run([4, 5, 6], record="stream").keys()
 
 
 def test_a_large_gguf_tensor_is_dequantized_in_pieces_to_the_same_bits(tmp_path, monkeypatch):
