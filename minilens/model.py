@@ -87,7 +87,16 @@ class Model:
             raise InputError(f"to_tokens takes a str, got {checks.shown(text)}.")
         if prepend_bos is not None:
             checks.flag(prepend_bos, "prepend_bos")
-        return self._need_tokenizer().encode(checks.text(text), prepend_bos)
+        tokenizer = self._need_tokenizer()
+        bos = self.cfg.bos_token_id
+        if (tokenizer.prepend_bos if prepend_bos is None else prepend_bos) and bos is not None \
+                and bos >= self.cfg.d_vocab:
+            # the fault is the checkpoint's, not the user's ids
+            raise CheckpointError(
+                f"{self.folder}: config.json's bos_token_id = {bos} is not a "
+                f"token of this model (vocab_size = {self.cfg.d_vocab}), so BOS cannot be "
+                f"prepended. Fix bos_token_id in config.json, or pass prepend_bos=False.")
+        return tokenizer.encode(checks.text(text), prepend_bos)
 
     def to_str_tokens(self, ids) -> list[str]:
         if isinstance(ids, str):
