@@ -7,7 +7,7 @@ token ids are fed to both, so the tokenizers cannot make the data differ (the sc
 that transformers' tokenizer gives the same ids). Prints, per layer, KL(final || lens) in nats
 averaged over every held-out token as ``evaluate_lens`` does, for minilens's logit, affine and
 tuned lens and for the package's logit lens and tuned lens; the mean KL over layers 0..L-1; the
-wall-clock time of each fit; the load average. Writes ``--out``/results.json.
+wall-clock and CPU time of each fit; the load average. Writes ``--out``/results.json.
 
 tuned-lens is trained by its own training loop, ``tuned_lens.scripts.train_loop.Train.execute``
 (KL to the final layer's distribution at the same position, translators x + W x + b started at
