@@ -345,3 +345,24 @@ def test_python_dash_m_minilens():
     p = subprocess.run([sys.executable, "-m", "minilens", "info"], capture_output=True, text=True,
                        cwd="/")
     assert p.returncode == 0 and "parameters" in p.stdout
+
+
+def test_lens_html_scale_and_orientation_flags(capsys, tmp_path, trace):
+    """--scale and --input-at-bottom reach the heatmap: the report equals render.report's with the
+    same options, and differs from the default one."""
+    from minilens.show import render
+
+    lens = ml.logit_lens(trace, top_k=5)
+    pages = {}
+    for name, flags, options in [("default", [], {}),
+                                 ("linear", ["--scale", "linear"], {"scale": "linear"}),
+                                 ("bottom", ["--input-at-bottom"], {"input_at_bottom": True})]:
+        h = tmp_path / f"{name}.html"
+        code, _, err = run(capsys, "lens", TEXT, "--metric", "kl", "--html", str(h), *flags)
+        assert code == 0, err
+        pages[name] = h.read_text()
+        want = render.report(lens=lens, metric="kl", lens_options=options)
+        assert render.heatmap_svg(lens, "kl", **options) in want
+        body = want.split("<h2>Logit lens</h2>")[1]
+        assert body in pages[name], f"{flags}: the heatmap is not the one these options draw"
+    assert pages["linear"] != pages["default"] and pages["bottom"] != pages["default"]

@@ -209,8 +209,10 @@ def cmd_lens(args) -> int:
     print("\n".join(out))
     if html is not None:
         kind = "logit lens" if translators is None else f"tuned lens ({args.translators})"
+        options = {"scale": args.scale, "input_at_bottom": args.input_at_bottom}
         write_file(html, render.report(lens=lens, metric=args.metric, title=f"minilens: {kind}",
-                                       text=args.text, model_name=str(path)), "the HTML report")
+                                       text=args.text, model_name=str(path),
+                                       lens_options=options), "the HTML report")
     if json_path is not None:
         d = lens.to_dict()
         d.update(model=str(path), text=args.text,
@@ -609,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show only the last N positions")
     p.add_argument("--metric", choices=("prob", "target_prob", "entropy", "kl"), default="prob",
                    help="what colours the HTML heatmap (default: the top-1 probability)")
+    p.add_argument("--scale", choices=("log", "linear"), default=None,
+                   help="the HTML heatmap's colour scale (default: log for target_prob and kl, "
+                        "linear for prob and entropy)")
+    p.add_argument("--input-at-bottom", action="store_true",
+                   help="draw the HTML heatmap with the embedding row at the bottom and depth "
+                        "going up (the tuned lens's orientation)")
     output(p, "html", "a self-contained HTML report (the heatmap)")
     output(p, "json", "the numbers as JSON")
     p.add_argument("--translators", metavar="FILE", default=None,
