@@ -100,8 +100,9 @@ def naive_grid(model, clean_ids, corrupted_ids, t: int, c: int) -> np.ndarray:
     return (grid - m_corrupted) / (m_clean - m_corrupted)
 
 
-def tl_grid(bridge, clean_ids, corrupted_ids, t: int, c: int) -> np.ndarray:
-    """TransformerLens's get_act_patch_resid_pre, normalized the same way. -> [layer, pos]"""
+def tl_grid(bridge, clean_ids, corrupted_ids, t: int, c: int, fn=None) -> np.ndarray:
+    """A TransformerLens patching grid (``fn``, default get_act_patch_resid_pre -> [layer, pos]),
+    denoising, the logit difference normalized as minilens's (0 = corrupted, 1 = clean)."""
     import torch
     from transformer_lens.patching import get_act_patch_resid_pre
 
@@ -116,7 +117,7 @@ def tl_grid(bridge, clean_ids, corrupted_ids, t: int, c: int) -> np.ndarray:
         def normalized(logits):                                  # logits: [batch, pos, d_vocab]
             ld = logits[0, -1, t] - logits[0, -1, c]
             return (ld - m_corrupted) / (m_clean - m_corrupted)
-        return get_act_patch_resid_pre(bridge, corrupted, cache, normalized).numpy()
+        return (fn or get_act_patch_resid_pre)(bridge, corrupted, cache, normalized).numpy()
 
 
 def section_timing(args, model, bridge, rows: list, checks: list) -> None:
@@ -185,30 +186,12 @@ def hf_folder_by_transformers(name: str) -> Path:
     return folder
 
 
-def tl_head_grid(bridge, clean_ids, corrupted_ids, t: int, c: int) -> np.ndarray:
-    """TransformerLens's get_act_patch_attn_head_out_all_pos, normalized. -> [layer, head]"""
-    import torch
-    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
-
-    with torch.no_grad():
-        clean = torch.tensor(clean_ids)[None]
-        corrupted = torch.tensor(corrupted_ids)[None]
-        clean_logits, cache = bridge.run_with_cache(clean)
-        corrupted_logits = bridge(corrupted)
-        m_clean = clean_logits[0, -1, t] - clean_logits[0, -1, c]
-        m_corrupted = corrupted_logits[0, -1, t] - corrupted_logits[0, -1, c]
-
-        def normalized(logits):
-            ld = logits[0, -1, t] - logits[0, -1, c]
-            return (ld - m_corrupted) / (m_clean - m_corrupted)
-        return get_act_patch_attn_head_out_all_pos(bridge, corrupted, cache, normalized).numpy()
-
-
 def section_golden_reference(model) -> None:
     """The golden cells as TransformerLens 4.3.0 computes them on transformers' own reading of the
     GGUF file: the values tests/test_patching_reference.py asserts."""
     import torch
     from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
     bridge = TransformerBridge.boot_transformers(str(hf_folder_by_transformers("smollm2")),
                                                  device="cpu", dtype=torch.float32)
@@ -220,7 +203,8 @@ def section_golden_reference(model) -> None:
         lds = [float(lg[0, -1, t] - lg[0, -1, c])
                for lg in (bridge(torch.tensor(ids)[None]) for ids in (clean_ids, corrupted_ids))]
     grid = tl_grid(bridge, clean_ids, corrupted_ids, t, c)             # [layer, pos]
-    heads = tl_head_grid(bridge, clean_ids, corrupted_ids, t, c)       # [layer, head]
+    heads = tl_grid(bridge, clean_ids, corrupted_ids, t, c,
+                    get_act_patch_attn_head_out_all_pos)               # [layer, head]
     print(f"\ngolden reference (TransformerLens on transformers' GGUF reading), {CLEAN!r}")
     print(f"  logit diff clean {lds[0]:.6f}, corrupted {lds[1]:.6f}")
     print("  resid_pre top 5 (|value - corrupted|, normalized):")
