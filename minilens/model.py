@@ -251,9 +251,9 @@ class Model:
                  read: slice = slice(None)) -> tuple[Recorder, np.ndarray]:
         """The one place that chooses the forward pass: fast/forward.py, or forward.py (the textbook
         pass, also for every run with interventions or a restart at block ``start``)."""
-        if self.fast and not interventions and resid is None and read == slice(None):
+        if self.fast and not interventions and resid is None:
             rec = PooledRecorder(names, self.pool)
-            return rec, fast_forward(ids, self.params, self.layers, self.cfg, rec)
+            return rec, fast_forward(ids, self.params, self.layers, self.cfg, rec, read)
         rec = Recorder(names, self.check_interventions(interventions))
         return rec, textbook_forward(ids, self.params, self.layers, self.cfg, rec, start, resid,
                                      read)

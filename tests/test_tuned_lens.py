@@ -30,6 +30,8 @@ from minilens.analysis.tuned_lens import (
     kl_and_gradient,
     load_translators,
     log_softmax,
+    record,
+    record_streams,
     refine_lens,
     token_windows,
 )
@@ -330,3 +332,26 @@ def test_fit_lens_then_lens_with_translators_on_the_command_line(tmp_path, capsy
     assert "0_pre" in table and "final_post" in table
     assert main(["lens", "To be", "--translators", str(out), "--mid"]) == 2
     assert "drop --mid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2"])
+def test_record_streams_batches_windows_as_if_each_ran_alone(tmp_path, family):
+    """The fits run several windows per forward pass, the short ones padded on the right. Each
+    window's streams must be the ones it has alone: padding that leaked into the real positions
+    (a mask that let a query see a later key, a sliding window counted from the padded end) moves
+    them by O(1)."""
+    model = make(tmp_path, family)
+    lengths = [9, 17, 17, 4, 12, 30, 2]
+    rng = np.random.default_rng(3)
+    windows = [rng.integers(0, D_VOCAB, n) for n in lengths]
+    groups = list(record_streams(model, windows, batch_tokens=40))
+    # shortest first: [2, 4, 9] (3 x 9 <= 40), [12, 17], [17], [30]
+    assert [len(g) for g in groups] == [3, 2, 1, 1], "windows grouped past batch_tokens"
+    got = [item for group in groups for item in group]
+    assert sorted(i for i, _, _ in got) == list(range(len(windows))), "a window lost or repeated"
+    for i, X, Y in got:
+        X_alone, Y_alone, _ = record(model, windows[i])
+        np.testing.assert_allclose(X, X_alone, rtol=1e-12, atol=1e-12,
+                                   err_msg=f"window {i}'s resid_pre differs when batched")
+        np.testing.assert_allclose(Y, Y_alone, rtol=1e-12, atol=1e-12,
+                                   err_msg=f"window {i}'s resid_final differs when batched")

@@ -40,7 +40,7 @@ import sysconfig
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     from ..model import Model
 
 FORMAT = "minilens-translators"
-SEQ_LEN = 256            # tokens per forward pass; a longer text is cut into windows this long
+SEQ_LEN = 256            # tokens per window; a longer text is cut into windows this long
+BATCH_TOKENS = 1024      # windows per forward pass in the fits: as many as fit in this many tokens
 HOLDOUT_EVERY = 10       # with ridge=None, every 10th window is held out to choose the ridge
 # The ridge grid, in units of the layer's mean square stream entry (so one grid fits every
 # layer and model): lam = ridge * mean(x_l ** 2). 0 is least squares, inf the logit lens.
@@ -249,6 +250,35 @@ def record(model: "Model", ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     return X, np.array(trace["resid_final"]), np.array(trace.logits)
 
 
+def record_streams(model: "Model", windows: list,
+                   batch_tokens: int = BATCH_TOKENS) -> Iterator[list[tuple]]:
+    """The streams of every window, without logits (the fits never read them), several windows
+    to one forward pass. The windows are taken shortest first, in groups of at most
+    ``batch_tokens`` tokens once padded, and each group runs as one [batch, n_seq] batch, the
+    shorter windows padded on the right. Causal attention keeps a window's own positions blind to
+    the padding after them, so each window's streams are its own.
+    Yields, per group, a list of (window index, X [n_layers, n_seq, d_model], Y [n_seq, d_model]).
+    """
+    names = {"resid_pre", "resid_final"}
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))   # little padding
+    start = 0
+    while start < len(order):
+        longest = len(windows[order[start]])
+        stop = start + 1
+        while stop < len(order) and (stop + 1 - start) * len(windows[order[stop]]) <= batch_tokens:
+            longest = len(windows[order[stop]])
+            stop += 1
+        group = order[start:stop]
+        ids = np.stack([np.pad(windows[i], (0, longest - len(windows[i])), mode="edge")
+                        for i in group])                               # [batch, longest]
+        rec, _ = model._forward(ids, names, read=slice(0, 0))           # no unembedding
+        resid_pre = [rec.store["resid_pre", l] for l in range(model.cfg.n_layers)]
+        yield [(i, np.stack([x[b, :len(windows[i])] for x in resid_pre]),
+                np.array(rec.store["resid_final", None][b, :len(windows[i])]))
+               for b, i in enumerate(group)]
+        start = stop
+
+
 @dataclass
 class Streams:
     """Recorded tokens for the KL refinement (the model's blocks never run again)."""
@@ -262,12 +292,12 @@ def sample_streams(model: "Model", texts, n_tokens: int, seq_len: int = SEQ_LEN,
     """The streams of the first windows of ``texts``, ``n_tokens`` tokens in all."""
     progress = _progress(progress)
     windows = token_windows(model, texts, seq_len, max_tokens=checks.count(n_tokens, "n_tokens", 2))
-    pre, final = [], []
-    for i, ids in enumerate(windows):
-        X, Y, _ = record(model, ids)
-        pre.append(X.swapaxes(0, 1))                # [n_seq, n_layers, d_model]
-        final.append(Y)
-        progress(f"refinement streams: window {i + 1}/{len(windows)}")
+    pre, final = [None] * len(windows), [None] * len(windows)
+    for group in record_streams(model, windows):
+        for i, X, Y in group:
+            pre[i], final[i] = X.swapaxes(0, 1), Y  # [n_seq, n_layers, d_model], [n_seq, d_model]
+        progress(f"refinement streams: {sum(x is not None for x in final)}/{len(windows)} "
+                 f"windows")
     return Streams(np.concatenate(pre)[:n_tokens], np.concatenate(final)[:n_tokens])
 
 
@@ -356,12 +386,19 @@ def fit_affine_lens(model: "Model", texts, ridge: float | None = None,
     fit, held = (NormalEquations(cfg.n_layers, cfg.d_model) for _ in range(2))
     n_total = sum(len(w) for w in windows)
     every = min(HOLDOUT_EVERY, len(windows))        # a few windows: the last is held out
-    for i, ids in enumerate(windows):
-        X, Y, _ = record(model, ids)
-        (held if ridge is None and i % every == every - 1 else fit).add(X, Y)
-        if (i + 1) % max(1, len(windows) // 10) == 0 or i + 1 == len(windows):
+    report_every, reported, done = max(1, len(windows) // 10), 0, 0
+    for group in record_streams(model, windows):
+        for sums in (fit, held):                    # one product per group: larger GEMMs
+            mine = [(X, Y) for i, X, Y in group
+                    if (held if ridge is None and i % every == every - 1 else fit) is sums]
+            if mine:
+                sums.add(np.concatenate([X for X, _ in mine], axis=1),
+                         np.concatenate([Y for _, Y in mine]))
+        done += len(group)
+        if done // report_every > reported or done == len(windows):
+            reported = done // report_every
             progress(f"affine lens: {fit.n + held.n}/{n_total} tokens "
-                     f"({i + 1}/{len(windows)} windows)")
+                     f"({done}/{len(windows)} windows)")
     chosen, table = [], []
     if ridge is None:
         for l in range(cfg.n_layers):

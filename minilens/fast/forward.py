@@ -30,7 +30,13 @@ from .recorder import PooledRecorder as Recorder
 def linear(x: np.ndarray, W: np.ndarray, b: np.ndarray | None,
            out: np.ndarray | None = None) -> np.ndarray:
     """x @ W + b, into out if given.  [..., d_in] -> [..., d_out]"""
-    y = np.matmul(x, W, out=out)
+    if x.ndim > 2 and x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
+        # a batch's rows in one product (numpy's matmul would run one product per batch entry)
+        flat_out = None if out is None else out.reshape(-1, W.shape[-1])
+        y = np.matmul(x.reshape(-1, x.shape[-1]), W, out=flat_out)
+        y = y.reshape(*x.shape[:-1], W.shape[-1])
+    else:
+        y = np.matmul(x, W, out=out)
     if b is not None:
         y += b
     return y
@@ -242,8 +248,11 @@ def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple |
 
 
 def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
-            rec: Recorder) -> np.ndarray:
-    """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]"""
+            rec: Recorder, read: slice = slice(None)) -> np.ndarray:
+    """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]
+
+    ``read``: the positions whose logits are computed, as in forward.py (``slice(0, 0)``: none;
+    the tuned lens's fit reads only the stream)."""
     n_seq = ids.shape[-1]
     embed = g.W_E[ids]                                                 # [n_seq, d_model]
     if cfg.embed_scale != 1:
@@ -262,6 +271,7 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     for l in range(cfg.n_layers):
         x = block(x, layers[l], cfg, rope, rec, l, masks[cfg.layer_windows[l]])
     rec("resid_final", None, x)
+    x = x[..., read, :]
     normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
     rec("scale_final", None, scale_final)
     rec("normalized", None, normalized)
