@@ -17,8 +17,6 @@ final norm. ``final_post`` stays the model's own logits.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -26,7 +24,7 @@ import numpy as np
 
 from .. import checks
 from ..errors import InputError
-from ..fast import kernels
+from ..fast import kernels, workers
 from ..forward import final_norm, unembed
 from ..trace import check_trace
 
@@ -41,14 +39,12 @@ if TYPE_CHECKING:
 CHUNK_ELEMENTS = 1 << 24
 
 # The statistics are element-wise numpy passes (max, exp, sums), which run on one core, while the
-# unembedding GEMM uses every BLAS thread. Positions are independent, so the statistics run on
-# pieces of STAT_POSITIONS positions (all rows: 2 x 13 x 50257 logits, 5 MB, for GPT-2-small), which
-# stay in cache between the passes, in this many threads at once (numpy releases the GIL in these
-# loops). Right after a multithreaded GEMM, OpenBLAS's idle workers keep spinning on the cores for a
-# while (OPENBLAS_THREAD_TIMEOUT), so on 2 cores the threads mostly help when BLAS runs 1 thread
-# (issue 6).
-STAT_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                   else os.cpu_count() or 1)
+# unembedding GEMM uses every BLAS thread. So the positions, which are independent, are shared out
+# among fast/workers.py's workers (one per core), each doing its positions' GEMMs and statistics
+# with BLAS at one thread. WORKERS = None takes workers.n_workers(); tests set it. Within a worker,
+# the statistics run on pieces of STAT_POSITIONS positions (all rows: 2 x 13 x 50257 logits, 5 MB
+# for GPT-2-small), which stay in cache between the passes.
+WORKERS: int | None = None
 STAT_POSITIONS = 2
 
 
@@ -318,40 +314,42 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
     top_ids = np.empty((R, n_pos, k), dtype=np.int64)
     top_probs = np.empty((R, n_pos, k), dtype=trace.logits.dtype)
     resid = [trace[key] for _, key in rows]             # R x [n_seq, d_model], no copies
-    chunk = max(1, CHUNK_ELEMENTS // (R * d_vocab))
-    # The logits and their exp live in two buffers allocated once and reused by every chunk.
-    logits_buf = np.empty((R * min(chunk, n_pos), d_vocab), dtype=trace.logits.dtype)
-    exp_buf = np.empty_like(logits_buf)
     results = dict(out, top_ids=top_ids, top_probs=top_probs)      # each [R, n_pos](, k)
+    n_workers = max(1, min(WORKERS or workers.n_workers(), n_pos))
+    # Each worker holds two buffers of at most CHUNK_ELEMENTS / n_workers numbers (the logits and
+    # their exp), allocated once and reused by each of its chunks: 2 x 64 MB in all.
+    chunk = max(1, CHUNK_ELEMENTS // (n_workers * R * d_vocab))
+    shares = workers.shares(n_pos, n_workers)
 
-    def statistics(logits: np.ndarray, exp: np.ndarray, at: slice) -> None:
-        """The statistics of logits [R, n, d_vocab] at positions ``at``, written into
-        ``results``."""
-        for name, value in position_statistics(logits, targets[at], k, exp).items():
-            results[name][:, at] = value
+    def work(w: int) -> None:
+        """The lens at worker w's share of the positions, a chunk at a time."""
+        share = shares[w]
+        logits_buf = np.empty((R * min(chunk, share.stop - share.start), d_vocab),
+                              dtype=trace.logits.dtype)
+        exp_buf = np.empty_like(logits_buf)
+        for start in range(share.start, share.stop, chunk):
+            p = pos[start:min(start + chunk, share.stop)]
+            c = len(p)
+            stacked = np.stack([translated(translators, key, x[p])  # [R - 1, c, d_model]
+                                for (_, key), x in zip(rows[:-1], resid[:-1])])
+            # One GEMM for all rows but the last. The last row, final_post, is N(x_L) W_U + b_U:
+            # the model's own logits, taken as they are so that it equals trace.logits bit for bit
+            # (a GEMM over a different number of rows may round differently in the last place).
+            logits = logits_buf[:R * c]                             # [R * c, d_vocab]
+            lens_logits(model, stacked.reshape((R - 1) * c, d_model), out=logits[:(R - 1) * c])
+            logits[(R - 1) * c:] = trace.logits[p]
+            logits3 = logits.reshape(R, c, d_vocab)
+            exp3 = exp_buf[:R * c].reshape(R, c, d_vocab)
+            # The statistics make several passes over the logits. Done a few positions at a time,
+            # each piece (all rows) stays in cache between passes.
+            for a in range(0, c, STAT_POSITIONS):
+                at = slice(start + a, start + min(a + STAT_POSITIONS, c))
+                piece = slice(a, a + STAT_POSITIONS)
+                stats = position_statistics(logits3[:, piece], targets[at], k, exp3[:, piece])
+                for name, value in stats.items():
+                    results[name][:, at] = value
 
-    pool = ThreadPoolExecutor(STAT_THREADS) if STAT_THREADS > 1 else None
-    for start in range(0, n_pos, chunk):
-        p = pos[start:start + chunk]
-        c = len(p)
-        stacked = np.stack([translated(translators, key, x[p])      # [R - 1, c, d_model]
-                            for (_, key), x in zip(rows[:-1], resid[:-1])])
-        # One GEMM for all rows but the last. The last row, final_post, is N(x_L) W_U + b_U: the
-        # model's own logits, taken as they are so that it equals trace.logits bit for bit (a GEMM
-        # over a different number of rows may round differently in the last place).
-        logits = logits_buf[:R * c]                                 # [R * c, d_vocab]
-        lens_logits(model, stacked.reshape((R - 1) * c, d_model), out=logits[:(R - 1) * c])
-        logits[(R - 1) * c:] = trace.logits[p]
-        logits3, exp3 = logits.reshape(R, c, d_vocab), exp_buf[:R * c].reshape(R, c, d_vocab)
-        # The statistics make several passes over the logits. Done a few positions at a time, each
-        # piece (all rows) stays in cache between passes, and the pieces run in STAT_THREADS
-        # threads.
-        pieces = [(logits3[:, a:a + STAT_POSITIONS], exp3[:, a:a + STAT_POSITIONS],
-                   slice(start + a, start + min(a + STAT_POSITIONS, c)))
-                  for a in range(0, c, STAT_POSITIONS)]
-        list((pool.map if pool is not None else map)(statistics, *zip(*pieces)))
-    if pool is not None:
-        pool.shutdown()
+    workers.split(work, n_workers)
     return LensResult(labels=np.array([label for label, _ in rows]), positions=pos, top_ids=top_ids,
                       top_probs=top_probs, target_ids=targets, trace=trace,
                       _keys=tuple(key for _, key in rows), translators=translators, **out)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -51,17 +52,24 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.time()
+
+    def progress(message: str) -> None:                 # with the time and the peak RSS so far
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"[{time.time() - t0:7.0f} s, peak RSS {peak_mb:6.0f} MB] {message}",
+              file=sys.stderr, flush=True)
+
     model = ml.load(args.model)
     train, train_desc = lens_corpus("train")
     held, held_desc = lens_corpus("heldout")
-    affine = fit_affine_lens(model, train, max_tokens=args.tokens, data=train_desc)
+    affine = fit_affine_lens(model, train, max_tokens=args.tokens, data=train_desc,
+                             progress=progress)
     t_affine = time.time() - t0
-    tuned = refine_lens(model, affine, train, steps=args.steps, batch=args.batch, lr=args.lr)
+    tuned = refine_lens(model, affine, train, steps=args.steps, batch=args.batch, lr=args.lr,
+                        progress=progress)
     t_tuned = time.time() - t0 - t_affine
     affine.save(out / "affine.safetensors")
     tuned.save(out / "tuned.safetensors")
     if args.fit_only:
-        import resource
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"fit only: {affine.info['tokens']} tokens; affine {t_affine:.0f} s, refinement "
               f"{t_tuned:.0f} s ({args.steps} steps x {args.batch} tokens); peak RSS "
