@@ -29,19 +29,30 @@ def textbook_attention(q, k, v, scale, softcap=None, window=None):
 
 @pytest.mark.parametrize("window, softcap", [(None, None), (5, None), (None, 3.0), (7, 2.0)])
 @pytest.mark.parametrize("block", [1, 4, 64])
-def test_blocked_causal_attention_equals_the_textbook_form(monkeypatch, block, window, softcap):
-    monkeypatch.setattr(model, "ATTENTION_BLOCK", block)
+@pytest.mark.parametrize("group", [1, 3])
+def test_blocked_causal_attention_equals_the_textbook_form(block, window, softcap, group):
+    """fast.attend (query blocks, grouped queries, the mask only where it can bite) against
+    softmax(q k^T * scale + mask) v over repeated kv heads, all at once."""
     rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal((3, 19, 8)) for _ in range(3))      # float64: equal to rounding
-    k_T = np.ascontiguousarray(np.swapaxes(k, -1, -2))
-    z = model.causal_attention(q, k_T, v, 0.35, softcap, window)
-    pattern = model.attention_pattern(q, k_T, 0.35, softcap, window)
-    ref_pattern, ref_z = textbook_attention(q, k, v, 0.35, softcap, window)
+    n_kv, n_seq, d_head = 2, 19, 8
+    q = rng.standard_normal((n_seq, n_kv * group, d_head))   # float64: equal to rounding
+    k, v = (rng.standard_normal((n_seq, n_kv, d_head)) for _ in range(2))
+    k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))       # [n_kv, d_head, n_seq]
+    v_g = np.ascontiguousarray(np.swapaxes(v, -3, -2))       # [n_kv, n_seq, d_head]
+    z = np.full_like(q, np.nan)
+    blocks = list(model.attention_blocks(n_seq, window, block))
+    mask = model.causal_mask(n_seq, window)
+    for half in (blocks[::2], blocks[1::2]):                 # as two workers would
+        model.attend(q, k_T, v_g, z, group, 0.35, softcap, window, mask, half)
+    pattern = model.attention_pattern(q, k, group, 0.35, softcap, window, block)
+    ref_pattern, ref_z = textbook_attention(
+        np.swapaxes(q, 0, 1), np.swapaxes(ops.gqa_repeat(k, group), 0, 1),
+        np.swapaxes(ops.gqa_repeat(v, group), 0, 1), 0.35, softcap, window)
     # 1e-12: float64, and the only difference is the order of the softmax's sums over fewer zeros.
     assert np.allclose(pattern, ref_pattern, rtol=0, atol=1e-12), \
         "blocked attention: does each block see keys lo..stop-1, and is the masked rest exactly 0?"
     assert np.allclose(z, ref_z, rtol=0, atol=1e-12), (
-        "blocked attention: is z written in [n_seq, n_heads, d_head]?")
+        "blocked attention: is z written in [n_seq, n_heads, d_head], head h = kv * group + g?")
     assert np.all(pattern[:, np.triu_indices(19, 1)[0], np.triu_indices(19, 1)[1]] == 0)
 
 
@@ -52,13 +63,14 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
     trace's."""
     from factories import make_llama
     monkeypatch.setattr(model, "ATTENTION_BLOCK", 8)
+    monkeypatch.setattr(model, "WORKER_MIN_NUMBERS", 1 << 40)     # one worker: blocks of 8
     folder, _ = make_llama(tmp_path, n_layers=2, n_kv_heads=2)
     m = ml.load(folder, dtype=dtype)
     used = []                                   # (start, stop, lo, rows): 3 blocks per layer
     pattern_rows = model.pattern_rows
 
-    def capture(q, k_T, scale, softcap, mask, start, stop, lo, out):
-        rows = pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo, out)
+    def capture(q_g, k_T, softcap, mask, start, stop, lo, window, out):
+        rows = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window, out)
         used.append((start, stop, lo, rows.copy()))
         return rows
 
@@ -70,10 +82,12 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
     monkeypatch.setattr(model, "pattern_rows", pattern_rows)
     assert len(used) == 2 * 3, "20 tokens in blocks of 8 are 3 blocks per layer"
     by_layer = [used[:3], used[3:]]
+    n_heads = m.cfg.n_heads
     for l, blocks in enumerate(by_layer):
         pattern = trace["pattern", l]
         assert trace["pattern", l] is pattern, "a derived value is computed once, then kept"
-        for start, stop, lo, rows in blocks:
+        for start, stop, lo, rows in blocks:        # rows: [n_kv, group * block, keys]
+            rows = rows.reshape(n_heads, stop - start, stop - lo)
             assert np.array_equal(pattern[:, start:stop, lo:stop], rows), (
                 f"layer {l}, queries {start}..{stop}")
         assert np.all(pattern[:, np.triu_indices(20, 1)[0], np.triu_indices(20, 1)[1]] == 0)

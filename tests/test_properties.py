@@ -30,6 +30,7 @@ deliberate hunt: MINILENS_HYPOTHESIS_PROFILE=thorough pytest tests/test_properti
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -42,6 +43,7 @@ from safetensors.numpy import load_file
 import minilens as ml
 from minilens import UnsupportedModelError
 from minilens.config import FAMILY_READERS, ModelConfig
+from minilens.fast import forward as fast_forward, workers
 from random_checkpoints import gpt2_config, llama_config, save_tensors, write_checkpoint
 
 try:
@@ -216,6 +218,18 @@ def resave(folder: Path, out: Path, n_shards: int) -> Path:
 FAMILIES = sorted(FAMILY_READERS)
 
 
+@contextlib.contextmanager
+def forced_workers(n: int):
+    """The fast pass and the lens in n workers whatever the size, attention in blocks of 4."""
+    saved = (workers.n_workers, fast_forward.WORKER_MIN_NUMBERS, fast_forward.ATTENTION_BLOCK)
+    workers.n_workers = lambda: n
+    fast_forward.WORKER_MIN_NUMBERS, fast_forward.ATTENTION_BLOCK = 0, 4
+    try:
+        yield
+    finally:
+        workers.n_workers, fast_forward.WORKER_MIN_NUMBERS, fast_forward.ATTENTION_BLOCK = saved
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @given(data=st.data())
 def test_random_models_keep_their_invariants(family, data):
@@ -289,3 +303,19 @@ def test_random_models_keep_their_invariants(family, data):
                 f"{key}: fast/forward.py differs from forward.py by {err:.3g} relative")
         assert close(fast.logits, textbook.logits, EXACT * scale), (
             "logits: fast and textbook passes differ")
+
+        # 7. the fast pass's work shared among three workers (fast/workers.py: rows, and blocks
+        #    of 4 queries dealt out) records the same trace as one worker, for one sequence and
+        #    for a batch
+        m64.fast = True
+        with forced_workers(3):
+            shared = m64.run(batch[0])
+            shared_batch = m64.run_batch(batch)
+        for key in fast.keys():
+            ref = np.asarray(fast[key], np.float64)
+            err = (float(np.abs(shared[key] - ref).max(initial=0.0))
+                   / max(1.0, float(np.abs(ref).max(initial=0.0))))
+            assert err <= EXACT, f"{key}: three workers differ from one by {err:.3g} relative"
+        for b, batched in enumerate(shared_batch):
+            assert close(batched.logits, m64.run(batch[b]).logits, BATCH * scale), (
+                f"batch row {b} differs in three workers from one")

@@ -23,7 +23,7 @@ import numpy as np
 from .. import ops
 from ..config import ModelConfig
 from ..loading.checkpoint import GlobalParams, LayerParams
-from . import kernels
+from . import kernels, workers
 from .recorder import PooledRecorder as Recorder
 
 
@@ -60,191 +60,215 @@ def causal_mask(n_seq: int, window: int | None = None) -> np.ndarray:
     return (k > q) | (k <= q - window) if window is not None else k > q
 
 
-# Queries per block in causal attention. Rows 0..n_seq are done ATTENTION_BLOCK at a time, and
-# each block skips the keys after its last query, which the causal mask would zero anyway: about
+# Queries per block in causal attention. Rows 0..n_seq are done at most ATTENTION_BLOCK at a time,
+# and each block skips the keys after its last query, which the causal mask would zero anyway: about
 # half the attention work at long sequences (issue 6). 128 rows keep a block's scores cache-sized.
+# With several workers the blocks are smaller, so that they can be dealt out evenly (block_size).
 ATTENTION_BLOCK = 128
 
+# Below this many rows x d_model numbers per forward pass, one worker: the hand-offs between
+# threads (two per layer) would cost more than they save.
+WORKER_MIN_NUMBERS = 1 << 15
 
-def attention_blocks(n_seq: int, window: int | None):
+
+def block_size(n_seq: int, n_workers: int) -> int:
+    """Queries per attention block: ATTENTION_BLOCK, or smaller with several workers, so that there
+    are at least four blocks per worker to balance (block b costs about b + 1 units)."""
+    if n_workers == 1:
+        return ATTENTION_BLOCK
+    return min(ATTENTION_BLOCK, max(16, -(-n_seq // (4 * n_workers))))
+
+
+def attention_blocks(n_seq: int, window: int | None, block: int = ATTENTION_BLOCK):
     """The query blocks: (start, stop, lo) for queries start..stop-1, which see keys lo..stop-1 at
     most (lo > 0 only under a sliding window). Everything outside these rectangles is masked."""
-    for start in range(0, n_seq, ATTENTION_BLOCK):
-        stop = min(start + ATTENTION_BLOCK, n_seq)
+    for start in range(0, n_seq, block):
+        stop = min(start + block, n_seq)
         yield start, stop, (0 if window is None else max(0, start - window + 1))
 
 
-def pattern_rows(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: float | None,
-                 mask: np.ndarray, start: int, stop: int, lo: int, out: np.ndarray) -> np.ndarray:
-    """pattern = softmax(q k^T * scale + causal mask) for queries start..stop-1 and keys
-    lo..stop-1, into out.
+def grouped_queries(q: np.ndarray, start: int, stop: int, group: int, scale: np.floating,
+                    out: np.ndarray) -> np.ndarray:
+    """Queries start..stop-1 times the attention scale, one row block per kv head, into out:
+    query head h = kv * group + g reads kv head kv (grouped-query attention), so each kv head's
+    keys are multiplied by its group's queries at once and never repeated.
 
-    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq]
-    -> out [n_heads, stop - start, stop - lo]
+    q [n_seq, n_heads, d_head] -> out [n_kv_heads, group * (stop - start), d_head]
     """
-    np.matmul(q[..., start:stop, :], k_T[..., lo:stop], out=out)
-    out *= scale
+    *lead, _, n_heads, d_head = q.shape
+    rows = stop - start
+    q_block = q[..., start:stop, :, :].reshape(*lead, rows, n_heads // group, group, d_head)
+    out_view = out.reshape(*lead, n_heads // group, group, rows, d_head)
+    np.multiply(np.moveaxis(q_block, -4, -2), scale, out=out_view)
+    return out
+
+
+def pattern_rows(q_g: np.ndarray, k_T: np.ndarray, softcap: float | None, mask: np.ndarray,
+                 start: int, stop: int, lo: int, window: int | None,
+                 out: np.ndarray) -> np.ndarray:
+    """pattern = softmax(q k^T * scale + causal mask) for queries start..stop-1 and keys
+    lo..stop-1, into out (q_g already scaled, grouped_queries).
+
+    q_g [n_kv_heads, group * rows, d_head], k_T [n_kv_heads, d_head, n_seq]
+    -> out [n_kv_heads, group * rows, stop - lo]
+    """
+    np.matmul(q_g, k_T[..., lo:stop], out=out)
     if softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
         out[...] = ops.softcap(out, softcap)
-    out[..., mask[start:stop, lo:stop]] = -np.inf      # exp(-inf) = 0 exactly: no magic -1e10
+    rows = stop - start
+    # Without a window only the keys start..stop-1 can lie after a query; with one, any can.
+    first = start - lo if window is None else 0
+    scores = out.reshape(*out.shape[:-2], -1, rows, stop - lo)     # [n_kv, group, rows, keys]
+    scores[..., first:][..., mask[start:stop, lo + first:stop]] = -np.inf   # exp(-inf) = 0
     return kernels.softmax_in_place(out)
 
 
-def causal_attention(q: np.ndarray, k_T: np.ndarray, v: np.ndarray, scale: np.floating,
-                     softcap: float | None, window: int | None,
-                     out: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
-    """z = pattern v, with pattern = softmax(q k^T * scale + causal mask).
+def attend(q: np.ndarray, k_T: np.ndarray, v_g: np.ndarray, z: np.ndarray, group: int,
+           scale: np.floating, softcap: float | None, window: int | None, mask: np.ndarray,
+           blocks: list) -> None:
+    """z = pattern v at the query blocks ``blocks`` ((start, stop, lo) each), written into z.
 
-    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq], v [n_heads, n_seq, d_head]
-    -> z [n_seq, n_heads, d_head]
+    q [n_seq, n_heads, d_head], k_T [n_kv_heads, d_head, n_seq], v_g [n_kv_heads, n_seq, d_head]
+    -> z [n_seq, n_heads, d_head] (the blocks' rows)
 
-    The textbook equation, with only the order of work changed for speed. Each block of queries
-    gets its pattern rows in one reused [n_heads, block, n_seq] scratch buffer, and z is written in
-    the [n_seq, n_heads, d_head] layout that W_O reads. The full pattern is never kept here: the
-    trace derives it from q and k with ``attention_pattern`` when it is first read. Keeping it
-    would mean 150 MB of fresh memory per forward pass on GPT-2-small at 512 tokens (600 MB at
-    1024), and first-touching that memory cost 0.13 s of a 0.79 s forward pass at 2 threads
-    (issue 6).
-
-    ``mask``: causal_mask(n_seq, window), which ``forward`` builds once for every layer with this
-    window (an [n_seq, n_seq] bool is 34 MB at 6,000 tokens; issue 18); None builds it here.
+    The textbook equation with only the order of work changed: a block's pattern rows live in one
+    reused scratch buffer, and the full pattern is never kept (the trace derives it from q and k
+    with ``attention_pattern`` when first read). Keeping it would mean 150 MB of fresh memory per
+    forward pass on GPT-2-small at 512 tokens, and first-touching that memory cost 0.13 s of a
+    0.79 s forward pass at 2 threads (issue 6).
     """
-    *lead, n_heads, n_seq, d_head = q.shape
-    scratch = np.empty((*lead, n_heads, min(ATTENTION_BLOCK, n_seq), n_seq), dtype=q.dtype)
-    z = np.empty((*lead, n_seq, n_heads, d_head), dtype=q.dtype) if out is None else out
-    z_heads = np.swapaxes(z, -3, -2)                # a view of z: [n_heads, n_seq, d_head]
-    if mask is None:
-        mask = causal_mask(n_seq, window)
-    for start, stop, lo in attention_blocks(n_seq, window):
-        pattern = pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo,
-                               out=scratch[..., :stop - start, :stop - lo])
-        np.matmul(pattern, v[..., lo:stop, :], out=z_heads[..., start:stop, :])
-    return z
+    if not blocks:
+        return
+    *lead, n_seq, n_heads, d_head = q.shape
+    n_kv, most = n_heads // group, max(stop - start for start, stop, _ in blocks)
+    q_buf = np.empty((*lead, n_kv, group * most, d_head), dtype=q.dtype)
+    scores_buf = np.empty((*lead, n_kv, group * most, n_seq), dtype=q.dtype)
+    z_buf = np.empty_like(q_buf)
+    for start, stop, lo in blocks:
+        rows = stop - start
+        q_g = grouped_queries(q, start, stop, group, scale, q_buf[..., :group * rows, :])
+        pattern = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window,
+                               out=scores_buf[..., :group * rows, :stop - lo])
+        z_g = np.matmul(pattern, v_g[..., lo:stop, :], out=z_buf[..., :group * rows, :])
+        # [n_kv, group, rows, d_head] -> z's [rows, n_kv * group, d_head]
+        z_rows = z[..., start:stop, :, :].reshape(*lead, rows, n_kv, group, d_head)
+        z_rows[...] = np.moveaxis(z_g.reshape(*lead, n_kv, group, rows, d_head), -2, -4)
 
 
-def attention_pattern(q: np.ndarray, k_T: np.ndarray, scale: np.floating, softcap: float | None,
-                      window: int | None) -> np.ndarray:
-    """The whole pattern, by the same blocks as causal_attention, so it is bit for bit the one z
-    was made from.
+def attention_pattern(q: np.ndarray, k: np.ndarray, group: int, scale: np.floating,
+                      softcap: float | None, window: int | None, block: int) -> np.ndarray:
+    """The whole pattern from a trace's q and k, by the same blocks and functions as ``attend``,
+    so it is bit for bit the one z was made from.
 
-    q [n_heads, n_seq, d_head], k_T [n_heads, d_head, n_seq]
+    q [n_seq, n_heads, d_head], k [n_seq, n_kv_heads, d_head]
     -> pattern [n_heads, n_seq(q), n_seq(k)] (masked entries exactly 0)
     """
-    *lead, n_heads, n_seq, _ = q.shape
-    pattern = np.zeros((*lead, n_heads, n_seq, n_seq), dtype=q.dtype)
+    *lead, n_seq, n_heads, d_head = q.shape
+    n_kv = n_heads // group
+    k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))             # [n_kv, d_head, n_seq]
+    pattern = np.zeros((*lead, n_kv, group, n_seq, n_seq), dtype=q.dtype)
     mask = causal_mask(n_seq, window)
-    for start, stop, lo in attention_blocks(n_seq, window):
-        pattern_rows(q, k_T, scale, softcap, mask, start, stop, lo,
-                     out=pattern[..., start:stop, lo:stop])
-    return pattern
+    q_buf = np.empty((*lead, n_kv, group * block, d_head), dtype=q.dtype)
+    scores_buf = np.empty((*lead, n_kv, group * block, n_seq), dtype=q.dtype)
+    for start, stop, lo in attention_blocks(n_seq, window, block):
+        rows = stop - start
+        q_g = grouped_queries(q, start, stop, group, scale, q_buf[..., :group * rows, :])
+        rows_g = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window,
+                              out=scores_buf[..., :group * rows, :stop - lo])
+        pattern[..., start:stop, lo:stop] = rows_g.reshape(*lead, n_kv, group, rows, stop - lo)
+    return pattern.reshape(*lead, n_heads, n_seq, n_seq)
 
 
-def keys_T(k: np.ndarray, group: int) -> np.ndarray:
-    """k^T per query head, as a contiguous copy (about 2x faster in the score products than a view).
+class Layer:
+    """The arrays of one layer's pass, made by the caller's thread before the workers fill their
+    rows: the values a trace can keep (recycled memory, ``rec.empty``), and the keys and values
+    in the layouts attention reads."""
 
-    [n_seq, n_kv_heads, d_head] -> [n_heads, d_head, n_seq]
-    """
-    return np.ascontiguousarray(np.moveaxis(ops.gqa_repeat(k, group), -3, -1))
+    def __init__(self, lead: tuple, n_seq: int, cfg: ModelConfig, dtype, rec: Recorder,
+                 resid_pre: np.ndarray):
+        n_heads, n_kv, d_head, d_model = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+
+        def new(*shape):
+            return rec.empty((*lead, *shape), dtype)
+        self.resid_pre = resid_pre                                     # [n_seq, d_model]
+        self.scale_ln1, self.scale_ln2 = new(n_seq, 1), new(n_seq, 1)
+        self.q = new(n_seq, n_heads, d_head)
+        self.k, self.v = new(n_seq, n_kv, d_head), new(n_seq, n_kv, d_head)
+        self.k_T, self.v_g = new(n_kv, d_head, n_seq), new(n_kv, n_seq, d_head)
+        self.z = new(n_seq, n_heads, d_head)
+        self.attn_out, self.resid_mid = new(n_seq, d_model), new(n_seq, d_model)
+        self.mlp_post = new(n_seq, cfg.d_mlp)
+        self.mlp_out, self.resid_post = new(n_seq, d_model), new(n_seq, d_model)
+        if cfg.sandwich_norms:
+            self.scale_ln1_post, self.scale_ln2_post = new(n_seq, 1), new(n_seq, 1)
+
+    def record(self, rec: Recorder, l: int, cfg: ModelConfig, mask_window: tuple) -> None:
+        for name in ("resid_pre", "scale_ln1", "q", "k", "v", "z", "attn_out", "resid_mid",
+                     "scale_ln2", "mlp_post", "mlp_out", "resid_post"):
+            rec(name, l, getattr(self, name))
+        if cfg.sandwich_norms:
+            rec("scale_ln1_post", l, self.scale_ln1_post)
+            rec("scale_ln2_post", l, self.scale_ln2_post)
+        # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it
+        rec.derived("pattern", l, attention_pattern, (self.q, self.k), *mask_window)
 
 
-def recorded_pattern(q: np.ndarray, k: np.ndarray, group: int, scale: np.floating,
-                     softcap: float | None, window: int | None) -> np.ndarray:
-    """The attention pattern from a trace's q [n_seq, n_heads, d_head] and
-    k [n_seq, n_kv_heads, d_head], in the same layouts and blocks as the forward pass.
-    -> [n_heads, n_seq(q), n_seq(k)]"""
-    return attention_pattern(np.swapaxes(q, -3, -2), keys_T(k, group), scale, softcap, window)
-
-
-def split_heads(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, n_heads: int, d_head: int,
-                out: np.ndarray | None = None) -> np.ndarray:
-    """x W + b, one d_head slice per head, into out if given.
-    [n_seq, d_model] -> [n_seq, n_heads, d_head]"""
-    flat_out = None if out is None else out.reshape(*out.shape[:-2], n_heads * d_head)
-    return linear(x, W, b, flat_out).reshape(*x.shape[:-1], n_heads, d_head)
-
-
-def attention(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
-              rec: Recorder, l: int, mask: np.ndarray) -> np.ndarray:
-    """Multi-head causal self-attention.  [n_seq, d_model] -> [n_seq, d_model]
-
-    (``rec.empty(shape, dtype)`` is memory that the model recycles; see Recorder.empty.
-    ``mask``: causal_mask(n_seq, layer l's window), built once per forward pass.)
-    """
-    *lead, n_seq, _ = x.shape
-    n_heads, n_kv_heads, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    q = split_heads(x, w.W_Q, w.b_Q, n_heads, d_head,
-                    rec.empty((*lead, n_seq, n_heads, d_head), x.dtype))
-    k = split_heads(x, w.W_K, w.b_K, n_kv_heads, d_head,
-                    rec.empty((*lead, n_seq, n_kv_heads, d_head), x.dtype))
-    v = split_heads(x, w.W_V, w.b_V, n_kv_heads, d_head,
-                    rec.empty((*lead, n_seq, n_kv_heads, d_head), x.dtype))
+def begin_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig,
+                rope: tuple | None) -> None:
+    """Layer t's first norm, q, k and v (RoPE applied), at rows ``rows``."""
+    n_heads, n_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    x = t.resid_pre[..., rows, :]                                      # [rows, d_model]
+    normed, t.scale_ln1[..., rows, :] = norm(x, w.ln1_w, w.ln1_b, cfg)
+    q, k, v = (t.q[..., rows, :, :], t.k[..., rows, :, :], t.v[..., rows, :, :])
+    for out, W, b, heads in ((q, w.W_Q, w.b_Q, n_heads), (k, w.W_K, w.b_K, n_kv),
+                             (v, w.W_V, w.b_V, n_kv)):
+        out[...] = linear(normed, W, b).reshape(*normed.shape[:-1], heads, d_head)
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE (in place)
         kernels.normalize(q, w.q_norm_w, None, "rmsnorm", cfg.norm_eps, out=q)
         kernels.normalize(k, w.k_norm_w, None, "rmsnorm", cfg.norm_eps, out=k)
     if rope is not None:  # rotated in place
-        kernels.apply_rope(q, *rope, out=q)
-        kernels.apply_rope(k, *rope, out=k)
-    rec("q", l, q)                                    # [n_seq, n_heads, d_head]
-    rec("k", l, k)                                    # [n_seq, n_kv_heads, d_head]
-    rec("v", l, v)                                    # [n_seq, n_kv_heads, d_head]
-
-    group = n_heads // n_kv_heads
-    scale = x.dtype.type(cfg.attn_scale)
-    window = cfg.layer_windows[l]
-    q_heads = np.swapaxes(q, -3, -2)                           # [n_heads, n_seq, d_head]
-    v_heads = np.swapaxes(ops.gqa_repeat(v, group), -3, -2)    # [n_heads, n_seq, d_head]
-    z = causal_attention(q_heads, keys_T(k, group), v_heads, scale, cfg.attn_softcap, window,
-                         out=rec.empty((*lead, n_seq, n_heads, d_head), x.dtype), mask=mask)
-    # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it.
-    rec.derived("pattern", l, recorded_pattern, (q, k), group, scale, cfg.attn_softcap, window)
-    rec("z", l, z)                                             # [n_seq, n_heads, d_head]
-    # [n_seq, d_model]
-    return linear(z.reshape(*lead, n_seq, n_heads * d_head), w.W_O, w.b_O,
-                  rec.empty(x.shape, x.dtype))
+        cos, sin = rope[0][rows], rope[1][rows]
+        kernels.apply_rope(q, cos, sin, out=q)
+        kernels.apply_rope(k, cos, sin, out=k)
+    t.k_T[..., rows] = np.moveaxis(k, -3, -1)                         # [n_kv, d_head, rows]
+    t.v_g[..., rows, :] = np.swapaxes(v, -3, -2)                      # [n_kv, rows, d_head]
 
 
-def mlp(x: np.ndarray, w: LayerParams, cfg: ModelConfig, rec: Recorder, l: int) -> np.ndarray:
-    """act(x W_in + b_in) W_out + b_out, or the gated form act(x W_gate) * (x W_in).
-    [n_seq, d_model] -> same"""
-    act = kernels.ACTIVATIONS[cfg.act]
-    up = linear(x, w.W_in, w.b_in)                  # [n_seq, d_mlp]: the linear (up) branch
-    out = rec.empty(up.shape, up.dtype)
-    if cfg.gated_mlp:
-        mlp_post = np.multiply(act(linear(x, w.W_gate, w.b_gate)), up, out=out)
-    else:
-        mlp_post = act(up, out=out)
-    rec("mlp_post", l, mlp_post)
-    return linear(mlp_post, w.W_out, w.b_out, rec.empty(x.shape, x.dtype))     # [n_seq, d_model]
-
-
-def block(resid_pre: np.ndarray, w: LayerParams, cfg: ModelConfig, rope: tuple | None,
-          rec: Recorder, l: int, mask: np.ndarray) -> np.ndarray:
-    """One transformer block.  [n_seq, d_model] -> [n_seq, d_model]"""
-    shape, dtype = resid_pre.shape, resid_pre.dtype
-    rec("resid_pre", l, resid_pre)
-    normed, scale_ln1 = norm(resid_pre, w.ln1_w, w.ln1_b, cfg)
-    rec("scale_ln1", l, scale_ln1)
-    attn_out = attention(normed, w, cfg, rope, rec, l, mask)
+def end_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig) -> np.ndarray:
+    """Layer t from attention's z to resid_post, at rows ``rows``.  -> resid_post's rows"""
+    z = t.z[..., rows, :, :]
+    z = z.reshape(*z.shape[:-2], cfg.n_heads * cfg.d_head)
+    attn_out = linear(z, w.W_O, w.b_O)
     if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
-        attn_out, scale_ln1_post = norm(attn_out, w.ln1_post_w, None, cfg,
-                                        out=rec.empty(shape, dtype))
-        rec("scale_ln1_post", l, scale_ln1_post)
-    resid_mid = np.add(resid_pre, attn_out, out=rec.empty(shape, dtype))
+        attn_out, t.scale_ln1_post[..., rows, :] = norm(attn_out, w.ln1_post_w, None, cfg,
+                                                        out=attn_out)
+    t.attn_out[..., rows, :] = attn_out
+    resid_pre, resid_mid = t.resid_pre[..., rows, :], t.resid_mid[..., rows, :]
+    np.add(resid_pre, attn_out, out=resid_mid)
     # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
-    normed, scale_ln2 = norm(resid_pre if cfg.parallel_residual else resid_mid, w.ln2_w, w.ln2_b,
-                             cfg)
-    rec("scale_ln2", l, scale_ln2)
-    mlp_out = mlp(normed, w, cfg, rec, l)
+    normed, t.scale_ln2[..., rows, :] = norm(resid_pre if cfg.parallel_residual else resid_mid,
+                                             w.ln2_w, w.ln2_b, cfg)
+    act = kernels.ACTIVATIONS[cfg.act]
+    mlp_post = t.mlp_post[..., rows, :]                            # [rows, d_mlp]
+    if cfg.gated_mlp:
+        if w.W_gate_in is not None:                 # both branches in one product
+            both = linear(normed, w.W_gate_in, None)                   # [rows, 2 d_mlp]
+            gate, up = both[..., :cfg.d_mlp], both[..., cfg.d_mlp:]
+            if w.b_gate is not None:
+                gate += w.b_gate
+                up += w.b_in
+        else:
+            gate, up = linear(normed, w.W_gate, w.b_gate), linear(normed, w.W_in, w.b_in)
+        act(gate, out=mlp_post)
+        mlp_post *= up
+    else:
+        act(linear(normed, w.W_in, w.b_in), out=mlp_post)
+    mlp_out = linear(mlp_post, w.W_out, w.b_out)
     if cfg.sandwich_norms:
-        mlp_out, scale_ln2_post = norm(mlp_out, w.ln2_post_w, None, cfg,
-                                       out=rec.empty(shape, dtype))
-        rec("scale_ln2_post", l, scale_ln2_post)
-    resid_post = np.add(resid_mid, mlp_out, out=rec.empty(shape, dtype))
-    rec("attn_out", l, attn_out)
-    rec("resid_mid", l, resid_mid)
-    rec("mlp_out", l, mlp_out)
-    rec("resid_post", l, resid_post)
-    return resid_post
+        mlp_out, t.scale_ln2_post[..., rows, :] = norm(mlp_out, w.ln2_post_w, None, cfg,
+                                                       out=mlp_out)
+    t.mlp_out[..., rows, :] = mlp_out
+    return np.add(resid_mid, mlp_out, out=t.resid_post[..., rows, :])
 
 
 def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
@@ -252,8 +276,17 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     """Token ids -> logits, recording the stream.  [n_seq] int -> [n_seq, d_vocab]
 
     ``read``: the positions whose logits are computed, as in forward.py (``slice(0, 0)``: none;
-    the tuned lens's fit reads only the stream)."""
-    n_seq = ids.shape[-1]
+    the tuned lens's fit reads only the stream).
+
+    The work of each layer is shared among workers (fast/workers.py: one thread per core, BLAS at
+    one thread in each): attention by blocks of queries dealt out so that each worker's blocks
+    cost about the same, everything else by contiguous rows. So a layer is two rounds:
+    1. attention: each worker computes z at its query blocks (reading every row's k and v);
+    2. each worker takes its rows from z through W_O, the MLP and the residual adds to resid_post,
+       then on into the next layer's norm, q, k, v and RoPE.
+    """
+    *lead, n_seq = ids.shape
+    lead = tuple(lead)
     embed = g.W_E[ids]                                                 # [n_seq, d_model]
     if cfg.embed_scale != 1:
         # Gemma: times sqrt(d_model), rounded to the compute dtype first, as transformers does
@@ -265,22 +298,52 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
         pos_embed = np.broadcast_to(g.W_pos[:n_seq], embed.shape)      # [n_seq, d_model]
         rec("pos_embed", None, pos_embed)
         x = embed + pos_embed
-    rope = ops.rope_tables(cfg.rope, n_seq, x.dtype) if cfg.positional == "rope" else None
+    dtype = x.dtype
+    rope = ops.rope_tables(cfg.rope, n_seq, dtype) if cfg.positional == "rope" else None
     # One causal mask per distinct sliding window, shared by the layers that have it.
     masks = {window: causal_mask(n_seq, window) for window in set(cfg.layer_windows)}
-    for l in range(cfg.n_layers):
-        x = block(x, layers[l], cfg, rope, rec, l, masks[cfg.layer_windows[l]])
+
+    n_rows = int(np.prod(lead, dtype=np.int64)) * n_seq
+    n = min(workers.n_workers(), n_seq) if n_rows * cfg.d_model >= WORKER_MIN_NUMBERS else 1
+    rows = workers.shares(n_seq, n)
+    block = block_size(n_seq, n)
+    group, scale = cfg.n_heads // cfg.n_kv_heads, dtype.type(cfg.attn_scale)
+    dealt = {}                                       # window -> each worker's query blocks
+    for window in masks:
+        blocks = list(attention_blocks(n_seq, window, block))
+        dealt[window] = [[blocks[i] for i in mine] for mine in
+                         workers.balanced([(b - a) * (b - lo) for a, b, lo in blocks], n)]
+
+    L = cfg.n_layers
+    t = Layer(lead, n_seq, cfg, dtype, rec, x)
+    workers.split(lambda w: begin_block(t, rows[w], layers[0], cfg, rope), n)
+    for l in range(L):
+        window = cfg.layer_windows[l]
+        workers.split(lambda w: attend(t.q, t.k_T, t.v_g, t.z, group, scale, cfg.attn_softcap,
+                                       window, masks[window], dealt[window][w]), n)
+        nxt = Layer(lead, n_seq, cfg, dtype, rec, t.resid_post) if l + 1 < L else None
+
+        def finish(w: int, t=t, l=l, nxt=nxt) -> None:
+            end_block(t, rows[w], layers[l], cfg)
+            if nxt is not None:
+                begin_block(nxt, rows[w], layers[l + 1], cfg, rope)
+        workers.split(finish, n)
+        t.record(rec, l, cfg, (group, scale, cfg.attn_softcap, window, block))
+        if nxt is not None:
+            t = nxt
+    x = t.resid_post
     rec("resid_final", None, x)
     x = x[..., read, :]
     normalized, scale_final = norm(x, g.lnf_w, g.lnf_b, cfg, out=rec.empty(x.shape, x.dtype))
     rec("scale_final", None, scale_final)
     rec("normalized", None, normalized)
     # [n_seq, d_vocab]
-    logits = linear(normalized, g.W_U, g.b_U, rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype))
+    logits = rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype)
+    pieces = workers.shares(x.shape[-2], min(n, x.shape[-2]) or 1)
+    workers.split(lambda w: linear(normalized[..., pieces[w], :], g.W_U, g.b_U,
+                                   logits[..., pieces[w], :]), len(pieces))
     # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
     if cfg.final_softcap:
         rec("logits_precap", None, logits)
         logits = ops.softcap(logits, cfg.final_softcap)
     return logits
-
-

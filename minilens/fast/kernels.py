@@ -69,8 +69,14 @@ def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def silu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """x / (1 + exp(-x)), into out."""
-    return np.divide(x, 1.0 + np.exp(-x), out=out)
+    """x / (1 + exp(-x)), into out, which holds the denominator on the way: no temporaries, unless
+    out is x itself."""
+    if out is None or np.may_share_memory(out, x):
+        return np.divide(x, 1.0 + np.exp(-x), out=out)
+    np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    return np.divide(x, out, out=out)
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -21,13 +21,13 @@ class PooledRecorder(Recorder):
         if pool is not None:
             pool.begin_run()                            # one recorder per forward pass
 
-    def empty(self, shape: tuple, dtype) -> np.ndarray | None:
+    def empty(self, shape: tuple, dtype) -> np.ndarray:
         """Memory from the model's pool (memory.py) for the forward pass to write one of its values
-        into: the ones a trace can keep, and the output of W_O, W_out and a Gemma 2 post-norm (None,
-        meaning a fresh array, when there is no pool). It goes back to the pool when the value is
-        dropped: with the trace if the trace keeps it, else as soon as the forward pass is done with
-        it. So ``model(ids)``, which keeps only the logits, recycles its memory too."""
-        return None if self.pool is None else self.pool.empty(shape, dtype)
+        into: every value a trace can keep, and the keys and values in attention's layouts. It goes
+        back to the pool when the value is dropped: with the trace if the trace keeps it, else as
+        soon as the forward pass is done with it. So ``model(ids)``, which keeps only the logits,
+        recycles its memory too. Without a pool (``model.pool = None``), fresh memory."""
+        return np.empty(shape, dtype) if self.pool is None else self.pool.empty(shape, dtype)
 
     def derived(self, name: str, layer: int | None, fn, arrays: tuple, *args) -> None:
         """Record ``fn(*arrays, *args)`` without computing it now: the trace computes it when
