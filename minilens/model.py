@@ -7,6 +7,7 @@ reordered for speed; the default). ``Model.run`` chooses between them in one pla
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import warnings
 import weakref
@@ -53,6 +54,7 @@ class Model:
         self.dtype = np.dtype(dtype)
         self.tokenizer = tokenizer
         self.tokenizer_problem: str | None = None   # why a GGUF file's tokenizer could not be built
+        self._make_tokenizer = None                 # set by load() for a GGUF file: see tokenizer
         self.checkpoint = None                      # set by load(): the stored tensors by name
         self.folder = folder
         self.files = files
@@ -67,6 +69,23 @@ class Model:
                 f"d_vocab={c.d_vocab}, dtype={self.dtype.name}, from {self.folder})")
 
     # ---- tokens ---------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, or None. A GGUF file's is built from its vocabulary and merges
+        on first use, not at load: a model that only ever sees token ids never builds it. If it
+        cannot be built, this is None and ``tokenizer_problem`` says why."""
+        if self._make_tokenizer is not None:
+            make, self._make_tokenizer = self._make_tokenizer, None
+            try:
+                self._tokenizer = make()
+            except CheckpointError as e:  # an uncovered tokenizer type: the model runs on ids
+                self._tokenizer, self.tokenizer_problem = None, str(e)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tokenizer: Tokenizer | None) -> None:
+        self._tokenizer, self._make_tokenizer = tokenizer, None
+
     def _need_tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             if self.tokenizer_problem:  # a GGUF file whose tokenizer minilens cannot build
@@ -478,18 +497,14 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False,
     if cache_layers is None:
         cache_layers = ckpt.layer_elements(cfg) * dtype.itemsize <= CACHE_LAYERS_MAX_BYTES
     layers = LazyLayers(ckpt, cfg, dtype, cache=cache_layers)
-    tokenizer_problem = None
-    if gguf_path is not None:
-        try:
-            tokenizer = gguf_tokenizer(ckpt.gguf)
-        except CheckpointError as e:  # an uncovered tokenizer type: the model still runs on ids
-            tokenizer, tokenizer_problem = None, str(e)
-    else:
+    tokenizer = None
+    if gguf_path is None:
         tok_path = folder / "tokenizer.json"
         tokenizer = (Tokenizer(tok_path, cfg.bos_token_id, cfg.prepend_bos) if tok_path.is_file()
                      else None)
     model = Model(cfg, params, layers, dtype, tokenizer, folder, tuple(files))
-    model.tokenizer_problem = tokenizer_problem
+    if gguf_path is not None:                       # built on first use (Model.tokenizer)
+        model._make_tokenizer = functools.partial(gguf_tokenizer, ckpt.gguf)
     model.checkpoint = ckpt             # the stored tensors, by name (their dtypes, files, shapes)
     model.fast = bool(fast)
     _OPEN.add(model)

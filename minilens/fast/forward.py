@@ -315,22 +315,25 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
                          workers.balanced([(b - a) * (b - lo) for a, b, lo in blocks], n)]
 
     L = cfg.n_layers
-    t = Layer(lead, n_seq, cfg, dtype, rec, x)
-    workers.split(lambda w: begin_block(t, rows[w], layers[0], cfg, rope), n)
+    t, params = Layer(lead, n_seq, cfg, dtype, rec, x), layers[0]
+    workers.split(lambda w: begin_block(t, rows[w], params, cfg, rope), n)
     for l in range(L):
         window = cfg.layer_windows[l]
         workers.split(lambda w: attend(t.q, t.k_T, t.v_g, t.z, group, scale, cfg.attn_softcap,
                                        window, masks[window], dealt[window][w]), n)
-        nxt = Layer(lead, n_seq, cfg, dtype, rec, t.resid_post) if l + 1 < L else None
+        # The next layer's weights are fetched here, in this thread: a layer widened on first use
+        # is widened once (LazyLayers is not for several threads at once).
+        nxt, nxt_params = ((Layer(lead, n_seq, cfg, dtype, rec, t.resid_post), layers[l + 1])
+                           if l + 1 < L else (None, None))
 
-        def finish(w: int, t=t, l=l, nxt=nxt) -> None:
-            end_block(t, rows[w], layers[l], cfg)
+        def finish(w: int, t=t, params=params, nxt=nxt, nxt_params=nxt_params) -> None:
+            end_block(t, rows[w], params, cfg)
             if nxt is not None:
-                begin_block(nxt, rows[w], layers[l + 1], cfg, rope)
+                begin_block(nxt, rows[w], nxt_params, cfg, rope)
         workers.split(finish, n)
         t.record(rec, l, cfg, (group, scale, cfg.attn_softcap, window, block))
         if nxt is not None:
-            t = nxt
+            t, params = nxt, nxt_params
     x = t.resid_post
     rec("resid_final", None, x)
     x = x[..., read, :]

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
+from ..fast import workers
 from .quants import QuantType, dequantize, quant_type
 
 MAGIC = b"GGUF"
@@ -43,6 +44,7 @@ VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                 # GGML_MAX_DIMS
 DEQUANTIZE_PIECE = 1 << 24   # weights dequantized at a time (GGUFFile.dequantize)
+PARALLEL_WEIGHTS = 1 << 16   # a tensor this large is dequantized by all the workers
 MAX_STRING_BYTES = 1 << 24   # a key or a string value; the longest real ones are chat templates
                              # (~10 KB)
 
@@ -101,21 +103,28 @@ class GGUFFile:
     def dequantize(self, name: str) -> np.ndarray:
         """One tensor as float32 numbers, in its numpy shape (a new array).
 
-        A large tensor is dequantized DEQUANTIZE_PIECE weights at a time into the one result: the
-        unpacking's temporaries (a few bytes per weight) then stay a few tens of MB, where for an
-        8B model's 525M-weight embedding they would add gigabytes to the peak (issue 19).
+        A large tensor is dequantized in pieces of at most DEQUANTIZE_PIECE weights, written into
+        the one result: the unpacking's temporaries (a few bytes per weight) then stay a few tens
+        of MB, where for an 8B model's 525M-weight embedding they would add gigabytes to the peak
+        (issue 19). A tensor of PARALLEL_WEIGHTS weights or more is cut into at least one piece
+        per worker, and the workers (fast/workers.py) dequantize the pieces side by side.
         """
         t = self.tensors[name]
         n, raw = math.prod(t.shape), self.raw(name)
-        if n <= DEQUANTIZE_PIECE:
+        n_workers = workers.n_workers() if n >= PARALLEL_WEIGHTS else 1
+        if n <= DEQUANTIZE_PIECE and n_workers == 1:
             return dequantize(raw, t.type_id, n).reshape(t.shape)
         out = np.empty(n, dtype=np.float32)
-        blocks = max(1, DEQUANTIZE_PIECE // t.qtype.block_size)       # blocks per piece
-        piece_bytes, piece_weights = blocks * t.qtype.type_size, blocks * t.qtype.block_size
-        for i, start in enumerate(range(0, raw.size, piece_bytes)):
-            piece = raw[start:start + piece_bytes]
-            m = piece.size // t.qtype.type_size * t.qtype.block_size
-            out[i * piece_weights:i * piece_weights + m] = dequantize(piece, t.type_id, m)
+        n_blocks = n // t.qtype.block_size
+        n_pieces = max(n_workers, -(-n // DEQUANTIZE_PIECE))
+        bounds = [n_blocks * i // n_pieces for i in range(n_pieces + 1)]    # in blocks
+
+        def work(w: int) -> None:
+            for a, b in zip(bounds[w:-1:n_workers], bounds[w + 1::n_workers]):
+                weights = slice(a * t.qtype.block_size, b * t.qtype.block_size)
+                piece = raw[a * t.qtype.type_size:b * t.qtype.type_size]
+                out[weights] = dequantize(piece, t.type_id, weights.stop - weights.start)
+        workers.split(work, n_workers)
         return out.reshape(t.shape)
 
     def __repr__(self) -> str:
