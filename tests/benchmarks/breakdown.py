@@ -1,8 +1,8 @@
 """Where a forward pass's time goes, by operation (issue 6).
 
 Wraps the fast forward pass's ``linear`` (the GEMMs, their bias adds and output allocations; the
-unembedding included), ``causal_attention`` and ``norm`` (all in minilens.fast.forward, the default
-pass since the readable-forward split) with timers, runs GPT-2-small at 512 tokens 5 times
+unembedding included), ``attend`` and ``norm`` (all in minilens.fast.forward, the default pass
+since the readable-forward split) with timers, runs GPT-2-small at 512 tokens 5 times
 (--seq, --repeats), and prints the mean time of each part and the rest (GELU, residual adds,
 copies, page faults outside these functions). Two process states, each in this process: ``fresh``
 (load, run) and ``--widened`` (every layer widened before the first run, which leaves glibc's
@@ -15,6 +15,8 @@ residual adds and the page faults of its fresh arrays. ``--model llama`` uses Ll
 ``--model smollm2`` the fetched SmolLM2 GGUF. The fast pass's RoPE and MLP activation (SiLU or
 GELU, without the gate product) are timed too.
 ``--clock cpu`` times this process's CPU time (for a machine shared with other jobs, at 1 thread).
+The fast pass runs in one worker here (MINILENS_WORKERS=1, fast/workers.py): with several, the
+timed functions run in several threads at once and their times would add up past the wall clock.
 
 Run by hand:  python tests/benchmarks/breakdown.py [--widened] [--threads 2] [--seq N] [--repeats N]
               python tests/benchmarks/breakdown.py --textbook --seq 1024 --threads 1 --clock cpu
@@ -23,6 +25,7 @@ Run by hand:  python tests/benchmarks/breakdown.py [--widened] [--threads 2] [--
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +50,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = ap.parse_args()
     harness.pin_threads(args.threads)
+    os.environ["MINILENS_WORKERS"] = "1"            # read when minilens.fast.workers is imported
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     import minilens as ml
 
@@ -80,7 +84,7 @@ def main() -> None:
         # forward.mlp looks its activation up in the module's ACTIVATIONS: a wrapped copy
         M.ACTIVATIONS = {k: wrap(f, "activation") for k, f in M.ACTIVATIONS.items()}
     else:
-        timed("causal_attention", "attention")
+        timed("attend", "attention")
         from minilens.fast import kernels
         if model.cfg.positional == "rope":
             setattr(kernels, "apply_rope", wrap(kernels.apply_rope, "rope"))
