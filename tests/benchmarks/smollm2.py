@@ -98,8 +98,8 @@ def max_rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------
 
 def section_accuracy(args, path: Path, model, hf: dict, checks: list):
-    """The logits against transformers' (tolerance 1e-4 of each position's scale), and, to show how large
-    float32's own noise is on this model, everything against minilens in float64."""
+    """The logits against transformers' (tolerance 1e-4 of each position's scale), and, to show
+    how large float32's own noise is on this model, everything against minilens in float64."""
     import minilens as ml
     ref64 = ml.load(path, dtype=np.float64)
     for n_seq in args.seq:
