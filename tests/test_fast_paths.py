@@ -191,3 +191,27 @@ def test_the_activation_names_are_one_list():
     assert set(ops.ACTIVATIONS) == set(kernels.ACTIVATIONS) == set(ACTIVATION_NAMES), (
         "config.ACTIVATION_NAMES, ops.ACTIVATIONS and fast.kernels.ACTIVATIONS "
         "must name the same activations")
+
+
+@pytest.mark.parametrize("n_batch", [1, 2, 5])
+def test_workers_by_rows_and_by_sequences_equal_one_worker(gpt2, monkeypatch, n_batch):
+    """Two workers share one sequence by rows and query blocks, and a batch of at least two
+    sequences by sequences (fast/forward.py). Every key of every sequence must equal one
+    worker's, to rounding (float64). A worker given another's rows or sequences, or a share left
+    undone, shows as an O(1) difference or as NaN (the pool's memory is not zeroed)."""
+    m = ml.load(gpt2, dtype=np.float64)
+    ids = np.random.default_rng(n_batch).integers(0, 257, (n_batch, 37))
+    monkeypatch.setattr(model.workers, "n_workers", lambda: 1)
+    one = m.run_batch(ids)
+    monkeypatch.setattr(model.workers, "n_workers", lambda: 2)
+    monkeypatch.setattr(model, "WORKER_MIN_NUMBERS", 0)
+    monkeypatch.setattr(model, "ATTENTION_BLOCK", 4)
+    m.pool = None                   # fresh memory: a share left undone cannot find one's values
+    two = m.run_batch(ids)
+    for b in range(n_batch):
+        np.testing.assert_allclose(two[b].logits, one[b].logits, rtol=1e-12, atol=1e-12,
+                                   err_msg=f"sequence {b}: two workers' logits differ")
+        for key in one[b].keys():
+            ref = np.asarray(one[b][key])
+            err = np.abs(np.asarray(two[b][key]) - ref).max() / max(1.0, np.abs(ref).max())
+            assert err <= 1e-12, f"sequence {b}, {key}: two workers differ from one by {err:.3g}"

@@ -202,6 +202,13 @@ class Layer:
         if cfg.sandwich_norms:
             self.scale_ln1_post, self.scale_ln2_post = new(n_seq, 1), new(n_seq, 1)
 
+    def part(self, batch) -> "Layer":
+        """The same layer restricted to the batch entries ``batch`` (a slice; ``...``: all): views
+        of every array."""
+        part = object.__new__(Layer)
+        vars(part).update({k: v[batch] for k, v in vars(self).items()})
+        return part
+
     def record(self, rec: Recorder, l: int, cfg: ModelConfig, mask_window: tuple) -> None:
         for name in ("resid_pre", "scale_ln1", "q", "k", "v", "z", "attn_out", "resid_mid",
                      "scale_ln2", "mlp_post", "mlp_out", "resid_post"):
@@ -284,6 +291,8 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     1. attention: each worker computes z at its query blocks (reading every row's k and v);
     2. each worker takes its rows from z through W_O, the MLP and the residual adds to resid_post,
        then on into the next layer's norm, q, k, v and RoPE.
+    A batch of at least as many sequences as workers is shared by sequences instead: each worker
+    takes all the rows and blocks of its own sequences, in products over all of their rows.
     """
     *lead, n_seq = ids.shape
     lead = tuple(lead)
@@ -304,32 +313,43 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     masks = {window: causal_mask(n_seq, window) for window in set(cfg.layer_windows)}
 
     n_rows = int(np.prod(lead, dtype=np.int64)) * n_seq
-    n = min(workers.n_workers(), n_seq) if n_rows * cfg.d_model >= WORKER_MIN_NUMBERS else 1
-    rows = workers.shares(n_seq, n)
-    block = block_size(n_seq, n)
+    n = workers.n_workers() if n_rows * cfg.d_model >= WORKER_MIN_NUMBERS else 1
+    by_sequence = len(lead) == 1 and lead[0] >= n > 1
+    if by_sequence:         # worker w: sequences batch[w], all their rows and query blocks
+        batch, rows = workers.shares(lead[0], n), [slice(None)] * n
+        block = block_size(n_seq, 1)
+    else:                   # worker w: rows rows[w] of every sequence, and its query blocks
+        n = min(n, n_seq)
+        batch, rows = [...] * n, workers.shares(n_seq, n)
+        block = block_size(n_seq, n)
     group, scale = cfg.n_heads // cfg.n_kv_heads, dtype.type(cfg.attn_scale)
     dealt = {}                                       # window -> each worker's query blocks
     for window in masks:
         blocks = list(attention_blocks(n_seq, window, block))
-        dealt[window] = [[blocks[i] for i in mine] for mine in
-                         workers.balanced([(b - a) * (b - lo) for a, b, lo in blocks], n)]
+        dealt[window] = ([blocks] * n if by_sequence else
+                         [[blocks[i] for i in mine] for mine in
+                          workers.balanced([(b - a) * (b - lo) for a, b, lo in blocks], n)])
 
     L = cfg.n_layers
     t, params = Layer(lead, n_seq, cfg, dtype, rec, x), layers[0]
-    workers.split(lambda w: begin_block(t, rows[w], params, cfg, rope), n)
+    workers.split(lambda w: begin_block(t.part(batch[w]), rows[w], params, cfg, rope), n)
     for l in range(L):
         window = cfg.layer_windows[l]
-        workers.split(lambda w: attend(t.q, t.k_T, t.v_g, t.z, group, scale, cfg.attn_softcap,
-                                       window, masks[window], dealt[window][w]), n)
+
+        def attention(w: int, t=t, window=window) -> None:
+            mine = t.part(batch[w])
+            attend(mine.q, mine.k_T, mine.v_g, mine.z, group, scale, cfg.attn_softcap, window,
+                   masks[window], dealt[window][w])
+        workers.split(attention, n)
         # The next layer's weights are fetched here, in this thread: a layer widened on first use
         # is widened once (LazyLayers is not for several threads at once).
         nxt, nxt_params = ((Layer(lead, n_seq, cfg, dtype, rec, t.resid_post), layers[l + 1])
                            if l + 1 < L else (None, None))
 
         def finish(w: int, t=t, params=params, nxt=nxt, nxt_params=nxt_params) -> None:
-            end_block(t, rows[w], params, cfg)
+            end_block(t.part(batch[w]), rows[w], params, cfg)
             if nxt is not None:
-                begin_block(nxt, rows[w], nxt_params, cfg, rope)
+                begin_block(nxt.part(batch[w]), rows[w], nxt_params, cfg, rope)
         workers.split(finish, n)
         t.record(rec, l, cfg, (group, scale, cfg.attn_softcap, window, block))
         if nxt is not None:
@@ -342,9 +362,13 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     rec("normalized", None, normalized)
     # [n_seq, d_vocab]
     logits = rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype)
-    pieces = workers.shares(x.shape[-2], min(n, x.shape[-2]) or 1)
-    workers.split(lambda w: linear(normalized[..., pieces[w], :], g.W_U, g.b_U,
-                                   logits[..., pieces[w], :]), len(pieces))
+    if by_sequence:
+        pieces = [(b, slice(None)) for b in batch]
+    else:
+        pieces = [(..., r, slice(None))
+                  for r in workers.shares(x.shape[-2], min(n, x.shape[-2]) or 1)]
+    workers.split(lambda w: linear(normalized[pieces[w]], g.W_U, g.b_U, logits[pieces[w]]),
+                  len(pieces))
     # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
     if cfg.final_softcap:
         rec("logits_precap", None, logits)
