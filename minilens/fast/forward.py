@@ -4,13 +4,17 @@ speed.
 minilens's forward pass is forward.py; read that one. This file computes the same trace, and is
 what ``Model.run`` uses by default (``model.fast = False`` switches to forward.py). It differs in
 how, never in what:
+- the work shared among the cores (workers.py): each layer in two rounds, attention by blocks of
+  queries, then everything else by rows (``forward``'s docstring);
 - blocked causal attention: queries ATTENTION_BLOCK at a time, each block skipping the keys the
-  causal mask would zero, one reused scratch buffer; the pattern is not kept but derived from the
-  recorded q and k when a trace first reads it (by the same blocks, so bit for bit the one used);
-- in-place kernels (kernels.py) and ``out=`` everywhere, so that no activation-sized temporaries
-  are allocated;
+  causal mask would zero, one reused scratch buffer, each kv head's keys multiplied by all of its
+  group's queries at once; the pattern is not kept but derived from the recorded q and k when a
+  trace first reads it (by the same blocks, so bit for bit the one used);
+- in-place kernels (kernels.py) and ``out=`` where it saves a temporary the size of the
+  activations;
 - every value written into memory the model recycles (``rec.empty``: memory.py's ArrayPool).
-tests/test_fast_paths.py checks that every recorded key equals forward.py's, for every family.
+tests/test_fast_paths.py and tests/test_properties.py check that every recorded key equals
+forward.py's, for every family, in one worker and in several.
 
 Shapes: ``n_seq`` tokens, ``d_model`` wide. ``run_batch`` adds a leading batch axis to the same
 arrays; the functions below let that axis ride along (``...``).

@@ -64,6 +64,7 @@ _lock = threading.Lock()
 _pinned = 0                 # how many callers are inside ``split`` now
 _saved_threads = 1          # BLAS's thread count before the first of them came in
 _pool: ThreadPoolExecutor | None = None
+_PREFIX = "minilens-worker"
 
 
 def _after_fork() -> None:
@@ -105,9 +106,15 @@ def split(work: Callable[[int], None], n: int) -> None:
     if n <= 1:
         work(0)
         return
+    if threading.current_thread().name.startswith(_PREFIX):
+        # Called from inside a worker: its own thread is the one the others would wait for, so
+        # the shares run here, one after another.
+        for i in range(n):
+            work(i)
+        return
     with _lock:
         if _pool is None or _pool._max_workers < n - 1:
-            _pool = ThreadPoolExecutor(n - 1, thread_name_prefix="minilens-worker")
+            _pool = ThreadPoolExecutor(n - 1, thread_name_prefix=_PREFIX)
         pool = _pool
     _pin(True)
     try:
