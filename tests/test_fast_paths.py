@@ -63,7 +63,7 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
     trace's."""
     from factories import make_llama
     monkeypatch.setattr(model, "ATTENTION_BLOCK", 8)
-    monkeypatch.setattr(model, "WORKER_MIN_NUMBERS", 1 << 40)     # one worker: blocks of 8
+    monkeypatch.setattr(model, "WORKER_MIN_ROWS", 1 << 40)        # one worker: blocks of 8
     folder, _ = make_llama(tmp_path, n_layers=2, n_kv_heads=2)
     m = ml.load(folder, dtype=dtype)
     used = []                                   # (start, stop, lo, rows): 3 blocks per layer
@@ -204,7 +204,7 @@ def test_workers_by_rows_and_by_sequences_equal_one_worker(gpt2, monkeypatch, n_
     monkeypatch.setattr(model.workers, "n_workers", lambda: 1)
     one = m.run_batch(ids)
     monkeypatch.setattr(model.workers, "n_workers", lambda: 2)
-    monkeypatch.setattr(model, "WORKER_MIN_NUMBERS", 0)
+    monkeypatch.setattr(model, "WORKER_MIN_ROWS", 0)
     monkeypatch.setattr(model, "ATTENTION_BLOCK", 4)
     m.pool = None                   # fresh memory: a share left undone cannot find one's values
     two = m.run_batch(ids)

@@ -221,13 +221,13 @@ FAMILIES = sorted(FAMILY_READERS)
 @contextlib.contextmanager
 def forced_workers(n: int):
     """The fast pass and the lens in n workers whatever the size, attention in blocks of 4."""
-    saved = (workers.n_workers, fast_forward.WORKER_MIN_NUMBERS, fast_forward.ATTENTION_BLOCK)
+    saved = (workers.n_workers, fast_forward.WORKER_MIN_ROWS, fast_forward.ATTENTION_BLOCK)
     workers.n_workers = lambda: n
-    fast_forward.WORKER_MIN_NUMBERS, fast_forward.ATTENTION_BLOCK = 0, 4
+    fast_forward.WORKER_MIN_ROWS, fast_forward.ATTENTION_BLOCK = 0, 4
     try:
         yield
     finally:
-        workers.n_workers, fast_forward.WORKER_MIN_NUMBERS, fast_forward.ATTENTION_BLOCK = saved
+        workers.n_workers, fast_forward.WORKER_MIN_ROWS, fast_forward.ATTENTION_BLOCK = saved
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -70,9 +70,12 @@ def causal_mask(n_seq: int, window: int | None = None) -> np.ndarray:
 # With several workers the blocks are smaller, so that they can be dealt out evenly (block_size).
 ATTENTION_BLOCK = 128
 
-# Below this many rows x d_model numbers per forward pass, one worker: the hand-offs between
-# threads (two per layer) would cost more than they save.
-WORKER_MIN_NUMBERS = 1 << 15
+# Each worker takes at least this many rows (tokens, over a batch), or the pass runs in one worker
+# with BLAS threaded as numpy set it. With fewer, every worker streaming all of the weights through
+# its own core, and two hand-offs per layer, cost more than sharing the element-wise passes gains:
+# measured on SmolLM2, GPT-2-small and Llama-small shapes, two workers broke even at about 384
+# tokens and gained from 512 on (tests/benchmarks/README.md, 2026-12-07).
+WORKER_MIN_ROWS = 192
 
 
 def block_size(n_seq: int, n_workers: int) -> int:
@@ -317,7 +320,7 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     masks = {window: causal_mask(n_seq, window) for window in set(cfg.layer_windows)}
 
     n_rows = int(np.prod(lead, dtype=np.int64)) * n_seq
-    n = workers.n_workers() if n_rows * cfg.d_model >= WORKER_MIN_NUMBERS else 1
+    n = max(1, min(workers.n_workers(), n_rows // max(1, WORKER_MIN_ROWS)))
     by_sequence = len(lead) == 1 and lead[0] >= n > 1
     if by_sequence:         # worker w: sequences batch[w], all their rows and query blocks
         batch, rows = workers.shares(lead[0], n), [slice(None)] * n
@@ -366,13 +369,12 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     rec("normalized", None, normalized)
     # [n_seq, d_vocab]
     logits = rec.empty((*x.shape[:-1], cfg.d_vocab), x.dtype)
-    if by_sequence:
-        pieces = [(b, slice(None)) for b in batch]
-    else:
-        pieces = [(..., r, slice(None))
-                  for r in workers.shares(x.shape[-2], min(n, x.shape[-2]) or 1)]
-    workers.split(lambda w: linear(normalized[pieces[w]], g.W_U, g.b_U, logits[pieces[w]]),
-                  len(pieces))
+    # Each worker its share of the vocabulary: it reads only its columns of W_U (rows would have
+    # every worker stream all of it).
+    cols = workers.shares(cfg.d_vocab, n)
+    workers.split(lambda w: linear(normalized, g.W_U[:, cols[w]],
+                                   None if g.b_U is None else g.b_U[cols[w]],
+                                   logits[..., cols[w]]), n)
     # Gemma 2: logits -> cap * tanh(logits / cap); attribution works before the cap
     if cfg.final_softcap:
         rec("logits_precap", None, logits)
