@@ -230,13 +230,13 @@ class Layer:
 def begin_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig,
                 rope: tuple | None) -> None:
     """Layer t's first norm, q, k and v (RoPE applied), at rows ``rows``."""
-    n_heads, n_kv, d_head = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     x = t.resid_pre[..., rows, :]                                      # [rows, d_model]
     normed, t.scale_ln1[..., rows, :] = norm(x, w.ln1_w, w.ln1_b, cfg)
     q, k, v = (t.q[..., rows, :, :], t.k[..., rows, :, :], t.v[..., rows, :, :])
-    for out, W, b, heads in ((q, w.W_Q, w.b_Q, n_heads), (k, w.W_K, w.b_K, n_kv),
-                             (v, w.W_V, w.b_V, n_kv)):
-        out[...] = linear(normed, W, b).reshape(*normed.shape[:-1], heads, d_head)
+    for out, W, b in ((q, w.W_Q, w.b_Q), (k, w.W_K, w.b_K), (v, w.W_V, w.b_V)):
+        # written straight into the recorded array: [rows, heads * d_head] is a view of its
+        # [rows, heads, d_head] (the last two axes are contiguous)
+        linear(normed, W, b, out=out.reshape(*out.shape[:-2], -1))
     if cfg.qk_norm:  # Qwen3: RMSNorm over each head's d_head dims, before RoPE (in place)
         kernels.normalize(q, w.q_norm_w, None, "rmsnorm", cfg.norm_eps, out=q)
         kernels.normalize(k, w.k_norm_w, None, "rmsnorm", cfg.norm_eps, out=k)

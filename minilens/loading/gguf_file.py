@@ -44,7 +44,9 @@ VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4                 # GGML_MAX_DIMS
 DEQUANTIZE_PIECE = 1 << 24   # weights dequantized at a time (GGUFFile.dequantize)
-PARALLEL_WEIGHTS = 1 << 16   # a tensor this large is dequantized by all the workers
+PARALLEL_WEIGHTS = 1 << 22   # a tensor this large is dequantized by all the workers; smaller ones
+                             # one at a time: SmolLM2's layer tensors (0.1M to 0.9M weights) took
+                             # longer split, their fresh output pages faulting in no faster
 MAX_STRING_BYTES = 1 << 24   # a key or a string value; the longest real ones are chat templates
                              # (~10 KB)
 
