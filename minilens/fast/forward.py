@@ -296,8 +296,9 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     one thread in each): attention by blocks of queries dealt out so that each worker's blocks
     cost about the same, everything else by contiguous rows. So a layer is two rounds:
     1. attention: each worker computes z at its query blocks (reading every row's k and v);
-    2. each worker takes its rows from z through W_O, the MLP and the residual adds to resid_post,
-       then on into the next layer's norm, q, k, v and RoPE.
+    2. each worker takes its rows from z through W_O, the MLP and the residual adds to resid_post;
+    and between layers a third, each worker's rows through the next layer's norm, q, k, v and
+    RoPE (after its weights are fetched: one layer's weights at a time).
     A batch of at least as many sequences as workers is shared by sequences instead: each worker
     takes all the rows and blocks of its own sequences, in products over all of their rows.
     """
@@ -343,24 +344,20 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
     for l in range(L):
         window = cfg.layer_windows[l]
 
-        def attention(w: int, t=t, window=window) -> None:
+        def attention(w: int) -> None:
             mine = t.part(batch[w])
             attend(mine.q, mine.k_T, mine.v_g, mine.z, group, scale, cfg.attn_softcap, window,
                    masks[window], dealt[window][w])
         workers.split(attention, n)
-        # The next layer's weights are fetched here, in this thread: a layer widened on first use
-        # is widened once (LazyLayers is not for several threads at once).
-        nxt, nxt_params = ((Layer(lead, n_seq, cfg, dtype, rec, t.resid_post), layers[l + 1])
-                           if l + 1 < L else (None, None))
-
-        def finish(w: int, t=t, params=params, nxt=nxt, nxt_params=nxt_params) -> None:
-            end_block(t.part(batch[w]), rows[w], params, cfg)
-            if nxt is not None:
-                begin_block(nxt.part(batch[w]), rows[w], nxt_params, cfg, rope)
-        workers.split(finish, n)
+        workers.split(lambda w: end_block(t.part(batch[w]), rows[w], params, cfg), n)
         t.record(rec, l, cfg, (group, scale, cfg.attn_softcap, window, block))
-        if nxt is not None:
-            t, params = nxt, nxt_params
+        # Weights are fetched here, in this thread (a layer widened on first use is widened
+        # once), and one layer's at a time: a streamed model (cache_layers=False) holds one
+        # widened layer, never two.
+        del params
+        if l + 1 < L:
+            t, params = Layer(lead, n_seq, cfg, dtype, rec, t.resid_post), layers[l + 1]
+            workers.split(lambda w: begin_block(t.part(batch[w]), rows[w], params, cfg, rope), n)
     x = t.resid_post
     rec("resid_final", None, x)
     x = x[..., read, :]
