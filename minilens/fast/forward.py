@@ -248,15 +248,13 @@ def begin_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig,
     t.v_g[..., rows, :] = np.swapaxes(v, -3, -2)                      # [n_kv, rows, d_head]
 
 
-def end_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig) -> np.ndarray:
-    """Layer t from attention's z to resid_post, at rows ``rows``.  -> resid_post's rows"""
+def end_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig) -> None:
+    """Layer t from attention's z to resid_post, at rows ``rows``."""
     z = t.z[..., rows, :, :]
     z = z.reshape(*z.shape[:-2], cfg.n_heads * cfg.d_head)
-    attn_out = linear(z, w.W_O, w.b_O)
+    attn_out = linear(z, w.W_O, w.b_O, out=t.attn_out[..., rows, :])
     if cfg.sandwich_norms:  # Gemma 2: what attention writes to the stream is the post-norm output
-        attn_out, t.scale_ln1_post[..., rows, :] = norm(attn_out, w.ln1_post_w, None, cfg,
-                                                        out=attn_out)
-    t.attn_out[..., rows, :] = attn_out
+        _, t.scale_ln1_post[..., rows, :] = norm(attn_out, w.ln1_post_w, None, cfg, out=attn_out)
     resid_pre, resid_mid = t.resid_pre[..., rows, :], t.resid_mid[..., rows, :]
     np.add(resid_pre, attn_out, out=resid_mid)
     # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
@@ -277,12 +275,10 @@ def end_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig) -> np.nda
         mlp_post *= up
     else:
         act(linear(normed, w.W_in, w.b_in), out=mlp_post)
-    mlp_out = linear(mlp_post, w.W_out, w.b_out)
+    mlp_out = linear(mlp_post, w.W_out, w.b_out, out=t.mlp_out[..., rows, :])
     if cfg.sandwich_norms:
-        mlp_out, t.scale_ln2_post[..., rows, :] = norm(mlp_out, w.ln2_post_w, None, cfg,
-                                                       out=mlp_out)
-    t.mlp_out[..., rows, :] = mlp_out
-    return np.add(resid_mid, mlp_out, out=t.resid_post[..., rows, :])
+        _, t.scale_ln2_post[..., rows, :] = norm(mlp_out, w.ln2_post_w, None, cfg, out=mlp_out)
+    np.add(resid_mid, mlp_out, out=t.resid_post[..., rows, :])
 
 
 def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
