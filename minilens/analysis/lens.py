@@ -32,10 +32,13 @@ if TYPE_CHECKING:
     from ..model import Model
     from ..trace import Trace
 
-# How many logits one chunk may hold: 16M numbers, 64 MB in float32. The statistics keep two
-# buffers of this size (the logits and their exp, allocated once and reused by every chunk), so the
-# peak extra memory is about 2 x 64 MB whatever n_seq is.
-# Smaller chunks make the unembedding GEMM less efficient: on GPT-2 shapes, 2^23 cost ~6% more time.
+# How many logits one chunk may hold: 16M numbers, 64 MB in float32. The logits of all the
+# workers' chunks together take at most 2 x CHUNK_ELEMENTS numbers (each worker one buffer,
+# allocated once and reused by every chunk), plus the exp of one small piece of positions per
+# worker, so the peak extra memory is about 2 x 64 MB whatever n_seq is.
+# Smaller chunks make the unembedding GEMM less efficient: on GPT-2 shapes, 2^23 cost ~6% more time;
+# and each chunk's product streams all of W_U once, so chunks split among more workers would read
+# W_U more often.
 CHUNK_ELEMENTS = 1 << 24
 
 # The statistics are element-wise numpy passes (max, exp, sums), which run on one core, while the
@@ -316,9 +319,9 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
     resid = [trace[key] for _, key in rows]             # R x [n_seq, d_model], no copies
     results = dict(out, top_ids=top_ids, top_probs=top_probs)      # each [R, n_pos](, k)
     n_workers = max(1, min(WORKERS or workers.n_workers(), n_pos))
-    # Each worker holds two buffers of at most CHUNK_ELEMENTS / n_workers numbers (the logits and
-    # their exp), allocated once and reused by each of its chunks: 2 x 64 MB in all.
-    chunk = max(1, CHUNK_ELEMENTS // (n_workers * R * d_vocab))
+    # Each worker one logits buffer for its chunks (CHUNK_ELEMENTS numbers, or less with more
+    # than two workers) and one exp buffer for a piece of STAT_POSITIONS positions.
+    chunk = max(1, 2 * CHUNK_ELEMENTS // (max(2, n_workers) * R * d_vocab))
     shares = workers.shares(n_pos, n_workers)
 
     def work(w: int) -> None:
@@ -326,7 +329,7 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
         share = shares[w]
         logits_buf = np.empty((R * min(chunk, share.stop - share.start), d_vocab),
                               dtype=trace.logits.dtype)
-        exp_buf = np.empty_like(logits_buf)
+        exp_buf = np.empty((R, STAT_POSITIONS, d_vocab), dtype=trace.logits.dtype)
         for start in range(share.start, share.stop, chunk):
             p = pos[start:min(start + chunk, share.stop)]
             c = len(p)
@@ -339,13 +342,13 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
             lens_logits(model, stacked.reshape((R - 1) * c, d_model), out=logits[:(R - 1) * c])
             logits[(R - 1) * c:] = trace.logits[p]
             logits3 = logits.reshape(R, c, d_vocab)
-            exp3 = exp_buf[:R * c].reshape(R, c, d_vocab)
             # The statistics make several passes over the logits. Done a few positions at a time,
             # each piece (all rows) stays in cache between passes.
             for a in range(0, c, STAT_POSITIONS):
                 at = slice(start + a, start + min(a + STAT_POSITIONS, c))
-                piece = slice(a, a + STAT_POSITIONS)
-                stats = position_statistics(logits3[:, piece], targets[at], k, exp3[:, piece])
+                piece = logits3[:, a:a + STAT_POSITIONS]
+                stats = position_statistics(piece, targets[at], k,
+                                            exp_buf[:, :piece.shape[1]])
                 for name, value in stats.items():
                     results[name][:, at] = value
 
