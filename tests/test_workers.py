@@ -86,3 +86,14 @@ def test_shares_and_balance():
     dealt = workers.balanced([1, 2, 3, 4], 2)
     assert sorted(sum(x for x in d) for d in ([[1, 2, 3, 4][i] for i in d] for d in dealt)) \
         == [5, 5], f"costs 1..4 in two workers of 5 each, got {dealt}"
+
+
+@pytest.mark.parametrize("value, wanted", [(None, 0), ("", 0), ("0", 0), ("1", 1), ("3", 3)])
+def test_minilens_workers_is_read_as_a_count(value, wanted):
+    assert workers.workers_wanted(value) == wanted
+
+
+@pytest.mark.parametrize("value", ["two", "-1", "1.5"])
+def test_a_bad_minilens_workers_warns_and_means_one_per_core(value):
+    with pytest.warns(UserWarning, match="MINILENS_WORKERS"):
+        assert workers.workers_wanted(value) == 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
@@ -57,8 +58,23 @@ def _openblas() -> tuple[Callable, Callable] | None:
 
 _BLAS = _openblas()
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-# MINILENS_WORKERS=1 switches the split off (one thread, BLAS as numpy set it).
-_WANTED = int(os.environ.get("MINILENS_WORKERS", "0") or 0)
+
+
+def workers_wanted(value: str | None) -> int:
+    """MINILENS_WORKERS: a number of workers (1 switches the split off: one thread, BLAS as numpy
+    set it); unset, empty or 0 means one per core. Anything else is ignored, with a warning."""
+    try:
+        wanted = int(value or 0)
+        if wanted < 0:
+            raise ValueError
+        return wanted
+    except ValueError:
+        warnings.warn(f"MINILENS_WORKERS={value!r} is not a whole number of workers (1 switches "
+                      f"the split off, 0 means one per core); using one per core.", stacklevel=2)
+        return 0
+
+
+_WANTED = workers_wanted(os.environ.get("MINILENS_WORKERS"))
 
 _lock = threading.Lock()
 _pinned = 0                 # how many callers are inside ``split`` now
