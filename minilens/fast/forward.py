@@ -216,7 +216,9 @@ class Layer:
         vars(part).update({k: v[batch] for k, v in vars(self).items()})
         return part
 
-    def record(self, rec: Recorder, l: int, cfg: ModelConfig, mask_window: tuple) -> None:
+    def record(self, rec: Recorder, l: int, cfg: ModelConfig, pattern_args: tuple) -> None:
+        """Record layer l's values; the pattern as ``attention_pattern(q, k, *pattern_args)``,
+        computed when first read."""
         for name in ("resid_pre", "scale_ln1", "q", "k", "v", "z", "attn_out", "resid_mid",
                      "scale_ln2", "mlp_post", "mlp_out", "resid_post"):
             rec(name, l, getattr(self, name))
@@ -224,7 +226,7 @@ class Layer:
             rec("scale_ln1_post", l, self.scale_ln1_post)
             rec("scale_ln2_post", l, self.scale_ln2_post)
         # [n_heads, n_seq(q), n_seq(k)], computed from q and k when the trace is first asked for it
-        rec.derived("pattern", l, attention_pattern, (self.q, self.k), *mask_window)
+        rec.derived("pattern", l, attention_pattern, (self.q, self.k), *pattern_args)
 
 
 def begin_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig,
@@ -290,11 +292,12 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
 
     The work of each layer is shared among workers (fast/workers.py: one thread per core, BLAS at
     one thread in each): attention by blocks of queries dealt out so that each worker's blocks
-    cost about the same, everything else by contiguous rows. So a layer is two rounds:
-    1. attention: each worker computes z at its query blocks (reading every row's k and v);
-    2. each worker takes its rows from z through W_O, the MLP and the residual adds to resid_post;
-    and between layers a third, each worker's rows through the next layer's norm, q, k, v and
-    RoPE (after its weights are fetched: one layer's weights at a time).
+    cost about the same, everything else by contiguous rows. So a layer is three rounds:
+    1. its q, k, v: each worker's rows through the norm, the products and RoPE (after the layer's
+       weights are fetched, when the last layer's are dropped: one layer's weights at a time);
+    2. attention: each worker computes z at its query blocks (reading every row's k and v);
+    3. each worker takes its rows from z through W_O, the MLP and the residual adds to
+       resid_post.
     A batch of at least as many sequences as workers is shared by sequences instead: each worker
     takes all the rows and blocks of its own sequences, in products over all of their rows.
     """

@@ -80,13 +80,14 @@ _lock = threading.Lock()
 _pinned = 0                 # how many callers are inside ``split`` now
 _saved_threads = 1          # BLAS's thread count before the first of them came in
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0              # its threads: a split of n shares needs n - 1
 _PREFIX = "minilens-worker"
 
 
 def _after_fork() -> None:
     """A forked child has none of its parent's threads: start afresh."""
-    global _lock, _pinned, _pool
-    _lock, _pinned, _pool = threading.Lock(), 0, None
+    global _lock, _pinned, _pool, _pool_size
+    _lock, _pinned, _pool, _pool_size = threading.Lock(), 0, None, 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -118,7 +119,7 @@ def split(work: Callable[[int], None], n: int) -> None:
     """Run ``work(0)``, ..., ``work(n - 1)`` at once, each in its own thread (the caller's thread
     does ``work(0)``), with BLAS at one thread until all are done. Each must touch only its own
     share of the arrays. An exception in any is raised here, after all have finished."""
-    global _pool
+    global _pool, _pool_size
     if n <= 1:
         work(0)
         return
@@ -129,8 +130,8 @@ def split(work: Callable[[int], None], n: int) -> None:
             work(i)
         return
     with _lock:
-        if _pool is None or _pool._max_workers < n - 1:
-            _pool = ThreadPoolExecutor(n - 1, thread_name_prefix=_PREFIX)
+        if _pool_size < n - 1:
+            _pool, _pool_size = ThreadPoolExecutor(n - 1, thread_name_prefix=_PREFIX), n - 1
         pool = _pool
     _pin(True)
     try:
