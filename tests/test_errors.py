@@ -532,6 +532,30 @@ def test_inf_in_the_embedding_is_found_by_default(tmp_path):
         ml.load(folder)
 
 
+def test_all_finite_reads_sums_but_is_not_fooled_by_them():
+    """model.all_finite checks each array's sum, then confirms an infinite sum with min and max:
+    finite weights whose sum overflows float32 pass, one NaN or inf anywhere fails, and a tied
+    unembedding (a view of the embedding) is scanned once."""
+    from minilens.model import all_finite
+    big = np.full(1000, 3e38, dtype=np.float32)            # finite; its sum overflows to inf
+    with np.errstate(over="ignore"):
+        assert np.isinf(big.sum())
+    assert all_finite(big), "a finite array whose sum overflows is finite"
+    for bad in (np.nan, np.inf, -np.inf):
+        a = np.ones((40, 30), dtype=np.float32)
+        a[17, 3] = bad
+        assert not all_finite(np.ones(3, np.float32), a.T), f"{bad} in the second array missed"
+    seen = []
+
+    class Counted(np.ndarray):
+        def sum(self, *args, **kwargs):
+            seen.append(1)
+            return super().sum(*args, **kwargs)
+    W_E = np.ones((50, 8), dtype=np.float32).view(Counted)
+    assert all_finite(W_E, W_E.T) and len(seen) == 1, "a tied W_U should not be scanned again"
+    assert all_finite(np.zeros((0, 3), np.float32))
+
+
 # ------------------------------------------------------------------------------------------
 # Token ids and text
 # ------------------------------------------------------------------------------------------

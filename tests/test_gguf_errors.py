@@ -164,6 +164,39 @@ def test_array_count_of_2_to_the_60(tmp_path):
     expect(tmp_path, blob, CheckpointError, "tokenizer.ggml.scores", "more than the")
 
 
+def spliced_array(meta, tensors, *elements: bytes) -> bytes:
+    """The tiny llama with one more metadata pair, first: an array of strings whose elements are
+    the given bytes, each after its length field (written as is: a hostile length goes in
+    ``elements``)."""
+    arr = string("tokenizer.ggml.tokens") + struct.pack("<IIQ", ARR, STR, len(elements))
+    blob = gguf_bytes(meta, tensors)
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(meta) + 1)
+    return head + arr + b"".join(elements) + blob[24:]
+
+
+@pytest.mark.parametrize("length", [2**60, 10**6])
+def test_string_array_element_length_past_the_end(tmp_path, length):
+    """The vocabulary is read in one fast loop (_Parser.strings): its bounds checks are the
+    same as string's, with the element named."""
+    meta, tensors = tiny_llama()
+    blob = spliced_array(meta, tensors, string("a"), struct.pack("<Q", length) + b"xyz")
+    expect(tmp_path, blob, CheckpointError, "element 1 of 'tokenizer.ggml.tokens'",
+           "claims" if length == 2**60 else "past the end of the file")
+
+
+def test_string_array_element_not_utf8(tmp_path):
+    meta, tensors = tiny_llama()
+    blob = spliced_array(meta, tensors, string("ok"), string(b"\xff\xfe"))
+    expect(tmp_path, blob, CheckpointError, "element 1 of 'tokenizer.ggml.tokens'", "UTF-8")
+
+
+def test_string_array_cut_inside_a_length(tmp_path):
+    meta, tensors = tiny_llama()
+    blob = spliced_array(meta, tensors, string("a"), string("b"))
+    at = blob.index(b"\x01\x00\x00\x00\x00\x00\x00\x00b")   # element 1's length field
+    expect(tmp_path, blob[:at + 4], CheckpointError, "download it again")
+
+
 def test_hostile_header_costs_kilobytes(tmp_path):
     """Refusing 2**60 counts and lengths allocates nothing of their size (as for safetensors)."""
     meta, tensors = tiny_llama()

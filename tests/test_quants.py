@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from _real_model import smollm2_path
 from minilens.errors import CheckpointError
+from minilens.fast import dequantize as dequantize_fast
 from minilens.loading import quants
 
 REQUIRE_REFERENCE = bool(os.environ.get("MINILENS_REQUIRE_TORCH"))
@@ -118,6 +119,22 @@ def test_random_blocks_match_gguf_bit_for_bit(name):
     blocks = random_blocks(name, n_blocks, seed=TYPE_IDS[name])
     ours = quants.dequantize(blocks.reshape(-1), TYPE_IDS[name], n_blocks * t.block_size)
     assert_same_bits(ours, reference(gguf, blocks, TYPE_IDS[name]), name, t.block_size)
+
+
+@pytest.mark.parametrize("name", list(dequantize_fast.KERNELS))
+def test_fast_kernels_match_quants_and_gguf_bit_for_bit(name):
+    """fast/dequantize.py's kernels, which the GGUF reader uses for these types, against quants.py
+    (the formula a student reads) and gguf-py. Two whole pieces of PIECE_BLOCKS blocks and a
+    partial one, so that a piece boundary off by a block shows."""
+    n_blocks = 2 * dequantize_fast.PIECE_BLOCKS + 37
+    blocks = random_blocks(name, n_blocks, seed=100 + TYPE_IDS[name])
+    out = np.full((n_blocks, 32), np.nan, dtype=np.float32)
+    dequantize_fast.KERNELS[name](blocks, out)
+    readable = quants.dequantize(blocks.reshape(-1), TYPE_IDS[name], n_blocks * 32)
+    assert_same_bits(out.reshape(-1), readable, name, 32,
+                     context="fast/dequantize.py against quants.py: ")
+    assert_same_bits(out.reshape(-1), reference(import_gguf(), blocks, TYPE_IDS[name]), name, 32,
+                     context="fast/dequantize.py against gguf: ")
 
 
 def test_bf16_keeps_every_bit_pattern():
@@ -241,19 +258,22 @@ def test_result_is_a_new_float32_array(name, tmp_path):
 
 def test_the_real_models_tensors_match_gguf():
     """Every tensor of SmolLM2-135M-Instruct Q4_1 (Q4_1, Q8_0 and F32), read by gguf's reader."""
+    from minilens.loading.gguf_file import GGUFFile
     gguf = import_gguf()
     reader = gguf.GGUFReader(smollm2_path())
+    ours_file = GGUFFile(smollm2_path())          # what ml.load reads through (fast kernels)
     seen, wrong = set(), []                       # wrong: (tensor name, type name, difference)
     for tensor in reader.tensors:
         type_id, name = int(tensor.tensor_type), tensor.tensor_type.name
         raw = np.asarray(tensor.data).reshape(-1).view(np.uint8)
-        ours = quants.dequantize(raw, type_id, int(tensor.n_elements))
         ref = reference(gguf, np.asarray(tensor.data), type_id)
-        if not np.array_equal(ours.view(np.uint32), ref.view(np.uint32)):
-            block_size = quants.GGML_TYPES[type_id].block_size
-            wrong.append((tensor.name, name, first_difference(ours, ref, block_size)))
+        for how, ours in (("quants.py", quants.dequantize(raw, type_id, int(tensor.n_elements))),
+                          ("GGUFFile", ours_file.dequantize(tensor.name).reshape(-1))):
+            if not np.array_equal(ours.view(np.uint32), ref.view(np.uint32)):
+                block_size = quants.GGML_TYPES[type_id].block_size
+                wrong.append((tensor.name, name, how, first_difference(ours, ref, block_size)))
         seen.add(name)
-    hints = " ".join(HINTS[name] for name in sorted({name for _, name, _ in wrong}))
+    hints = " ".join(HINTS[name] for name in sorted({name for _, name, _, _ in wrong}))
     assert not wrong, f"{len(wrong)} tensors differ from gguf, e.g. {wrong[:3]}. {hints}"
     assert seen == {"Q4_1", "Q8_0", "F32"}, f"expected Q4_1, Q8_0 and F32 tensors, saw {seen}"
 
@@ -319,3 +339,21 @@ def test_the_file_reader_splits_tensors_among_workers_exactly(monkeypatch):
         got = f.dequantize(n)
         assert np.array_equal(got.reshape(-1).view(np.uint32), whole[n].view(np.uint32)), (
             f"{n}: dequantized in pieces by 3 workers, it differs from one call")
+
+
+def test_the_file_reader_fills_a_given_output():
+    """GGUFFile.dequantize(name, out=...) writes into out and returns it in the tensor's shape
+    (the GGUF checkpoint puts W_gate and W_in into one buffer so); an unfit out is refused."""
+    import minilens.loading.gguf_file as gguf_file
+    f = gguf_file.GGUFFile(smollm2_path())
+    for name in ("blk.0.ffn_gate.weight", "blk.0.attn_norm.weight"):       # Q4_1, F32
+        t = f.tensors[name]
+        out = np.full(int(np.prod(t.shape)), np.nan, dtype=np.float32)
+        got = f.dequantize(name, out=out)
+        assert got.shape == t.shape and np.shares_memory(got, out), (
+            f"{name}: the result must be out, in the tensor's shape")
+        assert np.array_equal(out.view(np.uint32), f.dequantize(name).reshape(-1).view(np.uint32))
+    with pytest.raises(ValueError, match="C-ordered float32"):
+        f.dequantize("blk.0.ffn_gate.weight", out=np.empty(10, np.float32))
+    with pytest.raises(ValueError, match="C-ordered float32"):
+        f.dequantize("blk.0.ffn_gate.weight", out=np.empty(576 * 1536, np.float64))

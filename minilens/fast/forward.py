@@ -338,6 +338,8 @@ def forward(ids: np.ndarray, g: GlobalParams, layers, cfg: ModelConfig,
                           workers.balanced([(b - a) * (b - lo) for a, b, lo in blocks], n)])
 
     L = cfg.n_layers
+    if hasattr(layers, "widen_all"):     # loading/checkpoint.py's LazyLayers
+        layers.widen_all()
     t, params = Layer(lead, n_seq, cfg, dtype, rec, x), layers[0]
     workers.split(lambda w: begin_block(t.part(batch[w]), rows[w], params, cfg, rope), n)
     for l in range(L):

@@ -636,6 +636,16 @@ class LazyLayers(Sequence[LayerParams]):
     def __iter__(self) -> Iterator[LayerParams]:
         return (self[l] for l in range(len(self)))
 
+    def widen_all(self) -> None:
+        """Widen every layer not yet widened, now; nothing when the layers are streamed
+        (``cache=False``). The fast pass calls this before its first product: a GGUF layer
+        dequantized between two products took up to twice as long as one dequantized before
+        any (BLAS's idle threads spin on the core the second worker dequantizes on;
+        tests/benchmarks/first_forward.py)."""
+        if self.cache:
+            for l in range(len(self)):
+                self[l]
+
     def _out_of_memory(self, l: int) -> OutOfMemoryError:
         layer_mib = self._ckpt.layer_elements(self._cfg) / len(self) * self._dtype.itemsize / 2**20
         what = f"out of memory widening layer {l} to {self._dtype.name} ({layer_mib:.0f} MiB)"
@@ -666,7 +676,16 @@ def gate_beside_in(params: LayerParams) -> LayerParams:
     if params.W_gate is None or params.W_gate_in is not None:
         return params
     m = params.W_gate.shape[1]
-    both = np.concatenate([params.W_gate.T, params.W_in.T]).T      # [d_model, 2 d_mlp], F order
+    base = params.W_gate.base
+    if (isinstance(base, np.ndarray) and base is params.W_in.base and base.flags.c_contiguous
+            and params.W_gate.flags.f_contiguous and params.W_in.flags.f_contiguous
+            and params.W_in.ctypes.data == params.W_gate.ctypes.data + params.W_gate.nbytes):
+        # already side by side (the GGUF reader dequantizes them into one buffer): no copy
+        offset = params.W_gate.ctypes.data - base.ctypes.data
+        both = np.ndarray((2 * m, params.W_gate.shape[0]), params.W_gate.dtype, buffer=base,
+                          offset=offset).T
+    else:
+        both = np.concatenate([params.W_gate.T, params.W_in.T]).T  # [d_model, 2 d_mlp], F order
     return dataclasses.replace(params, W_gate_in=both, W_gate=both[:, :m], W_in=both[:, m:])
 
 

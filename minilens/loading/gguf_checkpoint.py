@@ -17,6 +17,7 @@ widened for safetensors; the quantized bytes stay memory-mapped until then.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,8 +25,9 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import CheckpointError, UnsupportedModelError
+from ..fast import workers
 from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages, lookup
-from .gguf_file import GGUFFile
+from .gguf_file import PARALLEL_WEIGHTS, GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
 from .safetensors import TensorInfo
 from .schema import GGUF, REQUIRED, Derived, by_family, check, short
@@ -277,6 +279,12 @@ class GGUFCheckpoint(Checkpoint):
             self.infos[hf_n] = TensorInfo(hf_n, t.qtype.name, tuple(shape), t.offset,
                                           t.offset + t.n_bytes, gguf.path)
             self.gguf_names[hf_n] = name
+        # HF name -> the HF names of its block (blk.{l}.*), which are widened together
+        by_layer: dict[str, list[str]] = {}
+        for hf_n, name in self.gguf_names.items():
+            if name.startswith("blk."):
+                by_layer.setdefault(name.split(".", 2)[1], []).append(hf_n)
+        self.blocks = {hf_n: members for members in by_layer.values() for hf_n in members}
 
     def _info(self, name: str, shape: tuple) -> TensorInfo:
         if name not in self.infos:
@@ -295,14 +303,46 @@ class GGUFCheckpoint(Checkpoint):
         return info
 
     def getter(self, dtype: np.dtype) -> Getter:
+        """get(name, shape): one tensor, widened to dtype. The first tensor asked for from a block
+        widens the whole block (``widen``), and the others wait here until they are asked for."""
+        ready: dict[str, np.ndarray] = {}
+
         def get(name: str, shape: tuple) -> np.ndarray:
             self._info(name, shape)
-            w = self.gguf.dequantize(self.gguf_names[name])
+            if name not in ready:
+                ready.clear()
+                ready.update(self.widen(self.blocks.get(name, [name]), dtype))
+            return ready.pop(name)
+        return get
+
+    def widen(self, names: list[str], dtype: np.dtype) -> dict[str, np.ndarray]:
+        """The tensors ``names`` (HF names) dequantized, with the converter's changes undone, in
+        dtype.
+
+        A block's tensors are shared among the workers (fast/workers.py), whole tensors each,
+        dealt out by size; a tensor as large as gguf_file.PARALLEL_WEIGHTS is shared among them
+        by GGUFFile.dequantize instead. W_gate and W_in (ffn_gate and ffn_up) are dequantized into
+        one buffer, one after the other, so that checkpoint.gate_beside_in finds them side by side
+        and need not copy them.
+        """
+        sizes = [math.prod(self.infos[n].shape) for n in names]
+        into: dict[str, np.ndarray | None] = dict.fromkeys(names)
+        gate, up = (next((n for n in names if n.endswith(f"mlp.{part}.weight")), None)
+                    for part in ("gate_proj", "up_proj"))
+        if gate and up and self.infos[gate].shape == self.infos[up].shape:
+            into[gate], into[up] = np.empty((2, *self.infos[gate].shape), dtype=np.float32)
+        out: dict[str, np.ndarray] = {}
+
+        def one(name: str) -> None:
+            w = self.gguf.dequantize(self.gguf_names[name], out=into[name])
             transform = value_transform(self.arch, name, self.hf)
             if transform is not None:
                 w = transform(w)
-            return w.astype(dtype, copy=False)
-        return get
+            out[name] = w.astype(dtype, copy=False)
+        n = workers.n_workers() if max(sizes) < PARALLEL_WEIGHTS else 1
+        mine = workers.balanced(sizes, n)
+        workers.split(lambda w: [one(names[i]) for i in mine[w]], n)
+        return out
 
     def release_pages(self) -> None:
         """Give back this process's resident pages of the file (Checkpoint.release_pages)."""

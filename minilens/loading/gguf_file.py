@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fast import workers
+from ..fast import dequantize as dequantize_fast, workers
 from .quants import QuantType, dequantize, quant_type
 
 MAGIC = b"GGUF"
@@ -102,30 +102,42 @@ class GGUFFile:
         t = self.tensors[name]
         return np.frombuffer(self._mm, dtype=np.uint8, count=t.n_bytes, offset=t.offset)
 
-    def dequantize(self, name: str) -> np.ndarray:
-        """One tensor as float32 numbers, in its numpy shape (a new array).
+    def dequantize(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """One tensor as float32 numbers, in its numpy shape: a new array, or ``out`` (C-ordered
+        float32 of the tensor's size) filled and returned in that shape.
 
         A large tensor is dequantized in pieces of at most DEQUANTIZE_PIECE weights, written into
         the one result: the unpacking's temporaries (a few bytes per weight) then stay a few tens
         of MB, where for an 8B model's 525M-weight embedding they would add gigabytes to the peak
         (issue 19). A tensor of PARALLEL_WEIGHTS weights or more is cut into at least one piece
         per worker, and the workers (fast/workers.py) dequantize the pieces side by side.
+        Q4_0, Q4_1 and Q8_0 go through fast/dequantize.py's kernels, which write straight into
+        the result; every other type through quants.py.
         """
         t = self.tensors[name]
         n, raw = math.prod(t.shape), self.raw(name)
+        kernel = dequantize_fast.KERNELS.get(t.qtype.name)
         n_workers = workers.n_workers() if n >= PARALLEL_WEIGHTS else 1
-        if n <= DEQUANTIZE_PIECE and n_workers == 1:
+        if out is None and kernel is None and n <= DEQUANTIZE_PIECE and n_workers == 1:
             return dequantize(raw, t.type_id, n).reshape(t.shape)
-        out = np.empty(n, dtype=np.float32)
-        n_blocks = n // t.qtype.block_size
+        if out is None:
+            out = np.empty(n, dtype=np.float32)
+        elif not (out.dtype == np.float32 and out.size == n and out.flags.c_contiguous):
+            raise ValueError(f"dequantize: out must be C-ordered float32 with {n} elements "
+                             f"(tensor {name!r}), not {out.dtype} {out.shape}")
+        flat, size = out.reshape(n), t.qtype.block_size
+        n_blocks = n // size
         n_pieces = max(n_workers, -(-n // DEQUANTIZE_PIECE))
         bounds = [n_blocks * i // n_pieces for i in range(n_pieces + 1)]    # in blocks
 
         def work(w: int) -> None:
             for a, b in zip(bounds[w:-1:n_workers], bounds[w + 1::n_workers]):
-                weights = slice(a * t.qtype.block_size, b * t.qtype.block_size)
                 piece = raw[a * t.qtype.type_size:b * t.qtype.type_size]
-                out[weights] = dequantize(piece, t.type_id, weights.stop - weights.start)
+                if kernel is not None:
+                    kernel(piece.reshape(b - a, t.qtype.type_size),
+                           flat[a * size:b * size].reshape(b - a, size))
+                else:
+                    flat[a * size:b * size] = dequantize(piece, t.type_id, (b - a) * size)
         workers.split(work, n_workers)
         return out.reshape(t.shape)
 
@@ -168,6 +180,28 @@ class _Parser:
         except UnicodeDecodeError:
             raise self.f.error(f"{what} is not valid UTF-8") from None
 
+    def strings(self, n: int, key: str) -> list[str]:
+        """The n strings of the array ``key``: ``string`` in one loop, with the same checks and
+        messages. A tokenizer's vocabulary and merges are about 100,000 strings, and calling
+        ``string`` for each took most of the time spent reading SmolLM2's header."""
+        mm, size, pos, out = self.f._mm, self.f.size, self.pos, []
+        length = struct.Struct("<Q").unpack_from
+        for i in range(n):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"the length of element {i} of {key!r}")
+            (k,) = length(mm, pos)
+            if k > MAX_STRING_BYTES or pos + 8 + k > size:
+                self.pos = pos
+                self.string(f"element {i} of {key!r}")    # raises the message string would
+            try:
+                out.append(mm[pos + 8:pos + 8 + k].decode("utf-8"))
+            except UnicodeDecodeError:
+                raise self.f.error(f"element {i} of {key!r} is not valid UTF-8") from None
+            pos += 8 + k
+        self.pos = pos
+        return out
+
     def count(self, what: str, min_bytes_each: int) -> int:
         """A count of things still to read, each at least ``min_bytes_each`` bytes: checked against
         the bytes left, so that a count of 2**60 is refused before any list is made for it."""
@@ -194,7 +228,7 @@ class _Parser:
                 return out
             if etype == STRING:
                 n = self.count(f"the element count of {key!r}", 8)
-                return [self.string(f"element {i} of {key!r}") for i in range(n)]
+                return self.strings(n, key)
             raise self.f.error(f"metadata {key!r} is an array of type {etype}, "
                                f"which GGUF does not define "
                                f"(arrays of arrays are not used by any model)")
