@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fast import dequantize as dequantize_fast, workers
+from ..fast import workers
 from .quants import QuantType, dequantize, quant_type
 
 MAGIC = b"GGUF"
@@ -111,14 +111,11 @@ class GGUFFile:
         of MB, where for an 8B model's 525M-weight embedding they would add gigabytes to the peak
         (issue 19). A tensor of PARALLEL_WEIGHTS weights or more is cut into at least one piece
         per worker, and the workers (fast/workers.py) dequantize the pieces side by side.
-        Q4_0, Q4_1 and Q8_0 go through fast/dequantize.py's kernels, which write straight into
-        the result; every other type through quants.py.
         """
         t = self.tensors[name]
         n, raw = math.prod(t.shape), self.raw(name)
-        kernel = dequantize_fast.KERNELS.get(t.qtype.name)
         n_workers = workers.n_workers() if n >= PARALLEL_WEIGHTS else 1
-        if out is None and kernel is None and n <= DEQUANTIZE_PIECE and n_workers == 1:
+        if out is None and n <= DEQUANTIZE_PIECE and n_workers == 1:
             return dequantize(raw, t.type_id, n).reshape(t.shape)
         if out is None:
             out = np.empty(n, dtype=np.float32)
@@ -133,11 +130,7 @@ class GGUFFile:
         def work(w: int) -> None:
             for a, b in zip(bounds[w:-1:n_workers], bounds[w + 1::n_workers]):
                 piece = raw[a * t.qtype.type_size:b * t.qtype.type_size]
-                if kernel is not None:
-                    kernel(piece.reshape(b - a, t.qtype.type_size),
-                           flat[a * size:b * size].reshape(b - a, size))
-                else:
-                    flat[a * size:b * size] = dequantize(piece, t.type_id, (b - a) * size)
+                flat[a * size:b * size] = dequantize(piece, t.type_id, (b - a) * size)
         workers.split(work, n_workers)
         return out.reshape(t.shape)
 

@@ -1,14 +1,17 @@
-"""Load + the first three forwards of SmolLM2 in fresh processes, with and without two of the
-one-time costs of widening a layer (issue 13's "load + first <= 2x the second").
+"""Load + the first three forwards of SmolLM2 in fresh processes, with and without each of the
+ways minilens makes a GGUF model's first forward cheap (issue 13's "load + first <= 2x the
+second").
 
     python tests/benchmarks/first_forward.py --rounds 3 --seq 128
 
-Each round runs four fresh processes, one per variant, in turn:
-  as-is           the model as minilens loads it
-  no-side-by-side cached layers keep W_gate and W_in apart (checkpoint.gate_beside_in skipped)
-  serial          every GGUF tensor dequantized in one thread (gguf_file.PARALLEL_WEIGHTS huge)
-  both            the two together
-and prints each process's load, first, second and third forward (model(ids), random ids).
+Each round runs one fresh process per variant, in turn:
+  as-is            the model as minilens loads it
+  between-products each layer widened when the forward pass comes to it, between two products
+                   (LazyLayers.widen_all skipped), as before 2026-12-07
+  one-worker       every tensor dequantized in this thread (a block's tensors not shared among
+                   the workers, nor a large tensor's pieces)
+and prints each process's load, first, second and third forward (model(ids), random ids), and
+the seconds spent widening layers (LazyLayers.widen_seconds).
 Run by hand on a quiet machine; numpy's BLAS at its default threads.
 """
 
@@ -19,18 +22,19 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("as-is", "no-side-by-side", "serial", "both")
+VARIANTS = ("as-is", "between-products", "one-worker")
 
 
 def child(variant: str, n_seq: int) -> None:
     import numpy as np
 
     import minilens as ml
-    from minilens.loading import checkpoint, gguf_file
-    if variant in ("no-side-by-side", "both"):
-        checkpoint.gate_beside_in = lambda params: params
-    if variant in ("serial", "both"):
-        gguf_file.PARALLEL_WEIGHTS = 1 << 62
+    from minilens.loading import checkpoint, gguf_checkpoint, gguf_file
+    if variant == "between-products":
+        checkpoint.LazyLayers.widen_all = lambda self: None
+    if variant == "one-worker":
+        gguf_checkpoint.PARALLEL_WEIGHTS = 0           # a block's tensors one after another
+        gguf_file.PARALLEL_WEIGHTS = 1 << 62           # a large tensor in one piece
     ids = np.random.default_rng(0).integers(0, 49152, n_seq)
     t0 = time.perf_counter()
     model = ml.load("smollm2")
@@ -41,8 +45,8 @@ def child(variant: str, n_seq: int) -> None:
         times.append(time.perf_counter() - t0)
     load, first, second, third = times
     print(f"{variant:16s} load {load:.3f} s  first {first:.3f} s  second {second:.3f} s  "
-          f"third {third:.3f} s  (load + first) / second {(load + first) / second:.2f}",
-          flush=True)
+          f"third {third:.3f} s  widening {model.layers.widen_seconds:.3f} s  "
+          f"(load + first) / second {(load + first) / second:.2f}", flush=True)
 
 
 def main() -> None:

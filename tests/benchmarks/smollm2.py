@@ -20,9 +20,10 @@ Sections
   fresh    ``--fresh`` fresh processes, each: ``import minilens``, ``ml.load(path)``, the first
            ``model(ids)`` at 128 tokens, then the second and third. Target: load + first <= 2x
            the second. Timers wrapped around minilens's own functions split the time into
-           parsing the GGUF header (GGUFFile), building the tokenizer, getting each weight
-           (dequantizing it, ``quants.dequantize``, then un-permuting Q/K and casting), and the
-           rest. One more fresh process loads the file with transformers, for comparison.
+           parsing the GGUF header (GGUFFile), building the tokenizer, widening the tensors
+           (GGUFCheckpoint.widen: dequantizing a block's tensors in the workers, un-permuting Q/K,
+           casting), the layers' widening in all (LazyLayers.widen_seconds), and the rest.
+           One more fresh process loads the file with transformers, for comparison.
 
 Every ratio in a table is measured in one run, contenders alternating round by round in a
 rotating order after a warm-up round (harness.interleaved), numpy's BLAS and torch pinned to
@@ -189,20 +190,9 @@ def worker_minilens(path: Path, n_seq: int) -> dict:
     spent: dict = {}
     timed(gguf_file.GGUFFile, "__init__", spent, "parse")        # mmap + header + metadata
     timed(M, "gguf_tokenizer", spent, "tokenizer")
-    timed(gguf_file, "dequantize", spent, "dequantize")          # quants.dequantize, per tensor
-    get_of = gguf_checkpoint.GGUFCheckpoint.getter
-
-    def getter(self, dtype):                                     # dequantize + un-permute + cast
-        get = get_of(self, dtype)
-
-        def timed_get(name, shape):
-            t1 = time.perf_counter()
-            try:
-                return get(name, shape)
-            finally:
-                spent["get"] = spent.get("get", 0.0) + time.perf_counter() - t1
-        return timed_get
-    gguf_checkpoint.GGUFCheckpoint.getter = getter
+    # a block's (or a global's) tensors dequantized by the workers, un-permuted and cast: wall
+    # clock, in this thread
+    timed(gguf_checkpoint.GGUFCheckpoint, "widen", spent, "widen")
     ids = token_ids(n_seq)
     for phase in ("load", "first", "second", "third"):
         spent.clear()
@@ -213,6 +203,8 @@ def worker_minilens(path: Path, n_seq: int) -> dict:
             logits = model(ids)
         out[f"{phase}_s"] = time.perf_counter() - t0
         out[f"{phase}_parts"] = dict(spent)
+        if phase == "first":       # the layers' widening in all: widen + W_gate | W_in, layouts
+            out["first_parts"]["layers"] = model.layers.widen_seconds
     out["logits_head"] = logits[:, :64].tolist()
     return out
 
@@ -325,13 +317,14 @@ def markdown(rows: list, checks: list) -> str:
         lp, fp = r["load_parts"], r["first_parts"]
         parts = [
             ("load: parse the header and metadata (GGUFFile)", lp.get("parse", 0)),
-            ("load: build the tokenizer", lp.get("tokenizer", 0)),
-            ("load: dequantize the globals (quants.dequantize)", lp.get("dequantize", 0)),
+            ("load: build the tokenizer (it is built on first use)", lp.get("tokenizer", 0)),
+            ("load: dequantize the globals (GGUFCheckpoint.widen)", lp.get("widen", 0)),
             ("load: the rest (config, validation, finite check)",
-             r["load_s"] - lp.get("parse", 0) - lp.get("tokenizer", 0) - lp.get("dequantize", 0)),
-            ("first: dequantize the 30 layers (quants.dequantize)", fp.get("dequantize", 0)),
-            ("first: un-permute Q/K, cast", fp.get("get", 0) - fp.get("dequantize", 0)),
-            ("first: the forward itself", r["first_s"] - fp.get("get", 0)),
+             r["load_s"] - lp.get("parse", 0) - lp.get("tokenizer", 0) - lp.get("widen", 0)),
+            ("first: widen the 30 layers (LazyLayers.widen_all)", fp.get("layers", 0)),
+            ("first: of which dequantize, un-permute Q/K, cast (GGUFCheckpoint.widen)",
+             fp.get("widen", 0)),
+            ("first: the forward itself", r["first_s"] - fp.get("layers", 0)),
             ("second: the forward", r["second_s"])]
         out += table(["minilens, where the time goes (medians)", "s"],
                      [[what, f"{t:.3f}"] for what, t in parts])
