@@ -30,12 +30,15 @@ def textbook_attention(q, k, v, scale, softcap=None, window=None):
 @pytest.mark.parametrize("window, softcap", [(None, None), (5, None), (None, 3.0), (7, 2.0)])
 @pytest.mark.parametrize("block", [1, 4, 64])
 @pytest.mark.parametrize("group", [1, 3])
-def test_blocked_causal_attention_equals_the_textbook_form(block, window, softcap, group):
+@pytest.mark.parametrize("size", [1, 300])
+def test_blocked_causal_attention_equals_the_textbook_form(block, window, softcap, group, size):
     """fast.attend (query blocks, grouped queries, the mask only where it can bite) against
-    softmax(q k^T * scale + mask) v over repeated kv heads, all at once."""
+    softmax(q k^T * scale + mask) v over repeated kv heads, all at once. size 300 makes scores of
+    about 1000, past where exp overflows even in float64: the softmax must subtract the max
+    there, and may skip it at size 1 (pattern_rows's bound)."""
     rng = np.random.default_rng(0)
     n_kv, n_seq, d_head = 2, 19, 8
-    q = rng.standard_normal((n_seq, n_kv * group, d_head))   # float64: equal to rounding
+    q = size * rng.standard_normal((n_seq, n_kv * group, d_head))   # float64: equal to rounding
     k, v = (rng.standard_normal((n_seq, n_kv, d_head)) for _ in range(2))
     k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))       # [n_kv, d_head, n_seq]
     v_g = np.ascontiguousarray(np.swapaxes(v, -3, -2))       # [n_kv, n_seq, d_head]
@@ -48,12 +51,41 @@ def test_blocked_causal_attention_equals_the_textbook_form(block, window, softca
     ref_pattern, ref_z = textbook_attention(
         np.swapaxes(q, 0, 1), np.swapaxes(ops.gqa_repeat(k, group), 0, 1),
         np.swapaxes(ops.gqa_repeat(v, group), 0, 1), 0.35, softcap, window)
-    # 1e-12: float64, and the only difference is the order of the softmax's sums over fewer zeros.
+    # 1e-12: float64, and the only differences are the order of the softmax's sums over fewer
+    # zeros, and the max not subtracted where the scores are small.
     assert np.allclose(pattern, ref_pattern, rtol=0, atol=1e-12), \
         "blocked attention: does each block see keys lo..stop-1, and is the masked rest exactly 0?"
-    assert np.allclose(z, ref_z, rtol=0, atol=1e-12), (
+    assert np.allclose(z, ref_z, rtol=0, atol=1e-12 * size), (
         "blocked attention: is z written in [n_seq, n_heads, d_head], head h = kv * group + g?")
     assert np.all(pattern[:, np.triu_indices(19, 1)[0], np.triu_indices(19, 1)[1]] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_sequence_decides_its_own_softmax(dtype):
+    """pattern_rows skips subtracting the max where a sequence's scores are bounded small, and
+    decides per sequence: one sequence of a batch with small scores and one with large give each
+    the bits it gives alone, attended and derived (attention_pattern), so a batch shared among
+    workers by sequences or by rows records the pattern its z was made from."""
+    rng = np.random.default_rng(2)
+    n_kv, group, n_seq, d_head = 2, 2, 21, 8
+    q = rng.standard_normal((2, n_seq, n_kv * group, d_head)).astype(dtype)
+    q[1] *= dtype(200)                              # scores of hundreds: the max must go first
+    k, v = (rng.standard_normal((2, n_seq, n_kv, d_head)).astype(dtype) for _ in range(2))
+    k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))
+    v_g = np.ascontiguousarray(np.swapaxes(v, -3, -2))
+    mask, blocks = model.causal_mask(n_seq), list(model.attention_blocks(n_seq, None, 8))
+    scale = dtype(0.35)
+    z_batch = np.full_like(q, np.nan)
+    model.attend(q, k_T, v_g, z_batch, group, scale, None, None, mask, blocks)
+    pattern_batch = model.attention_pattern(q, k, group, scale, None, None, 8)
+    for b in range(2):
+        z_alone = np.full_like(q[b], np.nan)
+        model.attend(q[b], k_T[b], v_g[b], z_alone, group, scale, None, None, mask, blocks)
+        assert np.array_equal(z_batch[b], z_alone), f"sequence {b}: z differs in the batch"
+        assert np.array_equal(pattern_batch[b],
+                              model.attention_pattern(q[b], k[b], group, scale, None, None, 8)), (
+            f"sequence {b}: the derived pattern differs in the batch")
+        assert np.all(np.isfinite(pattern_batch[b])), f"sequence {b}: the softmax overflowed"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -69,8 +101,8 @@ def test_the_derived_pattern_is_bit_for_bit_the_one_z_was_made_from(monkeypatch,
     used = []                                   # (start, stop, lo, rows): 3 blocks per layer
     pattern_rows = model.pattern_rows
 
-    def capture(q_g, k_T, softcap, mask, start, stop, lo, window, out):
-        rows = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window, out)
+    def capture(q_g, k_T, softcap, mask, start, stop, lo, window, k_sq, out):
+        rows = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window, k_sq, out)
         used.append((start, stop, lo, rows.copy()))
         return rows
 
@@ -107,6 +139,11 @@ def test_in_place_softmax_equals_softmax():
     x = np.random.default_rng(1).standard_normal((4, 7, 9))
     expected = ops.softmax(x)
     assert np.array_equal(kernels.softmax_in_place(x.copy()), expected)
+    # told that no |x| exceeds 4, it skips subtracting the max: the same to rounding
+    assert np.allclose(kernels.softmax_in_place(x.copy(), 4.0), expected, rtol=1e-14, atol=0)
+    big = (x * 300).astype(np.float32)           # exp(300 * 3) overflows float32: shift needed
+    assert np.allclose(kernels.softmax_in_place(big.copy(), np.inf), ops.softmax(big),
+                       rtol=1e-6, atol=1e-30)
 
 
 @pytest.mark.parametrize("rotary_dim", [8, 4])          # full and partial rotation of d_head 8

@@ -110,24 +110,41 @@ def grouped_queries(q: np.ndarray, start: int, stop: int, group: int, scale: np.
     return out
 
 
+def key_lengths(k_T: np.ndarray) -> np.ndarray:
+    """|k|^2 of every key.  k_T [..., n_kv_heads, d_head, n_seq] -> [..., n_kv_heads, n_seq]"""
+    return (k_T * k_T).sum(-2)
+
+
 def pattern_rows(q_g: np.ndarray, k_T: np.ndarray, softcap: float | None, mask: np.ndarray,
-                 start: int, stop: int, lo: int, window: int | None,
+                 start: int, stop: int, lo: int, window: int | None, k_sq: np.ndarray,
                  out: np.ndarray) -> np.ndarray:
     """pattern = softmax(q k^T * scale + causal mask) for queries start..stop-1 and keys
-    lo..stop-1, into out (q_g already scaled, grouped_queries).
+    lo..stop-1, into out (q_g already scaled, grouped_queries; k_sq = key_lengths(k_T)).
 
     q_g [n_kv_heads, group * rows, d_head], k_T [n_kv_heads, d_head, n_seq]
     -> out [n_kv_heads, group * rows, stop - lo]
     """
     np.matmul(q_g, k_T[..., lo:stop], out=out)
+    # Each sequence's scores are at most |q| |k| (Cauchy-Schwarz; 1% wider for rounding). Where
+    # that is small, the softmax need not subtract each row's max (kernels.softmax_in_place).
+    # Decided per sequence, from its own q and k: a batch shared out differently decides alike.
+    bound = np.sqrt((q_g * q_g).sum(-1).max((-2, -1))
+                    * k_sq[..., lo:stop].max((-2, -1))) * 1.01        # [...] (the batch axes)
     if softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
         out[...] = ops.softcap(out, softcap)
+        bound = np.minimum(bound, softcap)
     rows = stop - start
     # Without a window only the keys start..stop-1 can lie after a query; with one, any can.
     first = start - lo if window is None else 0
     scores = out.reshape(*out.shape[:-2], -1, rows, stop - lo)     # [n_kv, group, rows, keys]
-    scores[..., first:][..., mask[start:stop, lo + first:stop]] = -np.inf   # exp(-inf) = 0
-    return kernels.softmax_in_place(out)
+    np.copyto(scores[..., first:], -np.inf,                        # exp(-inf) = 0
+              where=mask[start:stop, lo + first:stop])
+    safe = bound <= kernels.EXP_SAFE
+    if safe.all() or not safe.any():
+        return kernels.softmax_in_place(out, float(bound.max()))
+    for b in np.ndindex(bound.shape):
+        kernels.softmax_in_place(out[b], float(bound[b]))
+    return out
 
 
 def attend(q: np.ndarray, k_T: np.ndarray, v_g: np.ndarray, z: np.ndarray, group: int,
@@ -151,10 +168,11 @@ def attend(q: np.ndarray, k_T: np.ndarray, v_g: np.ndarray, z: np.ndarray, group
     q_buf = np.empty((*lead, n_kv, group * most, d_head), dtype=q.dtype)
     scores_buf = np.empty((*lead, n_kv, group * most, n_seq), dtype=q.dtype)
     z_buf = np.empty_like(q_buf)
+    k_sq = key_lengths(k_T)
     for start, stop, lo in blocks:
         rows = stop - start
         q_g = grouped_queries(q, start, stop, group, scale, q_buf[..., :group * rows, :])
-        pattern = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window,
+        pattern = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window, k_sq,
                                out=scores_buf[..., :group * rows, :stop - lo])
         z_g = np.matmul(pattern, v_g[..., lo:stop, :], out=z_buf[..., :group * rows, :])
         # [n_kv, group, rows, d_head] -> z's [rows, n_kv * group, d_head]
@@ -177,10 +195,11 @@ def attention_pattern(q: np.ndarray, k: np.ndarray, group: int, scale: np.floati
     mask = causal_mask(n_seq, window)
     q_buf = np.empty((*lead, n_kv, group * block, d_head), dtype=q.dtype)
     scores_buf = np.empty((*lead, n_kv, group * block, n_seq), dtype=q.dtype)
+    k_sq = key_lengths(k_T)
     for start, stop, lo in attention_blocks(n_seq, window, block):
         rows = stop - start
         q_g = grouped_queries(q, start, stop, group, scale, q_buf[..., :group * rows, :])
-        rows_g = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window,
+        rows_g = pattern_rows(q_g, k_T, softcap, mask, start, stop, lo, window, k_sq,
                               out=scores_buf[..., :group * rows, :stop - lo])
         pattern[..., start:stop, lo:stop] = rows_g.reshape(*lead, n_kv, group, rows, stop - lo)
     return pattern.reshape(*lead, n_heads, n_seq, n_seq)

@@ -87,13 +87,22 @@ ACTIVATIONS = {"gelu_new": gelu_new, "gelu_tanh": gelu_new, "gelu_pytorch_tanh":
                "gelu": gelu, "silu": silu, "swish": silu, "relu": relu}
 
 
-def softmax_in_place(x: np.ndarray) -> np.ndarray:
+# exp(x) is far from overflow, and from underflow to 0, in float32 for |x| up to this:
+# exp(64) = 6e27, against float32's largest 3e38 and smallest normal 1e-38.
+EXP_SAFE = 64.0
+
+
+def softmax_in_place(x: np.ndarray, bound: float = np.inf) -> np.ndarray:
     """softmax over the last axis, overwriting x (which may be a view) and returning it.
 
     The same equation as ``softmax``; attention calls it on its score blocks so that no
-    [n_heads, n_seq, n_seq]-sized temporaries are allocated (issue 6).
+    [n_heads, n_seq, n_seq]-sized temporaries are allocated (issue 6). ``bound``: a number no
+    |x| exceeds (masked -inf entries aside). When it is at most EXP_SAFE, exp(x) can neither
+    overflow nor vanish, so the max is not subtracted first: that saves two of the five passes
+    over the scores. softmax(x - max) and softmax(x) are the same numbers up to rounding.
     """
-    x -= x.max(-1, keepdims=True)
+    if not bound <= EXP_SAFE:
+        x -= x.max(-1, keepdims=True)
     np.exp(x, out=x)
     x /= x.sum(-1, keepdims=True)
     return x
