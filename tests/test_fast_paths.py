@@ -62,14 +62,16 @@ def test_blocked_causal_attention_equals_the_textbook_form(block, window, softca
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_each_sequence_decides_its_own_softmax(dtype):
-    """pattern_rows skips subtracting the max where a sequence's scores are bounded small, and
-    decides per sequence: one sequence of a batch with small scores and one with large give each
-    the bits it gives alone, attended and derived (attention_pattern), so a batch shared among
-    workers by sequences or by rows records the pattern its z was made from."""
+    """pattern_rows skips subtracting the max where a kv head's scores are bounded small, and
+    decides per sequence and kv head: in a batch of one sequence with large scores in one kv head
+    and one with large scores in all, each sequence gets the bits it gets alone, attended and
+    derived (attention_pattern), so a batch shared among workers by sequences or by rows records
+    the pattern its z was made from; and every pattern is the textbook softmax's."""
     rng = np.random.default_rng(2)
     n_kv, group, n_seq, d_head = 2, 2, 21, 8
     q = rng.standard_normal((2, n_seq, n_kv * group, d_head)).astype(dtype)
     q[1] *= dtype(200)                              # scores of hundreds: the max must go first
+    q[0, :, :group] *= dtype(200)                   # ... and in sequence 0, for kv head 0 only
     k, v = (rng.standard_normal((2, n_seq, n_kv, d_head)).astype(dtype) for _ in range(2))
     k_T = np.ascontiguousarray(np.moveaxis(k, -3, -1))
     v_g = np.ascontiguousarray(np.swapaxes(v, -3, -2))
@@ -86,6 +88,13 @@ def test_each_sequence_decides_its_own_softmax(dtype):
                               model.attention_pattern(q[b], k[b], group, scale, None, None, 8)), (
             f"sequence {b}: the derived pattern differs in the batch")
         assert np.all(np.isfinite(pattern_batch[b])), f"sequence {b}: the softmax overflowed"
+        ref_pattern, _ = textbook_attention(
+            np.swapaxes(q[b], 0, 1).astype(np.float64),
+            np.swapaxes(ops.gqa_repeat(k[b], group), 0, 1).astype(np.float64),
+            np.swapaxes(ops.gqa_repeat(v[b], group), 0, 1).astype(np.float64), float(scale))
+        assert np.allclose(pattern_batch[b], ref_pattern, rtol=0,
+                           atol=1e-12 if dtype == np.float64 else 1e-5), (
+            f"sequence {b}: the pattern differs from the textbook softmax")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

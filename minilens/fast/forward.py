@@ -125,11 +125,12 @@ def pattern_rows(q_g: np.ndarray, k_T: np.ndarray, softcap: float | None, mask: 
     -> out [n_kv_heads, group * rows, stop - lo]
     """
     np.matmul(q_g, k_T[..., lo:stop], out=out)
-    # Each sequence's scores are at most |q| |k| (Cauchy-Schwarz; 1% wider for rounding). Where
-    # that is small, the softmax need not subtract each row's max (kernels.softmax_in_place).
-    # Decided per sequence, from its own q and k: a batch shared out differently decides alike.
-    bound = np.sqrt((q_g * q_g).sum(-1).max((-2, -1))
-                    * k_sq[..., lo:stop].max((-2, -1))) * 1.01        # [...] (the batch axes)
+    # A kv head's scores are at most its longest q times its longest k (Cauchy-Schwarz; 1% wider
+    # for rounding). Where that is small, the softmax need not subtract each row's max
+    # (kernels.softmax_in_place). Decided per sequence and kv head, from their own q and k: a
+    # batch shared out among workers either way decides alike.
+    bound = np.sqrt((q_g * q_g).sum(-1).max(-1)
+                    * k_sq[..., lo:stop].max(-1)) * 1.01              # [..., n_kv_heads]
     if softcap:  # Gemma 2: a smooth clamp of the scores to (-cap, cap), before the mask
         out[...] = ops.softcap(out, softcap)
         bound = np.minimum(bound, softcap)
@@ -142,8 +143,8 @@ def pattern_rows(q_g: np.ndarray, k_T: np.ndarray, softcap: float | None, mask: 
     safe = bound <= kernels.EXP_SAFE
     if safe.all() or not safe.any():
         return kernels.softmax_in_place(out, float(bound.max()))
-    for b in np.ndindex(bound.shape):
-        kernels.softmax_in_place(out[b], float(bound[b]))
+    for head in np.ndindex(bound.shape):
+        kernels.softmax_in_place(out[head], float(bound[head]))
     return out
 
 
