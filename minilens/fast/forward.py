@@ -270,6 +270,27 @@ def begin_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig,
     t.v_g[..., rows, :] = np.swapaxes(v, -3, -2)                      # [n_kv, rows, d_head]
 
 
+# Rows per piece of the MLP's element-wise passes (bias, activation, gate): a piece of 32 x d_mlp
+# numbers stays in the core's cache from one pass to the next.
+ACTIVATION_ROWS = 32
+
+
+def activate(pre: np.ndarray, b: np.ndarray | None, act: str, out: np.ndarray,
+             up: np.ndarray | None = None, b_up: np.ndarray | None = None) -> None:
+    """mlp_post = act(pre + b), times (up + b_up) for a gated MLP, into out, ACTIVATION_ROWS rows
+    at a time; pre and up are overwritten.  [..., rows, d_mlp] -> out [..., rows, d_mlp]"""
+    fn = kernels.ACTIVATIONS[act]
+    for a in range(0, pre.shape[-2], ACTIVATION_ROWS):
+        piece = (..., slice(a, a + ACTIVATION_ROWS), slice(None))
+        if b is not None:
+            pre[piece] += b
+        fn(pre[piece], out=out[piece])
+        if up is not None:
+            if b_up is not None:
+                up[piece] += b_up
+            out[piece] *= up[piece]
+
+
 def end_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig) -> None:
     """Layer t from attention's z to resid_post, at rows ``rows``."""
     z = t.z[..., rows, :, :]
@@ -282,21 +303,16 @@ def end_block(t: Layer, rows: slice, w: LayerParams, cfg: ModelConfig) -> None:
     # A parallel residual (GPT-NeoX, Phi) feeds the MLP the block's input, not resid_mid.
     normed, t.scale_ln2[..., rows, :] = norm(resid_pre if cfg.parallel_residual else resid_mid,
                                              w.ln2_w, w.ln2_b, cfg)
-    act = kernels.ACTIVATIONS[cfg.act]
     mlp_post = t.mlp_post[..., rows, :]                            # [rows, d_mlp]
     if cfg.gated_mlp:
         if w.W_gate_in is not None:                 # both branches in one product
             both = linear(normed, w.W_gate_in, None)                   # [rows, 2 d_mlp]
             gate, up = both[..., :cfg.d_mlp], both[..., cfg.d_mlp:]
-            if w.b_gate is not None:
-                gate += w.b_gate
-                up += w.b_in
         else:
-            gate, up = linear(normed, w.W_gate, w.b_gate), linear(normed, w.W_in, w.b_in)
-        act(gate, out=mlp_post)
-        mlp_post *= up
+            gate, up = linear(normed, w.W_gate, None), linear(normed, w.W_in, None)
+        activate(gate, w.b_gate, cfg.act, mlp_post, up, w.b_in)
     else:
-        act(linear(normed, w.W_in, w.b_in), out=mlp_post)
+        activate(linear(normed, w.W_in, None), w.b_in, cfg.act, mlp_post)
     mlp_out = linear(mlp_post, w.W_out, w.b_out, out=t.mlp_out[..., rows, :])
     if cfg.sandwich_norms:
         _, t.scale_ln2_post[..., rows, :] = norm(mlp_out, w.ln2_post_w, None, cfg, out=mlp_out)
