@@ -451,8 +451,9 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False,
     """Load a Hugging Face checkpoint folder (or a model name from the local HF cache).
 
     ``dtype`` is the compute dtype: float32 by default, float64 as a reference mode. Stored
-    F16/BF16/F32 weights are widened exactly. Tensors are memory-mapped read-only and each
-    layer is widened on first use, so loading is quick and nothing is ever written to the folder.
+    F16/BF16/F32 weights are widened exactly. Tensors are memory-mapped read-only and the layers
+    are widened on first use (the fast pass widens all of a cached model's layers before its first
+    product), so loading is quick and nothing is ever written to the folder.
     ``check_finite=True`` reads every weight once and names any tensor holding NaN or inf.
     ``fast=False`` runs the textbook forward pass (forward.py) instead of fast/forward.py: the same
     numbers to rounding, slower, and every value made exactly where forward.py's code says.
