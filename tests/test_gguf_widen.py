@@ -37,7 +37,7 @@ def test_a_block_widened_by_workers_equals_one_widened_alone(monkeypatch):
 def test_gate_and_in_are_dequantized_side_by_side(monkeypatch):
     """The MLP's one product reads W_gate | W_in from one F-ordered matrix. The GGUF reader
     dequantizes them into one buffer, so gate_beside_in must take that buffer as it is: a copy
-    would cost 0.07 s of SmolLM2's first forward and 106 MB twice over."""
+    would add a pass over half of every layer's weights, and hold them twice for a moment."""
     copies = []
     concatenate = np.concatenate
     monkeypatch.setattr(checkpoint.np, "concatenate",

@@ -639,9 +639,9 @@ class LazyLayers(Sequence[LayerParams]):
     def widen_all(self) -> None:
         """Widen every layer not yet widened, now; nothing when the layers are streamed
         (``cache=False``). The fast pass calls this before its first product: a GGUF layer
-        dequantized between two products took up to twice as long as one dequantized before
-        any (BLAS's idle threads spin on the core the second worker dequantizes on;
-        tests/benchmarks/first_forward.py)."""
+        dequantized between two products took longer than one dequantized before any (BLAS's
+        idle threads spin on the core the second worker dequantizes on;
+        tests/benchmarks/first_forward.py and its README)."""
         if self.cache:
             for l in range(len(self)):
                 self[l]
@@ -692,8 +692,9 @@ def gate_beside_in(params: LayerParams) -> LayerParams:
 def blas_ready(params, columns: bool = False):
     """Make every weight C- or F-contiguous: BLAS copies strided operands on every call
     otherwise. ``columns=True`` makes every matrix F-ordered (each output's column of weights
-    contiguous, as [out, in] files store them), copying C-ordered ones (GPT-2's Conv1D) too: x @ W
-    ran 2% faster so on GPT-2-small (tests/benchmarks/README.md). Done once for a cached layer."""
+    contiguous, as [out, in] files store them), copying C-ordered ones (GPT-2's Conv1D) too:
+    OpenBLAS multiplies x @ W faster so (tests/benchmarks/README.md, 2026-12-07). Done once for a
+    cached layer."""
     for f in fields(params):
         a = getattr(params, f.name)
         if not isinstance(a, np.ndarray):
