@@ -222,7 +222,8 @@ def test_lens_in_workers_equals_one_worker(gpt2, monkeypatch):
     monkeypatch.setattr(lens, "WORKERS", 1)
     one = ml.logit_lens(trace, target=5, top_k=3)
     monkeypatch.setattr(lens, "WORKERS", 3)
-    monkeypatch.setattr(lens, "STAT_POSITIONS", 3)  # pieces of 3 positions, uneven last
+    # pieces of 3 positions (of all the lens's rows), the last uneven
+    monkeypatch.setattr(lens, "STAT_ROWS", 3 * len(one.labels))
     three = ml.logit_lens(trace, target=5, top_k=3)
     for name in ("top_ids", "target_rank"):
         assert np.array_equal(getattr(one, name), getattr(three, name)), (

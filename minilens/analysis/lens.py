@@ -45,10 +45,11 @@ CHUNK_ELEMENTS = 1 << 24
 # unembedding GEMM uses every BLAS thread. So the positions, which are independent, are shared out
 # among fast/workers.py's workers (one per core), each doing its positions' GEMMs and statistics
 # with BLAS at one thread. WORKERS = None takes workers.n_workers(); tests set it. Within a worker,
-# the statistics run on pieces of STAT_POSITIONS positions (all rows: 2 x 13 x 50257 logits, 5 MB
-# for GPT-2-small), which stay in cache between the passes.
+# the statistics run on pieces of a few positions (all rows) of at most STAT_ROWS rows of logits in
+# all: 2 positions of GPT-2-small's 13 rows, 1 of SmolLM2's 31 (each about 2% faster than the
+# other choice on that model; tests/benchmarks/README.md, 2026-12-07).
 WORKERS: int | None = None
-STAT_POSITIONS = 2
+STAT_ROWS = 32
 
 
 # ------------------------------------------------------------------------------------------
@@ -320,8 +321,9 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
     results = dict(out, top_ids=top_ids, top_probs=top_probs)      # each [R, n_pos](, k)
     n_workers = max(1, min(WORKERS or workers.n_workers(), n_pos))
     # Each worker one logits buffer for its chunks (CHUNK_ELEMENTS numbers, or less with more
-    # than two workers) and one exp buffer for a piece of STAT_POSITIONS positions.
+    # than two workers) and one exp buffer for a piece of `per_piece` positions.
     chunk = max(1, 2 * CHUNK_ELEMENTS // (max(2, n_workers) * R * d_vocab))
+    per_piece = max(1, STAT_ROWS // R)
     shares = workers.shares(n_pos, n_workers)
 
     def work(w: int) -> None:
@@ -329,7 +331,7 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
         share = shares[w]
         logits_buf = np.empty((R * min(chunk, share.stop - share.start), d_vocab),
                               dtype=trace.logits.dtype)
-        exp_buf = np.empty((R, STAT_POSITIONS, d_vocab), dtype=trace.logits.dtype)
+        exp_buf = np.empty((R, per_piece, d_vocab), dtype=trace.logits.dtype)
         for start in range(share.start, share.stop, chunk):
             p = pos[start:min(start + chunk, share.stop)]
             c = len(p)
@@ -344,9 +346,9 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
             logits3 = logits.reshape(R, c, d_vocab)
             # The statistics make several passes over the logits. Done a few positions at a time,
             # each piece (all rows) stays in cache between passes.
-            for a in range(0, c, STAT_POSITIONS):
-                at = slice(start + a, start + min(a + STAT_POSITIONS, c))
-                piece = logits3[:, a:a + STAT_POSITIONS]
+            for a in range(0, c, per_piece):
+                at = slice(start + a, start + min(a + per_piece, c))
+                piece = logits3[:, a:a + per_piece]
                 stats = position_statistics(piece, targets[at], k,
                                             exp_buf[:, :piece.shape[1]])
                 for name, value in stats.items():
