@@ -76,3 +76,4 @@ def test_the_first_forward_widens_every_layer_first(monkeypatch):
     streamed = ml.load(smollm2_path(), cache_layers=False)
     streamed.layers.widen_all()
     assert not streamed.layers._cache, "a streamed model must not keep widened layers"
+

@@ -639,9 +639,9 @@ class LazyLayers(Sequence[LayerParams]):
     def widen_all(self) -> None:
         """Widen every layer not yet widened, now; nothing when the layers are streamed
         (``cache=False``). The fast pass calls this before its first product: a GGUF layer
-        dequantized between two products took longer than one dequantized before any (BLAS's
-        idle threads spin on the core the second worker dequantizes on;
-        tests/benchmarks/first_forward.py and its README)."""
+        dequantized between two products took longer than one dequantized before any
+        (tests/benchmarks/first_forward.py and its README; likely OpenBLAS's idle threads, which
+        spin for a while after each product, on the core the second worker dequantizes on)."""
         if self.cache:
             for l in range(len(self)):
                 self[l]

@@ -309,10 +309,13 @@ class GGUFCheckpoint(Checkpoint):
 
         def get(name: str, shape: tuple) -> np.ndarray:
             self._info(name, shape)
-            if name not in ready:
+            w = ready.pop(name, None)      # (pop, not test-then-pop: two threads may share it)
+            if w is None:
+                block = self.widen(self.blocks.get(name, [name]), dtype)
+                w = block.pop(name)
                 ready.clear()
-                ready.update(self.widen(self.blocks.get(name, [name]), dtype))
-            return ready.pop(name)
+                ready.update(block)
+            return w
         return get
 
     def widen(self, names: list[str], dtype: np.dtype) -> dict[str, np.ndarray]:
