@@ -277,3 +277,30 @@ def test_bad_inputs_raise_input_errors():
         ml.logit_lens(model.run([1, 2, 3], names={"resid_final"}))
     with pytest.raises(ml.InputError, match="no lens row"):
         ml.logit_lens(trace).logits("7_pre")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_statistics_of_logits_hundreds_below_the_max(dtype):
+    """A row whose logits spread hundreds below its max, as the lens's embedding row does on
+    SmolLM2. Their exp is floored at EXP_FLOOR (no subnormals), but the entropy and the KL must use
+    the true logits: KL(p_final || p_row) is large where the final row puts mass on tokens this
+    row puts at -300. Checked against a float64 log-softmax."""
+    from minilens.analysis import lens
+    rng = np.random.default_rng(5)
+    V = 3000
+    row = -rng.uniform(0, 400, V)                   # far below its max, which is 0 or near it
+    final = rng.normal(0, 2, V)
+    logits = np.stack([row, final])[:, None, :]     # [R = 2, n_pos = 1, V]
+    stats = lens.position_statistics(logits.astype(dtype), np.array([7]), 5,
+                                     np.empty(logits.shape, dtype))
+
+    def log_softmax(x):
+        return x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+    logp_row, logp_final = log_softmax(row), log_softmax(final)
+    p_row, p_final = np.exp(logp_row), np.exp(logp_final)
+    kl = (p_final * (logp_final - logp_row)).sum()
+    entropy = -(p_row * logp_row).sum()
+    np.testing.assert_allclose(stats["kl_to_final"][0, 0], kl, rtol=1e-5, err_msg=(
+        "KL to the final row is wrong for logits far below their max: is the floor on exp's "
+        "input applied to the logits themselves?"))
+    np.testing.assert_allclose(stats["entropy"][0, 0], entropy, rtol=1e-4, atol=1e-6)

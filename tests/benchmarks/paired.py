@@ -6,10 +6,12 @@ the per-round ratios, with its quartiles.
 
     python tests/benchmarks/paired.py lens-pieces --model smollm2      # STAT_ROWS 31 against 62
     python tests/benchmarks/paired.py lens-pieces --model gpt2         # STAT_ROWS 13 against 26
+    python tests/benchmarks/paired.py exp-floor --model smollm2        # lens exp floored or not
     python tests/benchmarks/paired.py f-order --model gpt2             # C- against F-ordered
 
   lens-pieces  ``ml.logit_lens(trace, 504)`` at 512 tokens with the statistics in pieces of one
                position (STAT_ROWS = the number of rows) against two (twice that).
+  exp-floor    the same lens with its exp unfloored against floored at EXP_FLOOR (subnormals).
   f-order      ``model.run(ids)`` at 512 tokens with the cached layers' weight matrices as
                blas_ready(columns=True) leaves them (F-ordered) against C-ordered copies.
 
@@ -54,6 +56,20 @@ def lens_pieces(model, ids):
     return ("STAT_ROWS = rows (1 position)", with_rows(R)), ("2 positions", with_rows(2 * R))
 
 
+def exp_floor(model, ids):
+    """(setting A, setting B): the lens's exp without a floor (-inf), with EXP_FLOOR (-87)."""
+    import minilens as ml
+    from minilens.analysis import lens
+    trace = model.run(ids)
+
+    def with_floor(floor):
+        def run():
+            lens.EXP_FLOOR = floor
+            ml.logit_lens(trace, 504)
+        return run
+    return ("no floor", with_floor(-np.inf)), ("floor -87", with_floor(-87.0))
+
+
 def f_order(model, ids):
     """(setting A, setting B): C-ordered weight matrices, F-ordered (as loaded)."""
     model.run(ids[:8])
@@ -78,7 +94,7 @@ def f_order(model, ids):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("knob", choices=["lens-pieces", "f-order"])
+    ap.add_argument("knob", choices=["lens-pieces", "exp-floor", "f-order"])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
@@ -86,8 +102,8 @@ def main() -> None:
     harness.pin_threads(args.threads)
     model = load(args.model)
     ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 512)
-    (name_a, a), (name_b, b) = {"lens-pieces": lens_pieces, "f-order": f_order}[args.knob](
-        model, ids)
+    knobs = {"lens-pieces": lens_pieces, "exp-floor": exp_floor, "f-order": f_order}
+    (name_a, a), (name_b, b) = knobs[args.knob](model, ids)
     a(), b()                                                       # warm-up
     times = {name_a: [], name_b: []}
     for r in range(args.rounds):
