@@ -8,10 +8,11 @@ how, never in what:
   queries, then everything else by rows (``forward``'s docstring);
 - blocked causal attention: queries ATTENTION_BLOCK at a time, each block skipping the keys the
   causal mask would zero, one reused scratch buffer, each kv head's keys multiplied by all of its
-  group's queries at once; the pattern is not kept but derived from the recorded q and k when a
-  trace first reads it (by the same blocks, so bit for bit the one used);
+  group's queries at once; the softmax skips subtracting the row max where |q| |k| bounds a kv
+  head's scores (pattern_rows); the pattern is not kept but derived from the recorded q and k
+  when a trace first reads it (by the same blocks and decisions, so bit for bit the one used);
 - in-place kernels (kernels.py) and ``out=`` where it saves a temporary the size of the
-  activations;
+  activations; the MLP's element-wise passes a few rows at a time (``activate``);
 - every value written into memory the model recycles (``rec.empty``: memory.py's ArrayPool).
 tests/test_fast_paths.py and tests/test_properties.py check that every recorded key equals
 forward.py's, for every family, in one worker and in several.
