@@ -4,8 +4,8 @@ speed.
 minilens's forward pass is forward.py; read that one. This file computes the same trace, and is
 what ``Model.run`` uses by default (``model.fast = False`` switches to forward.py). It differs in
 how, never in what:
-- the work shared among the cores (workers.py): each layer in two rounds, attention by blocks of
-  queries, then everything else by rows (``forward``'s docstring);
+- the work shared among the cores (workers.py): each layer in three rounds, its q, k and v by
+  rows, attention by blocks of queries, then everything else by rows (``forward``'s docstring);
 - blocked causal attention: queries ATTENTION_BLOCK at a time, each block skipping the keys the
   causal mask would zero, one reused scratch buffer, each kv head's keys multiplied by all of its
   group's queries at once; the softmax skips subtracting the row max where |q| |k| bounds a kv
