@@ -184,6 +184,18 @@ def test_string_array_element_length_past_the_end(tmp_path, length):
            "claims" if length == 2**60 else "past the end of the file")
 
 
+def test_string_array_element_past_the_end_of_a_text_tail(tmp_path):
+    """The array last in the file, and what follows the hostile length valid UTF-8: only the
+    bounds check, not a failed decode, can catch it."""
+    from minilens.loading.gguf_file import GGUFFile
+    arr = string("tokenizer.ggml.tokens") + struct.pack("<IIQ", ARR, STR, 2)
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + arr + string("a")
+                     + struct.pack("<Q", 50) + b"xyz")
+    with pytest.raises(CheckpointError, match="element 1 of 'tokenizer.ggml.tokens'.*past the end"):
+        GGUFFile(path)
+
+
 def test_string_array_element_not_utf8(tmp_path):
     meta, tensors = tiny_llama()
     blob = spliced_array(meta, tensors, string("ok"), string(b"\xff\xfe"))

@@ -180,17 +180,14 @@ class _Parser:
         mm, size, pos, out = self.f._mm, self.f.size, self.pos, []
         length = struct.Struct("<Q").unpack_from
         for i in range(n):
-            if pos + 8 > size:
-                self.pos = pos
-                self.need(8, f"the length of element {i} of {key!r}")
-            (k,) = length(mm, pos)
-            if k > MAX_STRING_BYTES or pos + 8 + k > size:
-                self.pos = pos
-                self.string(f"element {i} of {key!r}")    # raises the message string would
+            k = length(mm, pos)[0] if pos + 8 <= size else -1
             try:
+                if not 0 <= k <= MAX_STRING_BYTES or pos + 8 + k > size:
+                    raise ValueError
                 out.append(mm[pos + 8:pos + 8 + k].decode("utf-8"))
-            except UnicodeDecodeError:
-                raise self.f.error(f"element {i} of {key!r} is not valid UTF-8") from None
+            except ValueError:           # (UnicodeDecodeError is one): string raises its message
+                self.pos = pos
+                self.string(f"element {i} of {key!r}")
             pos += 8 + k
         self.pos = pos
         return out
