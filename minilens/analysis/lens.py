@@ -32,14 +32,14 @@ if TYPE_CHECKING:
     from ..model import Model
     from ..trace import Trace
 
-# How many logits one chunk may hold: 16M numbers, 64 MB in float32. The logits of all the
+# How many logits one chunk may hold: 32M numbers, 128 MB in float32. The logits of all the
 # workers' chunks together take at most 2 x CHUNK_ELEMENTS numbers (each worker one buffer,
 # allocated once and reused by every chunk), plus the exp of one small piece of positions per
-# worker, so the peak extra memory is about 2 x 64 MB whatever n_seq is.
-# Smaller chunks make the unembedding GEMM less efficient: on GPT-2 shapes, 2^23 cost ~6% more time;
-# and each chunk's product streams all of W_U once, so chunks split among more workers would read
-# W_U more often.
-CHUNK_ELEMENTS = 1 << 24
+# worker, so the peak extra memory is about 2 x 128 MB whatever n_seq is.
+# Each chunk's GEMM streams all of W_U once, so larger chunks read W_U less often: 2^25 took 5.7%
+# less time than 2^24 on SmolLM2 and on GPT-2-small (tests/benchmarks/README.md, paired.py
+# lens-chunk); chunks split among more workers would read W_U more often.
+CHUNK_ELEMENTS = 1 << 25
 
 # The statistics are element-wise numpy passes (max, exp, sums), which run on one core, while the
 # unembedding GEMM uses every BLAS thread. So the positions, which are independent, are shared out
@@ -348,7 +348,8 @@ def run_lens(trace: "Trace", rows: list, pos: np.ndarray, targets: np.ndarray,
             # (a GEMM over a different number of rows may round differently in the last place).
             logits = logits_buf[:R * c]                             # [R * c, d_vocab]
             lens_logits(model, stacked.reshape((R - 1) * c, d_model), out=logits[:(R - 1) * c])
-            logits[(R - 1) * c:] = trace.logits[p]
+            # (mode="clip": with the default "raise", take buffers a whole copy of its output)
+            np.take(trace.logits, p, axis=0, out=logits[(R - 1) * c:], mode="clip")
             logits3 = logits.reshape(R, c, d_vocab)
             # The statistics make several passes over the logits. Done a few positions at a time,
             # each piece (all rows) stays in cache between passes.

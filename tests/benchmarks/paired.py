@@ -8,10 +8,13 @@ the per-round ratios, with its quartiles.
     python tests/benchmarks/paired.py lens-pieces --model gpt2         # STAT_ROWS 13 against 26
     python tests/benchmarks/paired.py exp-floor --model smollm2        # lens exp floored or not
     python tests/benchmarks/paired.py f-order --model gpt2             # C- against F-ordered
+    python tests/benchmarks/paired.py lens-chunk --model smollm2       # CHUNK_ELEMENTS 2^24, 2^25
 
   lens-pieces  ``ml.logit_lens(trace, 504)`` at 512 tokens with the statistics in pieces of one
                position (STAT_ROWS = the number of rows) against two (twice that).
   exp-floor    the same lens with its exp unfloored against floored at EXP_FLOOR (subnormals).
+  lens-chunk   the same lens with CHUNK_ELEMENTS = 2^24 against 2^25: twice the positions per
+               unembedding GEMM (each GEMM reads all of W_U), twice the logits buffers.
   f-order      ``model.run(ids)`` at 512 tokens with the cached layers' weight matrices as
                blas_ready(columns=True) leaves them (F-ordered) against C-ordered copies.
 
@@ -70,6 +73,20 @@ def exp_floor(model, ids):
     return ("no floor", with_floor(-np.inf)), ("floor -87", with_floor(-87.0))
 
 
+def lens_chunk(model, ids):
+    """(setting A, setting B): the lens's chunks of 2^24 logits, of 2^25."""
+    import minilens as ml
+    from minilens.analysis import lens
+    trace = model.run(ids)
+
+    def with_chunk(elements):
+        def run():
+            lens.CHUNK_ELEMENTS = elements
+            ml.logit_lens(trace, 504)
+        return run
+    return ("2^24 logits", with_chunk(1 << 24)), ("2^25 logits", with_chunk(1 << 25))
+
+
 def f_order(model, ids):
     """(setting A, setting B): C-ordered weight matrices, F-ordered (as loaded)."""
     model.run(ids[:8])
@@ -94,7 +111,7 @@ def f_order(model, ids):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("knob", choices=["lens-pieces", "exp-floor", "f-order"])
+    ap.add_argument("knob", choices=["lens-pieces", "exp-floor", "lens-chunk", "f-order"])
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
@@ -102,7 +119,8 @@ def main() -> None:
     harness.pin_threads(args.threads)
     model = load(args.model)
     ids = np.random.default_rng(0).integers(0, model.cfg.d_vocab, 512)
-    knobs = {"lens-pieces": lens_pieces, "exp-floor": exp_floor, "f-order": f_order}
+    knobs = {"lens-pieces": lens_pieces, "exp-floor": exp_floor, "lens-chunk": lens_chunk,
+             "f-order": f_order}
     (name_a, a), (name_b, b) = knobs[args.knob](model, ids)
     a(), b()                                                       # warm-up
     times = {name_a: [], name_b: []}
