@@ -1,0 +1,170 @@
+"""numpy's matrix products against torch's, on the forward pass's own shapes: how much of the gap
+to transformers is the BLAS library (issues 13 and 14, "at most 1.0x transformers").
+
+    python tests/benchmarks/gemm_libraries.py [--threads 2] [--seq 512] [--repeats 9]
+
+minilens multiplies with numpy's BLAS (OpenBLAS, as numpy's wheels ship it); transformers with
+torch's (MKL on x86). Both take the same float32 matrices here. Three tables, contenders
+interleaved round by round (harness.interleaved), medians:
+
+  per product  each distinct product of one layer of SmolLM2 at --seq tokens (Q|K|V, the
+               scores of one kv group, pattern @ v, W_O, W_gate|W_in, W_out, and the
+               unembedding), BLAS on ONE thread, np.matmul(out=) against torch.mm(out=) /
+               torch.matmul(out=); GFLOP/s of each.
+  floors       run.forward_gemm_floor (the forward's products alone, numpy) and the same
+               products in torch, on --threads threads, against transformers' whole forward
+               (sdpa, use_cache=False, no hidden states) on the same model: SmolLM2 (the GGUF
+               that ``minilens fetch smollm2`` downloads, read by transformers), GPT-2-small and
+               Llama-small (checkpoints.py's random ones).
+
+The models need the test extra (torch, transformers, gguf) and ``minilens fetch smollm2``.
+Run by hand on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checkpoints
+import harness
+import run
+import smollm2
+
+
+def torch_gemm_floor(cfg, n_seq: int):
+    """run.forward_gemm_floor's products, in torch: the same shapes, into preallocated outputs."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    d, H, Hkv, dh, m, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp,
+                           cfg.d_vocab)
+    n_in = 2 * m if cfg.gated_mlp else m
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float32)
+
+    x, W_QKV, W_O, W_in, W_out = (r(n_seq, d), r(d, (H + 2 * Hkv) * dh), r(H * dh, d),
+                                  r(d, n_in), r(m, d))
+    W_U = r(d, V)
+    q, k_T, v = r(H, n_seq, dh), r(H, dh, n_seq), r(H, n_seq, dh)
+    qkv, scores, z = (torch.empty(n_seq, W_QKV.shape[1]), torch.empty(H, n_seq, n_seq),
+                      torch.empty(H, n_seq, dh))
+    o, hidden, out, logits = (torch.empty(n_seq, d), torch.empty(n_seq, n_in),
+                              torch.empty(n_seq, d), torch.empty(n_seq, V))
+    zz, mlp_post = r(n_seq, H * dh), r(n_seq, m)
+
+    def go():
+        with torch.inference_mode():
+            for _ in range(cfg.n_layers):
+                torch.mm(x, W_QKV, out=qkv)
+                torch.bmm(q, k_T, out=scores)
+                torch.bmm(scores, v, out=z)
+                torch.mm(zz, W_O, out=o)
+                torch.mm(x, W_in, out=hidden)
+                torch.mm(mlp_post, W_out, out=out)
+            torch.mm(x, W_U, out=logits)
+    return go
+
+
+def hf_logits_only(model, ids):
+    import torch
+    ids_t = torch.from_numpy(ids)[None]
+
+    def go():
+        with torch.inference_mode():
+            return model(ids_t, use_cache=False)
+    return go
+
+
+def medians(contenders: dict, repeats: int) -> dict[str, float]:
+    return {name: harness.median(times)
+            for name, times in harness.interleaved(contenders, repeats).items()}
+
+
+def products(cfg, n_seq: int) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(name, A shape, B shape) of one layer's distinct products, plus the unembedding."""
+    d, H, Hkv, dh, m, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp,
+                           cfg.d_vocab)
+    group = H // Hkv
+    return [("x @ W_Q|W_K|W_V", (n_seq, d), (d, (H + 2 * Hkv) * dh)),
+            ("q @ k^T (one kv group)", (group * n_seq, dh), (dh, n_seq)),
+            ("pattern @ v (one head)", (n_seq, n_seq), (n_seq, dh)),
+            ("z @ W_O", (n_seq, H * dh), (H * dh, d)),
+            ("x @ W_gate|W_in", (n_seq, d), (d, 2 * m if cfg.gated_mlp else m)),
+            ("mlp_post @ W_out", (n_seq, m), (m, d)),
+            ("x @ W_U", (n_seq, d), (d, V))]
+
+
+def section_products(cfg, args) -> list[str]:
+    import torch
+    harness.pin_threads(1)
+    rng = np.random.default_rng(0)
+    title = (f"## One thread: each product of SmolLM2 at {args.seq} tokens, "
+             f"medians of {args.repeats}")
+    header = ("| product | shape | numpy ms | torch ms | numpy GFLOP/s | torch GFLOP/s "
+              "| numpy / torch |")
+    lines = [title, "", header, "|---|---|---:|---:|---:|---:|---:|"]
+    for name, (M, K), (_, N) in products(cfg, args.seq):
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        b = rng.standard_normal((K, N), dtype=np.float32)
+        out = np.empty((M, N), np.float32)
+        ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.empty(M, N)
+        t = medians({"numpy": lambda: np.matmul(a, b, out=out),
+                     "torch": lambda: torch.mm(ta, tb, out=tout)}, args.repeats)
+        gflop = 2 * M * K * N / 1e9
+        lines.append(f"| {name} | {M} x {K} @ {K} x {N} | {t['numpy'] * 1e3:.2f} | "
+                     f"{t['torch'] * 1e3:.2f} | {gflop / t['numpy']:.0f} | "
+                     f"{gflop / t['torch']:.0f} | {t['numpy'] / t['torch']:.2f} |")
+    return lines
+
+
+def section_floors(args) -> list[str]:
+    import minilens as ml
+    harness.pin_threads(args.threads)
+    title = (f"## {args.threads} threads: the forward's products alone, at {args.seq} tokens, "
+             f"against transformers' whole forward (sdpa), medians of {args.repeats}")
+    header = ("| model | numpy products s | torch products s | transformers forward s "
+              "| numpy / torch products | numpy products / transformers "
+              "| torch products / transformers |")
+    lines = [title, "", header, "|---|---:|---:|---:|---:|---:|---:|"]
+    path = smollm2.model_path("smollm2")
+    models = {"SmolLM2-135M": (ml.load(path).cfg, lambda: smollm2.load_hf_gguf(path, "sdpa")),
+              "GPT-2-small": (ml.load(checkpoints.gpt2_small()).cfg,
+                              lambda: run.load_hf(checkpoints.gpt2_small(), "sdpa")),
+              "Llama-small": (ml.load(checkpoints.llama_small()).cfg,
+                              lambda: run.load_hf(checkpoints.llama_small(), "sdpa"))}
+    for name, (cfg, load_hf) in models.items():
+        ids = np.random.default_rng(0).integers(0, cfg.d_vocab, args.seq)
+        t = medians({"numpy": run.forward_gemm_floor(cfg, args.seq),
+                     "torch": torch_gemm_floor(cfg, args.seq),
+                     "transformers": hf_logits_only(load_hf(), ids)}, args.repeats)
+        lines.append(f"| {name} | {t['numpy']:.3f} | {t['torch']:.3f} | {t['transformers']:.3f} "
+                     f"| {t['numpy'] / t['torch']:.2f} | {t['numpy'] / t['transformers']:.2f} "
+                     f"| {t['torch'] / t['transformers']:.2f} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    import minilens as ml
+    info = harness.machine()
+    print(f"# {info['cpu']} ({info['nproc']} cores), numpy {info['numpy']}, "
+          f"torch {info.get('torch')}, transformers {info.get('transformers')}; "
+          f"load average at start {info['load_avg_at_start']}")
+    print(f"# numpy's BLAS: {harness.pin_threads(1)['numpy_blas']}\n")
+    cfg = ml.load(smollm2.model_path("smollm2")).cfg
+    print("\n".join(section_products(cfg, args)), "\n", flush=True)
+    print("\n".join(section_floors(args)))
+
+
+if __name__ == "__main__":
+    main()
