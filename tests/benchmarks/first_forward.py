@@ -10,14 +10,22 @@ Each round runs one fresh process per variant, in turn:
                    (LazyLayers.widen_all skipped), as before 2026-12-07
   one-worker       every tensor dequantized in this thread (a block's tensors not shared among
                    the workers, nor a large tensor's pieces)
-and prints each process's load, first, second and third forward (model(ids), random ids), and
-the seconds spent widening layers (LazyLayers.widen_seconds).
+and prints each process's load, first, second and third forward (model(ids), random ids), the
+seconds spent widening layers (LazyLayers.widen_seconds), and the third forward's CPU time over
+its wall time and the workers (1.00: no core idles, so nothing could be overlapped with it).
+
+    python tests/benchmarks/first_forward.py --widening-parts
+
+instead splits the widening's cost: in one process, every layer tensor of SmolLM2 is dequantized
+(GGUFFile.dequantize, the workers sharing a layer's tensors) three times into memory already
+faulted in, and three times into fresh arrays (the pages the kernel must fault in and zero).
 Run by hand on a quiet machine; numpy's BLAS at its default threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import subprocess
 import sys
 import time
@@ -29,6 +37,7 @@ def child(variant: str, n_seq: int) -> None:
     import numpy as np
 
     import minilens as ml
+    from minilens.fast import workers
     from minilens.loading import checkpoint, gguf_checkpoint, gguf_file
     if variant == "between-products":
         checkpoint.LazyLayers.widen_all = lambda self: None
@@ -43,18 +52,60 @@ def child(variant: str, n_seq: int) -> None:
         t0 = time.perf_counter()
         model(ids)
         times.append(time.perf_counter() - t0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    model(ids)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     load, first, second, third = times
     print(f"{variant:16s} load {load:.3f} s  first {first:.3f} s  second {second:.3f} s  "
           f"third {third:.3f} s  widening {model.layers.widen_seconds:.3f} s  "
-          f"(load + first) / second {(load + first) / second:.2f}", flush=True)
+          f"(load + first) / second {(load + first) / second:.2f}  "
+          f"CPU / (wall x workers) {cpu / (wall * workers.n_workers()):.2f}", flush=True)
+
+
+def widening_parts() -> None:
+    """Every layer tensor dequantized into faulted-in memory, then into fresh memory."""
+    import numpy as np
+
+    import minilens as ml
+    from minilens.fast import workers
+    model = ml.load("smollm2")
+    gguf = model.layers._ckpt.gguf
+    layers: dict[int, list[str]] = {}
+    for name in gguf.tensors:
+        if name.startswith("blk.") and len(gguf.tensors[name].shape) == 2:
+            layers.setdefault(int(name.split(".")[1]), []).append(name)
+    size = {n: math.prod(gguf.tensors[n].shape) for names in layers.values() for n in names}
+    faulted = {n: np.ones(size[n], dtype=np.float32) for n in size}
+
+    def dequantize_all(into) -> float:
+        t0 = time.perf_counter()
+        for names in layers.values():
+            mine = workers.balanced([size[n] for n in names], workers.n_workers())
+            workers.split(lambda w: [gguf.dequantize(names[i], out=into(names[i]))
+                                     for i in mine[w]], workers.n_workers())
+        return time.perf_counter() - t0
+    kept: list[np.ndarray] = []         # every fresh array lives until the pass ends
+
+    def fresh_array(name: str) -> np.ndarray:
+        kept.append(np.empty(size[name], dtype=np.float32))
+        return kept[-1]
+    for _ in range(3):
+        fresh = dequantize_all(fresh_array)
+        kept.clear()
+        print(f"{sum(size.values()) / 1e6:.0f}M weights, {workers.n_workers()} workers: "
+              f"into faulted-in memory {dequantize_all(faulted.get):.3f} s, "
+              f"into fresh memory {fresh:.3f} s", flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--widening-parts", action="store_true")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.widening_parts:
+        return widening_parts()
     if args.child:
         return child(args.child, args.seq)
     for _ in range(args.rounds):
