@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 # workers' chunks together take at most 2 x CHUNK_ELEMENTS numbers (each worker one buffer,
 # allocated once and reused by every chunk), plus the exp of one small piece of positions per
 # worker, so the peak extra memory is about 2 x 128 MB whatever n_seq is.
-# Each chunk's GEMM streams all of W_U once, so larger chunks read W_U less often: 2^25 took 5.7%
-# less time than 2^24 on SmolLM2 and on GPT-2-small (tests/benchmarks/README.md, paired.py
-# lens-chunk); chunks split among more workers would read W_U more often.
+# Each chunk's GEMM streams all of W_U once, so larger chunks read W_U less often: 2^25 beat 2^24
+# on SmolLM2 and on GPT-2-small in paired rounds (paired.py lens-chunk; tests/benchmarks/README.md).
+# For the same reason, chunks split among more workers would read W_U more often.
 CHUNK_ELEMENTS = 1 << 25
 
 # The statistics are element-wise numpy passes (max, exp, sums), which run on one core, while the
