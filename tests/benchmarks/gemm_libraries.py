@@ -4,15 +4,15 @@ to transformers is the BLAS library (issues 13 and 14, "at most 1.0x transformer
     python tests/benchmarks/gemm_libraries.py [--threads 2] [--seq 512] [--repeats 9]
 
 minilens multiplies with numpy's BLAS (OpenBLAS, as numpy's wheels ship it); transformers with
-torch's (MKL on x86). Both take the same float32 matrices here. Three tables, contenders
+torch's (MKL on x86). Both take the same float32 matrices here. Two tables, contenders
 interleaved round by round (harness.interleaved), medians:
 
   per product  each distinct product of one layer of SmolLM2 at --seq tokens (Q|K|V, the
                scores of one kv group, pattern @ v, W_O, W_gate|W_in, W_out, and the
-               unembedding), BLAS on ONE thread, np.matmul(out=) against torch.mm(out=) /
-               torch.matmul(out=); GFLOP/s of each.
-  floors       run.forward_gemm_floor (the forward's products alone, numpy) and the same
-               products in torch, on --threads threads, against transformers' whole forward
+               unembedding), BLAS on ONE thread, np.matmul(out=) against torch.mm(out=); GFLOP/s of
+               each.
+  floors       run.forward_gemm_floor (the forward's products alone) with numpy's matmul and
+               with torch's, on --threads threads, against transformers' whole forward
                (sdpa, use_cache=False, no hidden states) on the same model: SmolLM2 (the GGUF
                that ``minilens fetch smollm2`` downloads, read by transformers), GPT-2-small and
                Llama-small (checkpoints.py's random ones).
@@ -34,50 +34,6 @@ import checkpoints
 import harness
 import run
 import smollm2
-
-
-def torch_gemm_floor(cfg, n_seq: int):
-    """run.forward_gemm_floor's products, in torch: the same shapes, into preallocated outputs."""
-    import torch
-    g = torch.Generator().manual_seed(0)
-    d, H, Hkv, dh, m, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp,
-                           cfg.d_vocab)
-    n_in = 2 * m if cfg.gated_mlp else m
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float32)
-
-    x, W_QKV, W_O, W_in, W_out = (r(n_seq, d), r(d, (H + 2 * Hkv) * dh), r(H * dh, d),
-                                  r(d, n_in), r(m, d))
-    W_U = r(d, V)
-    q, k_T, v = r(H, n_seq, dh), r(H, dh, n_seq), r(H, n_seq, dh)
-    qkv, scores, z = (torch.empty(n_seq, W_QKV.shape[1]), torch.empty(H, n_seq, n_seq),
-                      torch.empty(H, n_seq, dh))
-    o, hidden, out, logits = (torch.empty(n_seq, d), torch.empty(n_seq, n_in),
-                              torch.empty(n_seq, d), torch.empty(n_seq, V))
-    zz, mlp_post = r(n_seq, H * dh), r(n_seq, m)
-
-    def go():
-        with torch.inference_mode():
-            for _ in range(cfg.n_layers):
-                torch.mm(x, W_QKV, out=qkv)
-                torch.bmm(q, k_T, out=scores)
-                torch.bmm(scores, v, out=z)
-                torch.mm(zz, W_O, out=o)
-                torch.mm(x, W_in, out=hidden)
-                torch.mm(mlp_post, W_out, out=out)
-            torch.mm(x, W_U, out=logits)
-    return go
-
-
-def hf_logits_only(model, ids):
-    import torch
-    ids_t = torch.from_numpy(ids)[None]
-
-    def go():
-        with torch.inference_mode():
-            return model(ids_t, use_cache=False)
-    return go
 
 
 def medians(contenders: dict, repeats: int) -> dict[str, float]:
@@ -140,8 +96,8 @@ def section_floors(args) -> list[str]:
     for name, (cfg, load_hf) in models.items():
         ids = np.random.default_rng(0).integers(0, cfg.d_vocab, args.seq)
         t = medians({"numpy": run.forward_gemm_floor(cfg, args.seq),
-                     "torch": torch_gemm_floor(cfg, args.seq),
-                     "transformers": hf_logits_only(load_hf(), ids)}, args.repeats)
+                     "torch": run.forward_gemm_floor(cfg, args.seq, library="torch"),
+                     "transformers": smollm2.hf_logits(load_hf(), ids)}, args.repeats)
         lines.append(f"| {name} | {t['numpy']:.3f} | {t['torch']:.3f} | {t['transformers']:.3f} "
                      f"| {t['numpy'] / t['torch']:.2f} | {t['numpy'] / t['transformers']:.2f} "
                      f"| {t['torch'] / t['transformers']:.2f} |")

@@ -44,47 +44,34 @@ def load(name: str):
     return ml.load(path() if path else name)
 
 
-def lens_pieces(model, ids):
-    """(setting A, setting B): one position per piece, two."""
+def lens_knob(model, ids, attr: str, a, b):
+    """(setting A, setting B): ``ml.logit_lens(trace, 504)`` with ``lens.<attr>`` set to a, to b."""
     import minilens as ml
     from minilens.analysis import lens
     trace = model.run(ids)
-    R = model.cfg.n_layers + 1
 
-    def with_rows(rows):
+    def with_value(value):
         def run():
-            lens.STAT_ROWS = rows
+            setattr(lens, attr, value)
             ml.logit_lens(trace, 504)
         return run
-    return ("STAT_ROWS = rows (1 position)", with_rows(R)), ("2 positions", with_rows(2 * R))
+    return (f"{attr} = {a}", with_value(a)), (f"{attr} = {b}", with_value(b))
+
+
+def lens_pieces(model, ids):
+    """One position per piece (STAT_ROWS = the number of rows), two."""
+    rows = model.cfg.n_layers + 1
+    return lens_knob(model, ids, "STAT_ROWS", rows, 2 * rows)
 
 
 def exp_floor(model, ids):
-    """(setting A, setting B): the lens's exp without a floor (-inf), with EXP_FLOOR (-87)."""
-    import minilens as ml
-    from minilens.analysis import lens
-    trace = model.run(ids)
-
-    def with_floor(floor):
-        def run():
-            lens.EXP_FLOOR = floor
-            ml.logit_lens(trace, 504)
-        return run
-    return ("no floor", with_floor(-np.inf)), ("floor -87", with_floor(-87.0))
+    """The lens's exp without a floor (-inf), with EXP_FLOOR (-87)."""
+    return lens_knob(model, ids, "EXP_FLOOR", -np.inf, -87.0)
 
 
 def lens_chunk(model, ids):
-    """(setting A, setting B): the lens's chunks of 2^24 logits, of 2^25."""
-    import minilens as ml
-    from minilens.analysis import lens
-    trace = model.run(ids)
-
-    def with_chunk(elements):
-        def run():
-            lens.CHUNK_ELEMENTS = elements
-            ml.logit_lens(trace, 504)
-        return run
-    return ("2^24 logits", with_chunk(1 << 24)), ("2^25 logits", with_chunk(1 << 25))
+    """The lens's chunks of 2^24 logits, of 2^25."""
+    return lens_knob(model, ids, "CHUNK_ELEMENTS", 1 << 24, 1 << 25)
 
 
 def f_order(model, ids):

@@ -56,9 +56,9 @@ MB = 1024 * 1024
 # GEMM floors: the forward's and the lens's matrix products, timed alone with preallocated outputs
 # ------------------------------------------------------------------------------------------
 
-def forward_gemm_floor(cfg, n_seq: int, dtype=np.float32):
+def forward_gemm_floor(cfg, n_seq: int, dtype=np.float32, library: str = "numpy"):
     """A function doing exactly the forward's matrix products (full n_seq x n_seq scores), nothing
-    else.
+    else, with numpy's matmul or (``library="torch"``) torch's, on the same matrices.
 
     QKV is one fused product (the cheapest way to do it), the gated MLP's two input products too.
     """
@@ -80,16 +80,24 @@ def forward_gemm_floor(cfg, n_seq: int, dtype=np.float32):
                               np.empty((n_seq, d), dtype), np.empty((n_seq, V), dtype))
     zz = r(n_seq, H * dh)
     mlp_post = r(n_seq, m)
+    matmul = np.matmul
+    if library == "torch":
+        import torch
+        matmul = torch.matmul
+        (x, W_QKV, W_O, W_in, W_out, W_U, q, k_T, v, qkv, scores, z, o, hidden, out, logits, zz,
+         mlp_post) = (torch.from_numpy(a) for a in (x, W_QKV, W_O, W_in, W_out, W_U, q, k_T, v,
+                                                     qkv, scores, z, o, hidden, out, logits, zz,
+                                                     mlp_post))
 
     def run():
         for _ in range(cfg.n_layers):
-            np.matmul(x, W_QKV, out=qkv)
-            np.matmul(q, k_T, out=scores)
-            np.matmul(scores, v, out=z)
-            np.matmul(zz, W_O, out=o)
-            np.matmul(x, W_in, out=hidden)
-            np.matmul(mlp_post, W_out, out=out)
-        np.matmul(x, W_U, out=logits)
+            matmul(x, W_QKV, out=qkv)
+            matmul(q, k_T, out=scores)
+            matmul(scores, v, out=z)
+            matmul(zz, W_O, out=o)
+            matmul(x, W_in, out=hidden)
+            matmul(mlp_post, W_out, out=out)
+        matmul(x, W_U, out=logits)
     return run
 
 
