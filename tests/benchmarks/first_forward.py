@@ -11,7 +11,7 @@ Each round runs one fresh process per variant, in turn:
   one-worker       every tensor dequantized in this thread (a block's tensors not shared among
                    the workers, nor a large tensor's pieces)
 and prints each process's load, first, second and third forward (model(ids), random ids), the
-seconds spent widening layers (LazyLayers.widen_seconds), and the third forward's CPU time over
+seconds spent widening layers (LazyLayers.widen_seconds), and a fourth forward's CPU time over
 its wall time and the workers (1.00: no core idles, so nothing could be overlapped with it).
 
     python tests/benchmarks/first_forward.py --widening-parts
