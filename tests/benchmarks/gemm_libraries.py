@@ -8,7 +8,7 @@ torch's (MKL on x86). Both take the same float32 matrices here. Two tables, cont
 interleaved round by round (harness.interleaved), medians:
 
   per product  each distinct product of one layer of SmolLM2 at --seq tokens (Q|K|V, the
-               scores of one kv group, pattern @ v, W_O, W_gate|W_in, W_out, and the
+               scores of one kv group, pattern @ v, W_O, [W_gate W_in], W_out, and the
                unembedding), BLAS on ONE thread, np.matmul(out=) against torch.mm(out=); GFLOP/s of
                each.
   floors       run.forward_gemm_floor (the forward's products alone) with numpy's matmul and
@@ -17,6 +17,11 @@ interleaved round by round (harness.interleaved), medians:
                that ``minilens fetch smollm2`` downloads, read by transformers), GPT-2-small and
                Llama-small (checkpoints.py's random ones).
 
+    python tests/benchmarks/gemm_libraries.py --coretypes Haswell SkylakeX Cooperlake SapphireRapids
+
+instead times numpy alone on the same products, one fresh process per OpenBLAS kernel
+(OPENBLAS_CORETYPE; the kernel OpenBLAS actually selects is printed beside it), one thread.
+
 The models need the test extra (torch, transformers, gguf) and ``minilens fetch smollm2``.
 Run by hand on a quiet machine.
 """
@@ -24,6 +29,9 @@ Run by hand on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,11 +54,11 @@ def products(cfg, n_seq: int) -> list[tuple[str, tuple[int, ...], tuple[int, ...
     d, H, Hkv, dh, m, V = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp,
                            cfg.d_vocab)
     group = H // Hkv
-    return [("x @ W_Q|W_K|W_V", (n_seq, d), (d, (H + 2 * Hkv) * dh)),
+    return [("x @ [W_Q W_K W_V]", (n_seq, d), (d, (H + 2 * Hkv) * dh)),
             ("q @ k^T (one kv group)", (group * n_seq, dh), (dh, n_seq)),
             ("pattern @ v (one head)", (n_seq, n_seq), (n_seq, dh)),
             ("z @ W_O", (n_seq, H * dh), (H * dh, d)),
-            ("x @ W_gate|W_in", (n_seq, d), (d, 2 * m if cfg.gated_mlp else m)),
+            ("x @ [W_gate W_in]", (n_seq, d), (d, 2 * m if cfg.gated_mlp else m)),
             ("mlp_post @ W_out", (n_seq, m), (m, d)),
             ("x @ W_U", (n_seq, d), (d, V))]
 
@@ -104,20 +112,58 @@ def section_floors(args) -> list[str]:
     return lines
 
 
+def numpy_products_ms(cfg, n_seq: int, repeats: int) -> tuple[str, list[float]]:
+    """(the OpenBLAS kernel in use, numpy's median ms on each product), on one thread."""
+    info = harness.pin_threads(1)
+    rng = np.random.default_rng(0)
+    times = []
+    for _, (M, K), (_, N) in products(cfg, n_seq):
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        b = rng.standard_normal((K, N), dtype=np.float32)
+        out = np.empty((M, N), np.float32)
+        times.append(medians({"numpy": lambda: np.matmul(a, b, out=out)}, repeats)["numpy"] * 1e3)
+    return info["numpy_blas"], times
+
+
+def section_coretypes(cfg, args) -> list[str]:
+    """One fresh process per OPENBLAS_CORETYPE (OpenBLAS reads it once, when numpy loads it)."""
+    title = f"## numpy's products on one thread, by OpenBLAS kernel, ms (medians of {args.repeats})"
+    lines = [title, "", "| OPENBLAS_CORETYPE | kernel in use | "
+             + " | ".join(name for name, _, _ in products(cfg, args.seq)) + " |",
+             "|---|---|" + "---:|" * len(products(cfg, args.seq))]
+    for coretype in args.coretypes:
+        env = dict(os.environ, OPENBLAS_CORETYPE=coretype)
+        child = subprocess.run([sys.executable, __file__, "--child-coretype", "--seq",
+                                str(args.seq), "--repeats", str(args.repeats)],
+                               env=env, capture_output=True, text=True, check=True)
+        kernel, times = json.loads(child.stdout.strip().splitlines()[-1])
+        lines.append(f"| {coretype} | {kernel} | " + " | ".join(f"{t:.2f}" for t in times) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--coretypes", nargs="+", metavar="CORETYPE")
+    ap.add_argument("--child-coretype", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     import minilens as ml
+    if args.child_coretype:
+        cfg = ml.load(smollm2.model_path("smollm2")).cfg
+        print(json.dumps(numpy_products_ms(cfg, args.seq, args.repeats)))
+        return
     info = harness.machine()
     print(f"# {info['cpu']} ({info['nproc']} cores), numpy {info['numpy']}, "
           f"torch {info.get('torch')}, transformers {info.get('transformers')}; "
           f"load average at start {info['load_avg_at_start']}")
     print(f"# numpy's BLAS: {harness.pin_threads(1)['numpy_blas']}\n")
     cfg = ml.load(smollm2.model_path("smollm2")).cfg
+    if args.coretypes:
+        print("\n".join(section_coretypes(cfg, args)))
+        return
     print("\n".join(section_products(cfg, args)), "\n", flush=True)
     print("\n".join(section_floors(args)))
 
