@@ -239,6 +239,24 @@ def test_result_is_a_new_float32_array(name, tmp_path):
     assert w.flags.writeable and w.flags.c_contiguous
 
 
+@pytest.mark.parametrize("name", list(HINTS))
+def test_out_receives_the_same_bits(name):
+    """dequantize(..., out=buf) fills buf itself and returns it, bit for bit the numbers of a new
+    array: GGUFFile.dequantize writes each piece of a large tensor into its result so, with no
+    float32 copy on the way. An unfit out is refused."""
+    t = quants.GGML_TYPES[TYPE_IDS[name]]
+    raw, n = random_blocks(name, 40, seed=2).reshape(-1), 40 * t.block_size
+    buf = np.full(n, np.nan, dtype=np.float32)
+    got = quants.dequantize(raw, TYPE_IDS[name], n, out=buf)
+    assert got.shape == (n,) and np.shares_memory(got, buf), f"{name}: the result must be out"
+    assert_same_bits(buf, quants.dequantize(raw, TYPE_IDS[name], n), name, t.block_size,
+                     "(written into out) ")
+    for unfit in (np.empty(n - 1, np.float32), np.empty(n, np.float64),
+                  np.empty((n, 2), np.float32)[:, 0]):
+        with pytest.raises(TypeError, match="C-ordered float32"):
+            quants.dequantize(raw, TYPE_IDS[name], n, out=unfit)
+
+
 def test_the_real_models_tensors_match_gguf():
     """Every tensor of SmolLM2-135M-Instruct Q4_1 (Q4_1, Q8_0 and F32), read by gguf's reader."""
     from minilens.loading.gguf_file import GGUFFile

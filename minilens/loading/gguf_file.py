@@ -130,7 +130,7 @@ class GGUFFile:
         def work(w: int) -> None:
             for a, b in zip(bounds[w:-1:n_workers], bounds[w + 1::n_workers]):
                 piece = raw[a * t.qtype.type_size:b * t.qtype.type_size]
-                flat[a * size:b * size] = dequantize(piece, t.type_id, (b - a) * size)
+                dequantize(piece, t.type_id, (b - a) * size, out=flat[a * size:b * size])
         workers.split(work, n_workers)
         return out.reshape(t.shape)
 

@@ -76,11 +76,17 @@ def quant_type(type_id: int, where: str) -> QuantType:
         "Convert the model to one of these, e.g. with llama.cpp's llama-quantize to Q8_0.")
 
 
-def dequantize(raw: np.ndarray, type_id: int, n_elements: int) -> np.ndarray:
-    """Weights of one tensor: raw [n_bytes] uint8 -> a new float32 array [n_elements]."""
+def dequantize(raw: np.ndarray, type_id: int, n_elements: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Weights of one tensor: raw [n_bytes] uint8 -> a new float32 array [n_elements], or ``out``
+    (C-ordered float32 [n_elements]) filled and returned, with no float32 copy made on the way."""
     qtype = quant_type(type_id, "dequantize")
     if not (isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 1):
         raise TypeError(f"dequantize: raw must be a 1-D uint8 array, not {_describe(raw)}")
+    if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.float32
+                                and out.size == n_elements and out.flags.c_contiguous):
+        raise TypeError(f"dequantize: out must be a C-ordered float32 array of {n_elements} "
+                        f"elements, not {_describe(out)}")
     if n_elements % qtype.block_size != 0:
         raise CheckpointError(
             f"{qtype.name}: {n_elements} weights is not a whole number of blocks of "
@@ -92,13 +98,23 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int) -> np.ndarray:
             f"bytes = {n_blocks * qtype.type_size} bytes, but the tensor's data has {raw.size}")
     # np.asarray: a plain-ndarray view of an np.memmap, so that no result is typed memmap.
     blocks = np.asarray(raw).reshape(n_blocks, qtype.type_size)  # -> [n_blocks, type_size]
-    return _DEQUANTIZERS[qtype.name](blocks).reshape(n_elements)
+    return _DEQUANTIZERS[qtype.name](blocks, out).reshape(n_elements)
 
 
 def _describe(x) -> str:
     if isinstance(x, np.ndarray):
         return f"a {x.ndim}-D {x.dtype} array"
     return type(x).__name__
+
+
+def _into(x: np.ndarray, dtype, out: np.ndarray | None) -> np.ndarray:
+    """x converted to dtype: a new array, or ``out``'s memory (dequantize's ``out=``) holding it,
+    in x's shape."""
+    if out is None:
+        return x.astype(dtype)
+    converted = out.view(dtype).reshape(x.shape)
+    converted[...] = x
+    return converted
 
 
 def _f16(blocks: np.ndarray, offset: int) -> np.ndarray:
@@ -119,17 +135,17 @@ NIBBLE_SHIFTS.flags.writeable = CRUMB_SHIFTS.flags.writeable = BIT_SHIFTS.flags.
 # ----------------------------------------------------------------------------------------------
 # Unquantized types: one weight per "block".
 
-def dequantize_f32(blocks):                      # [n_blocks, 4] uint8 -> [n_blocks, 1] float32
-    return blocks.view("<f4").astype(np.float32)   # a copy, never a view of the file
+def dequantize_f32(blocks, out=None):            # [n_blocks, 4] uint8 -> [n_blocks, 1] float32
+    return _into(blocks.view("<f4"), np.float32, out)   # a copy, never a view of the file
 
 
-def dequantize_f16(blocks):                      # [n_blocks, 2] uint8 -> [n_blocks, 1] float32
-    return blocks.view(F16).astype(np.float32)
+def dequantize_f16(blocks, out=None):            # [n_blocks, 2] uint8 -> [n_blocks, 1] float32
+    return _into(blocks.view(F16), np.float32, out)
 
 
 # A bfloat16 is the top half of a float32: the same sign and 8-bit exponent, 7 mantissa bits.
-def dequantize_bf16(blocks):                     # [n_blocks, 2] uint8 -> [n_blocks, 1] float32
-    bits = blocks.view("<u2").astype(np.uint32)  # the 16 bits, in the low half of a 32-bit word
+def dequantize_bf16(blocks, out=None):           # [n_blocks, 2] uint8 -> [n_blocks, 1] float32
+    bits = _into(blocks.view("<u2"), np.uint32, out)   # the 16 bits, in the low half of 32
     bits <<= 16                                  # moved to the top half; the low half is zero
     return bits.view(np.float32)
 
@@ -137,25 +153,26 @@ def dequantize_bf16(blocks):                     # [n_blocks, 2] uint8 -> [n_blo
 # ----------------------------------------------------------------------------------------------
 # Blocks of 32 weights, with one or two float16 scales per block.
 #
-# Each dequantizer casts q to float32 first and then scales it in place: the same numbers as
-# d * q, for which numpy casts q in small buffers, one block row at a time, and runs slower.
+# Each dequantizer casts q to float32 first (into dequantize's ``out``, when it has one) and then
+# scales it in place: the same numbers as d * q, for which numpy casts q in small buffers, one
+# block row at a time, and runs slower.
 
 # Q4_0 block, 18 bytes, 32 weights: d (f16) | qs[16]: weight i in the low nibble of qs[i],
 # weight i+16 in the high nibble;  w = d * (q - 8), so q = 0..15 stands for -8..7 steps of d.
-def dequantize_q4_0(blocks):                     # [n_blocks, 18] uint8 -> [n_blocks, 32] float32
+def dequantize_q4_0(blocks, out=None):           # [n_blocks, 18] uint8 -> [n_blocks, 32] float32
     d = _f16(blocks, 0)                          # [n_blocks, 1]
     q = _nibbles(blocks[:, 2:18])                # [n_blocks, 32] uint8, 0..15
-    w = (q.view(np.int8) - np.int8(8)).astype(np.float32)
+    w = _into(q.view(np.int8) - np.int8(8), np.float32, out)
     w *= d
     return w
 
 
 # Q4_1 block, 20 bytes, 32 weights: d (f16) | m (f16) | qs[16]: weight i in the low nibble of
 # qs[i], weight i+16 in the high nibble;  w = d * q + m, where m is the block's smallest weight.
-def dequantize_q4_1(blocks):                     # [n_blocks, 20] uint8 -> [n_blocks, 32] float32
+def dequantize_q4_1(blocks, out=None):           # [n_blocks, 20] uint8 -> [n_blocks, 32] float32
     d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n_blocks, 1] each
     q = _nibbles(blocks[:, 4:20])                # [n_blocks, 32] uint8, 0..15
-    w = q.astype(np.float32)
+    w = _into(q, np.float32, out)
     w *= d
     w += m
     return w
@@ -163,30 +180,30 @@ def dequantize_q4_1(blocks):                     # [n_blocks, 20] uint8 -> [n_bl
 
 # Q5_0 block, 22 bytes, 32 weights: d (f16) | qh (u32) | qs[16]: the low 4 bits of weights
 # i and i+16 as in Q4_0, the 5th bit of weight i is bit i of qh;  w = d * (q - 16).
-def dequantize_q5_0(blocks):                     # [n_blocks, 22] uint8 -> [n_blocks, 32] float32
+def dequantize_q5_0(blocks, out=None):           # [n_blocks, 22] uint8 -> [n_blocks, 32] float32
     d = _f16(blocks, 0)                          # [n_blocks, 1]
     q = _nibbles(blocks[:, 6:22]) | (_bits(blocks[:, 2:6]) << 4)   # [n_blocks, 32] uint8, 0..31
-    w = (q.view(np.int8) - np.int8(16)).astype(np.float32)
+    w = _into(q.view(np.int8) - np.int8(16), np.float32, out)
     w *= d
     return w
 
 
 # Q5_1 block, 24 bytes, 32 weights: d (f16) | m (f16) | qh (u32) | qs[16], bits as in Q5_0;
 # w = d * q + m.
-def dequantize_q5_1(blocks):                     # [n_blocks, 24] uint8 -> [n_blocks, 32] float32
+def dequantize_q5_1(blocks, out=None):           # [n_blocks, 24] uint8 -> [n_blocks, 32] float32
     d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n_blocks, 1] each
     q = _nibbles(blocks[:, 8:24]) | (_bits(blocks[:, 4:8]) << 4)   # [n_blocks, 32] uint8, 0..31
-    w = q.astype(np.float32)
+    w = _into(q, np.float32, out)
     w *= d
     w += m
     return w
 
 
 # Q8_0 block, 34 bytes, 32 weights: d (f16) | qs[32] (int8);  w = d * q.
-def dequantize_q8_0(blocks):                     # [n_blocks, 34] uint8 -> [n_blocks, 32] float32
+def dequantize_q8_0(blocks, out=None):           # [n_blocks, 34] uint8 -> [n_blocks, 32] float32
     d = _f16(blocks, 0)                          # [n_blocks, 1]
     q = blocks[:, 2:34].view(np.int8)            # [n_blocks, 32] int8, -128..127
-    w = q.astype(np.float32)
+    w = _into(q, np.float32, out)
     w *= d
     return w
 
@@ -214,7 +231,7 @@ def _bits(qh):                                   # [n_blocks, 4] uint8 -> [n_blo
 #   scales[s]: the low nibble is sub-block s's scale, the high nibble its min (both 0..15).
 #   qs: two halves of 32 bytes. Weight 128*h + 32*k + j is bits 2k, 2k+1 of qs[32*h + j].
 #   w = (d * scale) * q - (dmin * min),  q = 0..3.
-def dequantize_q2_k(blocks):                     # [n_blocks, 84] uint8 -> [n_blocks, 256] float32
+def dequantize_q2_k(blocks, out=None):           # [n_blocks, 84] uint8 -> [n_blocks, 256] float32
     n_blocks = blocks.shape[0]
     scales = blocks[:, 0:16]
     d, dmin = _f16(blocks, 80), _f16(blocks, 82)                # [n_blocks, 1] each
@@ -222,7 +239,7 @@ def dequantize_q2_k(blocks):                     # [n_blocks, 84] uint8 -> [n_bl
     low = dmin * (scales >> 4)                                   # [n_blocks, 16] float32
     qs = blocks[:, 16:80].reshape(n_blocks, 2, 1, 32)            # [n_blocks, h, 1, j]
     q = (qs >> CRUMB_SHIFTS) & 0x03                              # [n_blocks, h, k, j] 0..3
-    w = q.reshape(n_blocks, 16, 16).astype(np.float32)           # [n_blocks, sub-block, 16]
+    w = _into(q.reshape(n_blocks, 16, 16), np.float32, out)      # [n_blocks, sub-block, 16]
     w *= step[:, :, None]
     w -= low[:, :, None]
     return w.reshape(n_blocks, 256)
@@ -238,7 +255,7 @@ def dequantize_q2_k(blocks):                     # [n_blocks, 84] uint8 -> [n_bl
 #     of scales[s - 8] for s >= 8; its top 2 bits are bits 2*(s // 4), 2*(s // 4) + 1 of
 #     scales[8 + s % 4].
 #   w = (d * scale) * q.
-def dequantize_q3_k(blocks):                     # [n_blocks, 110] uint8 -> [n_blocks, 256] float32
+def dequantize_q3_k(blocks, out=None):           # [n_blocks, 110] uint8 -> [n_blocks, 256] float32
     n_blocks = blocks.shape[0]
     hmask, packed = blocks[:, 0:32], blocks[:, 96:108]
     d = _f16(blocks, 108)                                                  # [n_blocks, 1]
@@ -252,7 +269,7 @@ def dequantize_q3_k(blocks):                     # [n_blocks, 110] uint8 -> [n_b
     high = (hmask[:, None, :] >> BIT_SHIFTS) & 0x01              # [n_blocks, k, j]: bit k
     minus_4 = (high.reshape(n_blocks, 256) ^ 1) << 2             # 4 where the bit is clear
     q = low2.reshape(n_blocks, 256).view(np.int8) - minus_4.view(np.int8)   # -4..3
-    w = q.reshape(n_blocks, 16, 16).astype(np.float32)           # [n_blocks, sub-block, 16]
+    w = _into(q.reshape(n_blocks, 16, 16), np.float32, out)      # [n_blocks, sub-block, 16]
     w *= step[:, :, None]
     return w.reshape(n_blocks, 256)
 
@@ -273,13 +290,13 @@ def _scales_and_mins_k4(packed):         # [n_blocks, 12] uint8 -> 2 x [n_blocks
 #   qs: four chunks of 32 bytes; chunk c holds sub-block 2c in its low nibbles and 2c+1 in its
 #   high nibbles: weight 64*c + j is the low nibble of qs[32*c + j], weight 64*c + 32 + j the
 #   high one.  w = (d * scale) * q - (dmin * min),  q = 0..15.
-def dequantize_q4_k(blocks):                     # [n_blocks, 144] uint8 -> [n_blocks, 256] float32
+def dequantize_q4_k(blocks, out=None):           # [n_blocks, 144] uint8 -> [n_blocks, 256] float32
     n_blocks = blocks.shape[0]
     d, dmin = _f16(blocks, 0), _f16(blocks, 2)                   # [n_blocks, 1] each
     scale, min_ = _scales_and_mins_k4(blocks[:, 4:16])           # [n_blocks, 8] each
     step, low = d * scale, dmin * min_                           # [n_blocks, 8] float32
     q = _k_nibbles(blocks[:, 16:144])                            # [n_blocks, 8, 32] 0..15
-    w = q.astype(np.float32)
+    w = _into(q, np.float32, out)
     w *= step[:, :, None]
     w -= low[:, :, None]
     return w.reshape(n_blocks, 256)
@@ -289,14 +306,14 @@ def dequantize_q4_k(blocks):                     # [n_blocks, 144] uint8 -> [n_b
 #   d (f16) | dmin (f16) | scales[12] (as Q4_K) | qh[32] | qs[128] (the low 4 bits, as Q4_K)
 #   qh: the 5th bit of weight 32*s + j is bit s of qh[j].
 #   w = (d * scale) * q - (dmin * min),  q = 0..31.
-def dequantize_q5_k(blocks):                     # [n_blocks, 176] uint8 -> [n_blocks, 256] float32
+def dequantize_q5_k(blocks, out=None):           # [n_blocks, 176] uint8 -> [n_blocks, 256] float32
     n_blocks = blocks.shape[0]
     d, dmin = _f16(blocks, 0), _f16(blocks, 2)                   # [n_blocks, 1] each
     scale, min_ = _scales_and_mins_k4(blocks[:, 4:16])           # [n_blocks, 8] each
     step, low = d * scale, dmin * min_                           # [n_blocks, 8] float32
     high = (blocks[:, None, 16:48] >> BIT_SHIFTS) & 0x01         # [n_blocks, s, j]: bit s
     q = _k_nibbles(blocks[:, 48:176]) | (high << 4)              # [n_blocks, 8, 32] 0..31
-    w = q.astype(np.float32)
+    w = _into(q, np.float32, out)
     w *= step[:, :, None]
     w -= low[:, :, None]
     return w.reshape(n_blocks, 256)
@@ -308,7 +325,7 @@ def dequantize_q5_k(blocks):                     # [n_blocks, 176] uint8 -> [n_b
 #   The low 4 bits: weight 128*h + j (j < 64) in the low nibble of ql[64h + j], weight
 #   128*h + 64 + j in the high nibble. The top 2 bits: weight 128*h + 32*k + j (j < 32) at
 #   bits 2k, 2k+1 of qh[32h + j].  w = (d * scale) * (q - 32),  q = 0..63.
-def dequantize_q6_k(blocks):                     # [n_blocks, 210] uint8 -> [n_blocks, 256] float32
+def dequantize_q6_k(blocks, out=None):           # [n_blocks, 210] uint8 -> [n_blocks, 256] float32
     n_blocks = blocks.shape[0]
     d = _f16(blocks, 208)                                        # [n_blocks, 1]
     step = d * blocks[:, 192:208].view(np.int8)                  # [n_blocks, 16] float32
@@ -317,7 +334,7 @@ def dequantize_q6_k(blocks):                     # [n_blocks, 210] uint8 -> [n_b
     qh = blocks[:, 128:192].reshape(n_blocks, 2, 1, 32)          # [n_blocks, h, 1, j]
     top2 = (qh >> CRUMB_SHIFTS) & 0x03                           # [n_blocks, h, k, j]
     q = low4.reshape(n_blocks, 256) | (top2.reshape(n_blocks, 256) << 4)   # 0..63
-    w = (q.view(np.int8) - np.int8(32)).reshape(n_blocks, 16, 16).astype(np.float32)
+    w = _into((q.view(np.int8) - np.int8(32)).reshape(n_blocks, 16, 16), np.float32, out)
     w *= step[:, :, None]
     return w.reshape(n_blocks, 256)
 
