@@ -29,6 +29,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from minilens.errors import CheckpointError
 from minilens.loading.gguf_tokenizer import (
     PRE_TOKENIZERS,
+    check_tokenizer_metadata,
     gguf_add_bos,
     gguf_bos_token_id,
     tokenizer_from_gguf,
@@ -322,3 +323,13 @@ def test_real_file_bos(smollm_md):
     assert gguf_bos_token_id(spm) == 1                     # llama.cpp's SentencePiece default
     spm["tokenizer.ggml.tokens"] = ["a"]
     assert gguf_bos_token_id(spm) is None                  # out of range: none
+
+
+@pytest.mark.parametrize("value", [["a", 3], ["a", b"b"], "ab", np.array([1, 2]), [["a"]]])
+def test_a_vocabulary_that_is_not_a_list_of_strings_is_refused(value):
+    """tokenizer.ggml.tokens and .merges must be lists of strings (schema kind "names"); any
+    element of another type, wherever it stands, is a CheckpointError naming the key."""
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges"):
+        with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+            check_tokenizer_metadata({key: value}, "model.gguf")
+    check_tokenizer_metadata({"tokenizer.ggml.tokens": ["a", "b"]}, "model.gguf")

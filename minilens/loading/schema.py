@@ -146,8 +146,9 @@ class Field:
                   or isinstance(value, list) and all(_is_number(v) for v in value))
             return value if ok else _INVALID
         if self.kind == "names":
-            return (value if isinstance(value, list) and all(isinstance(v, str) for v in value)
-                    else _INVALID)
+            # (map: a GGUF vocabulary and its merges are 100,000 strings, checked at every load)
+            strings = isinstance(value, list) and all(map(isinstance, value, itertools.repeat(str)))
+            return value if strings else _INVALID
         if self.kind == "token_ids":
             ids = value if isinstance(value, list) else [value]
             return (value if ids and all(_is_int(i) and 0 <= i <= MAX_INT for i in ids)
