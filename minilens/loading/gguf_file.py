@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..fast import workers
-from .quants import QuantType, dequantize, quant_type
+from .quants import QuantType, dequantize, out_fits, quant_type
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -119,7 +119,7 @@ class GGUFFile:
             return dequantize(raw, t.type_id, n).reshape(t.shape)
         if out is None:
             out = np.empty(n, dtype=np.float32)
-        elif not (out.dtype == np.float32 and out.size == n and out.flags.c_contiguous):
+        elif not out_fits(out, n):
             raise ValueError(f"dequantize: out must be C-ordered float32 with {n} elements "
                              f"(tensor {name!r}), not {out.dtype} {out.shape}")
         flat, size = out.reshape(n), t.qtype.block_size

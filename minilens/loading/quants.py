@@ -83,8 +83,7 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int,
     qtype = quant_type(type_id, "dequantize")
     if not (isinstance(raw, np.ndarray) and raw.dtype == np.uint8 and raw.ndim == 1):
         raise TypeError(f"dequantize: raw must be a 1-D uint8 array, not {_describe(raw)}")
-    if out is not None and not (isinstance(out, np.ndarray) and out.dtype == np.float32
-                                and out.size == n_elements and out.flags.c_contiguous):
+    if out is not None and not out_fits(out, n_elements):
         raise TypeError(f"dequantize: out must be a C-ordered float32 array of {n_elements} "
                         f"elements, not {_describe(out)}")
     if n_elements % qtype.block_size != 0:
@@ -99,6 +98,13 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int,
     # np.asarray: a plain-ndarray view of an np.memmap, so that no result is typed memmap.
     blocks = np.asarray(raw).reshape(n_blocks, qtype.type_size)  # -> [n_blocks, type_size]
     return _DEQUANTIZERS[qtype.name](blocks, out).reshape(n_elements)
+
+
+def out_fits(out, n_elements: int) -> bool:
+    """Can ``out`` receive n_elements dequantized weights in place: a C-ordered float32 array of
+    that size? (A strided one would be reshaped into a copy, and the weights lost.)"""
+    return (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.size == n_elements
+            and out.flags.c_contiguous)
 
 
 def _describe(x) -> str:
