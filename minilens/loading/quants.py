@@ -123,6 +123,11 @@ def _into(x: np.ndarray, dtype, out: np.ndarray | None) -> np.ndarray:
     return converted
 
 
+def _float32(out: np.ndarray | None, *shape: int) -> np.ndarray:
+    """float32 [shape] to dequantize into: dequantize's ``out``, or a new array."""
+    return np.empty(shape, dtype=np.float32) if out is None else out.reshape(shape)
+
+
 def _f16(blocks: np.ndarray, offset: int) -> np.ndarray:
     """The float16 field at bytes offset, offset+1 of every block, widened exactly to float32.
     Every block size and float16 offset is even, so the blocks are read as 16-bit words and the
@@ -167,8 +172,8 @@ def dequantize_bf16(blocks, out=None):           # [n_blocks, 2] uint8 -> [n_blo
 # weight i+16 in the high nibble;  w = d * (q - 8), so q = 0..15 stands for -8..7 steps of d.
 def dequantize_q4_0(blocks, out=None):           # [n_blocks, 18] uint8 -> [n_blocks, 32] float32
     d = _f16(blocks, 0)                          # [n_blocks, 1]
-    q = _nibbles(blocks[:, 2:18])                # [n_blocks, 32] uint8, 0..15
-    w = _into(q.view(np.int8) - np.int8(8), np.float32, out)
+    w = _nibbles(blocks[:, 2:18], _float32(out, blocks.shape[0], 32))   # [n_blocks, 32] 0..15
+    w -= 8
     w *= d
     return w
 
@@ -177,8 +182,7 @@ def dequantize_q4_0(blocks, out=None):           # [n_blocks, 18] uint8 -> [n_bl
 # qs[i], weight i+16 in the high nibble;  w = d * q + m, where m is the block's smallest weight.
 def dequantize_q4_1(blocks, out=None):           # [n_blocks, 20] uint8 -> [n_blocks, 32] float32
     d, m = _f16(blocks, 0), _f16(blocks, 2)      # [n_blocks, 1] each
-    q = _nibbles(blocks[:, 4:20])                # [n_blocks, 32] uint8, 0..15
-    w = _into(q, np.float32, out)
+    w = _nibbles(blocks[:, 4:20], _float32(out, blocks.shape[0], 32))   # [n_blocks, 32] 0..15
     w *= d
     w += m
     return w
@@ -214,11 +218,13 @@ def dequantize_q8_0(blocks, out=None):           # [n_blocks, 34] uint8 -> [n_bl
     return w
 
 
-def _nibbles(qs):                                # [n_blocks, 16] uint8 -> [n_blocks, 32] uint8
-    """Weights 0..15 in the low nibbles of qs[0..15], weights 16..31 in the high nibbles."""
-    q = np.empty((qs.shape[0], 32), dtype=np.uint8)
-    np.bitwise_and(qs, 0x0F, out=q[:, :16])
-    np.right_shift(qs, 4, out=q[:, 16:])
+def _nibbles(qs, out=None):                      # [n_blocks, 16] uint8 -> [n_blocks, 32] uint8
+    """Weights 0..15 in the low nibbles of qs[0..15], weights 16..31 in the high nibbles; written
+    into ``out`` ([n_blocks, 32] float32) when given, each value cast as it is unpacked (no uint8
+    copy, and no pass to cast it)."""
+    q = np.empty((qs.shape[0], 32), dtype=np.uint8) if out is None else out
+    np.bitwise_and(qs, 0x0F, out=q[:, :16], casting="unsafe")
+    np.right_shift(qs, 4, out=q[:, 16:], casting="unsafe")
     return q
 
 
