@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import gguf
 import numpy as np
+import pytest
 
 import minilens as ml
 from _real_model import smollm2_path
+from minilens import CheckpointError
 from minilens.fast import workers
 from minilens.loading import checkpoint
+from minilens.loading.gguf_file import GGUFFile
 
 
 def layer_arrays(params) -> dict[str, np.ndarray]:
@@ -77,3 +81,32 @@ def test_the_first_forward_widens_every_layer_first(monkeypatch):
     streamed.layers.widen_all()
     assert not streamed.layers._cache, "a streamed model must not keep widened layers"
 
+
+
+def test_rows_are_reordered_while_still_quantized():
+    """GGUFFile.dequantize(rows=) reorders a tensor's quantized rows (how the converter's rotary
+    permutation of attn_q and attn_k is undone), and gives the bits w[rows] gives: on SmolLM2's
+    Q4_1 attn_q, and on an F32 norm, whose rows are single numbers."""
+    f = GGUFFile(smollm2_path())
+    rng = np.random.default_rng(0)
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_norm.weight"):
+        w = f.dequantize(name)
+        rows = rng.permutation(w.shape[0])
+        assert np.array_equal(f.dequantize(name, rows=rows), w[rows]), name
+        out = np.empty(w.size, dtype=np.float32)
+        got = f.dequantize(name, out=out, rows=rows)
+        assert np.shares_memory(got, out) and np.array_equal(got, w[rows]), name
+
+
+def test_rows_that_are_not_whole_blocks_cannot_be_reordered(tmp_path):
+    """A 1-D quantized tensor's rows (single numbers) are parts of blocks: refused by name."""
+    path = tmp_path / "one.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.0.attn_q.bias", np.zeros(34, dtype=np.uint8), raw_shape=(34,),
+                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    for write in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                  writer.write_tensors_to_file):
+        write()
+    writer.close()
+    with pytest.raises(CheckpointError, match=r"'blk.0.attn_q.bias' \(Q8_0.*not whole blocks"):
+        GGUFFile(path).dequantize("blk.0.attn_q.bias", rows=np.arange(32))

@@ -104,12 +104,21 @@ def unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.swapaxes(1, 2).reshape(rows, *w.shape[3:])
 
 
+def row_order(arch: str, name: str, hf: dict, n_rows: int) -> np.ndarray | None:
+    """The order in which to read the rows of tensor ``name`` (an HF name), to undo the
+    converter's reordering of them; None to read them as stored.
+
+    GGUFFile.dequantize moves the rows while they are still quantized: undoing the permutation
+    then copies the quantized bytes (0.625 a weight at Q4_1), not the float32 weights (4)."""
+    for proj, heads in (("q_proj", "num_attention_heads"), ("k_proj", "num_key_value_heads")):
+        if arch == "llama" and name.endswith((f"{proj}.weight", f"{proj}.bias")):
+            return unpermute_rows(np.arange(n_rows), hf[heads])
+    return None
+
+
 def value_transform(arch: str, name: str, hf: dict) -> Callable[[np.ndarray], np.ndarray] | None:
-    """What to apply to tensor ``name`` (an HF name) after dequantizing it, or None."""
-    if arch == "llama" and name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-        return lambda w: unpermute_rows(w, hf["num_attention_heads"])
-    if arch == "llama" and name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-        return lambda w: unpermute_rows(w, hf["num_key_value_heads"])
+    """What to apply to tensor ``name`` (an HF name) after dequantizing it, or None (the rows'
+    order is ``row_order``'s)."""
     if arch in ("gemma", "gemma2") and name.endswith("norm.weight"):
         # The converter stores Gemma's (1 + gamma) as llama.cpp multiplies by it; HF stores gamma.
         return lambda w: w - np.float32(1)
@@ -324,20 +333,31 @@ class GGUFCheckpoint(Checkpoint):
 
         A block's tensors are shared among the workers (fast/workers.py), whole tensors each,
         dealt out by size; a tensor as large as gguf_file.PARALLEL_WEIGHTS is shared among them
-        by GGUFFile.dequantize instead. W_gate and W_in (ffn_gate and ffn_up) are dequantized into
-        one buffer, one after the other, so that checkpoint.gate_beside_in finds them side by side
-        and need not copy them.
+        by GGUFFile.dequantize instead.
+
+        The block's tensors are dequantized into one buffer, each on a 64-byte boundary, and
+        W_gate and W_in (ffn_gate and ffn_up) one right after the other, so that
+        checkpoint.gate_beside_in finds them side by side and need not copy them. One buffer
+        per layer, not one per tensor: numpy asks the kernel to back an array of 4 MiB or more
+        with huge pages where it can, and the first touch of fresh memory then costs less
+        (tests/benchmarks/README.md, "first use").
         """
-        sizes = [math.prod(self.infos[n].shape) for n in names]
-        into: dict[str, np.ndarray | None] = dict.fromkeys(names)
-        gate, up = (next((n for n in names if n.endswith(f"mlp.{part}.weight")), None)
-                    for part in ("gate_proj", "up_proj"))
-        if gate and up and self.infos[gate].shape == self.infos[up].shape:
-            into[gate], into[up] = np.empty((2, *self.infos[gate].shape), dtype=np.float32)
+        sizes = {n: math.prod(self.infos[n].shape) for n in names}
+        first = [n for n in names if n.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight"))]
+        starts, end = {}, 0
+        order = sorted(first) + [n for n in names if n not in first]   # gate_proj < up_proj
+        for n in order:
+            starts[n], end = end, end + sizes[n]
+            if not (len(first) == 2 and n == order[0]):
+                end = -(-end // 16) * 16
+        buffer = np.empty(end, dtype=np.float32)
+        into = {n: buffer[starts[n]:starts[n] + sizes[n]] for n in names}
+        sizes = [sizes[n] for n in names]
         out: dict[str, np.ndarray] = {}
 
         def one(name: str) -> None:
-            w = self.gguf.dequantize(self.gguf_names[name], out=into[name])
+            rows = row_order(self.arch, name, self.hf, self.infos[name].shape[0])
+            w = self.gguf.dequantize(self.gguf_names[name], out=into[name], rows=rows)
             transform = value_transform(self.arch, name, self.hf)
             if transform is not None:
                 w = transform(w)

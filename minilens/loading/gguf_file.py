@@ -102,9 +102,12 @@ class GGUFFile:
         t = self.tensors[name]
         return np.frombuffer(self._mm, dtype=np.uint8, count=t.n_bytes, offset=t.offset)
 
-    def dequantize(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+    def dequantize(self, name: str, out: np.ndarray | None = None,
+                   rows: np.ndarray | None = None) -> np.ndarray:
         """One tensor as float32 numbers, in its numpy shape: a new array, or ``out`` (C-ordered
-        float32 of the tensor's size) filled and returned in that shape.
+        float32 of the tensor's size) filled and returned in that shape. ``rows``: the order in
+        which to take the rows (the first numpy axis), as ``w[rows]`` would; the quantized bytes
+        are reordered, so a row must be a whole number of blocks (a 2-D tensor's always is).
 
         A large tensor is dequantized in pieces of at most DEQUANTIZE_PIECE weights, written into
         the one result: the unpacking's temporaries (a few bytes per weight) then stay a few tens
@@ -114,6 +117,12 @@ class GGUFFile:
         """
         t = self.tensors[name]
         n, raw = math.prod(t.shape), self.raw(name)
+        if rows is not None:
+            if (n // t.shape[0]) % t.qtype.block_size:
+                raise self.error(f"tensor {name!r} ({t.qtype.name}, shape {list(t.shape)}) must "
+                                 f"have its rows reordered, but they are not whole blocks of "
+                                 f"{t.qtype.block_size}")
+            raw = raw.reshape(t.shape[0], -1)[rows].reshape(-1)
         n_workers = workers.n_workers() if n >= PARALLEL_WEIGHTS else 1
         if out is None and n <= DEQUANTIZE_PIECE and n_workers == 1:
             return dequantize(raw, t.type_id, n).reshape(t.shape)
@@ -174,23 +183,30 @@ class _Parser:
             raise self.f.error(f"{what} is not valid UTF-8") from None
 
     def strings(self, n: int, key: str) -> list[str]:
-        """The n strings of the array ``key``: ``string`` in one loop, with the same checks and
-        messages. A tokenizer's vocabulary and merges are about 100,000 strings, and calling
-        ``string`` for each took most of the time spent reading SmolLM2's header."""
-        mm, size, pos, out = self.f._mm, self.f.size, self.pos, []
+        """The n strings of the array ``key``. A tokenizer's vocabulary and merges are about
+        100,000 strings, and calling ``string`` for each took most of the time spent reading
+        SmolLM2's header. So one tight loop reads them first, and checks only afterwards what
+        it skipped: a slice of the map stops at the end of the file and an unpack past it
+        raises, so a length that overruns the file leaves ``end`` past it or raises. Anything
+        wrong, and ``string`` reads the array again from its start, one string at a time, and
+        raises its message for the first bad one."""
+        mm, start = self.f._mm, self.pos
         length = struct.Struct("<Q").unpack_from
-        for i in range(n):
-            k = length(mm, pos)[0] if pos + 8 <= size else -1
-            try:
-                if not 0 <= k <= MAX_STRING_BYTES or pos + 8 + k > size:
-                    raise ValueError
-                out.append(mm[pos + 8:pos + 8 + k].decode("utf-8"))
-            except ValueError:           # (UnicodeDecodeError is one): string raises its message
-                self.pos = pos
-                self.string(f"element {i} of {key!r}")
-            pos += 8 + k
-        self.pos = pos
-        return out
+        out, end = [], start
+        try:
+            for _ in range(n):
+                begin = end + 8
+                end = begin + length(mm, end)[0]
+                if end - begin > MAX_STRING_BYTES:
+                    break
+                out.append(mm[begin:end].decode("utf-8"))
+        except (struct.error, OverflowError, UnicodeDecodeError):
+            pass
+        if len(out) == n and end <= self.f.size:
+            self.pos = end
+            return out
+        self.pos = start
+        return [self.string(f"element {i} of {key!r}") for i in range(n)]
 
     def count(self, what: str, min_bytes_each: int) -> int:
         """A count of things still to read, each at least ``min_bytes_each`` bytes: checked against
