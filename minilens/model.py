@@ -20,6 +20,7 @@ import numpy as np
 from . import checks
 from .config import ModelConfig
 from .errors import CheckpointError, CheckpointNotFoundError, InputError, TokenizerMissingError
+from .fast import workers
 from .fast.forward import forward as fast_forward
 from .fast.memory import ArrayPool
 from .fast.recorder import PooledRecorder
@@ -444,6 +445,8 @@ def _rebuild(cls: type, state: dict, recycles: bool) -> Model:
 
 # Widened layers are kept (cached) when, all together, they fit in this many bytes.
 CACHE_LAYERS_MAX_BYTES = 2 << 30
+# all_finite sums an array this large in parts, side by side (a 28M-number embedding at load).
+PARALLEL_SUM = 1 << 22
 
 
 def load(path_or_name, dtype=np.float32, check_finite: bool = False,
@@ -525,10 +528,25 @@ def all_finite(*arrays: np.ndarray) -> bool:
             continue
         seen.append(a)
         with np.errstate(over="ignore", invalid="ignore"):
-            total = a.sum()
+            total = _sum(a)
         if not np.isfinite(total) and not (np.isfinite(a.min()) and np.isfinite(a.max())):
             return False
     return True
+
+
+def _sum(a: np.ndarray) -> np.floating:
+    """a.sum(); a contiguous array of PARALLEL_SUM numbers or more is summed in parts, one per
+    worker (fast/workers.py), and the parts' sums added (NaN or inf if any part's is)."""
+    n = workers.n_workers() if a.size >= PARALLEL_SUM and a.flags.forc else 1
+    if n == 1:
+        return a.sum()
+    flat, parts, sums = a.ravel(order="K"), workers.shares(a.size, n), [np.float32(0)] * n
+
+    def part(w: int) -> None:
+        with np.errstate(over="ignore", invalid="ignore"):    # (np.errstate is per thread)
+            sums[w] = flat[parts[w]].sum()
+    workers.split(part, n)
+    return np.sum(sums)
 
 
 def check_weights_finite(ckpt: Checkpoint) -> None:

@@ -556,6 +556,21 @@ def test_all_finite_reads_sums_but_is_not_fooled_by_them():
     assert all_finite(np.zeros((0, 3), np.float32))
 
 
+def test_all_finite_in_parts_misses_nothing(monkeypatch):
+    """A large array is summed in one part per worker: a NaN or inf in any part is found, in C
+    and F order, and finite parts whose total overflows still pass."""
+    from minilens import model
+    monkeypatch.setattr(model, "PARALLEL_SUM", 1000)
+    monkeypatch.setattr(model.workers, "n_workers", lambda: 3)
+    for at in (0, 1999, 3999):
+        for bad in (np.nan, np.inf):
+            a = np.ones((40, 100), dtype=np.float32)
+            a.flat[at] = bad
+            assert not model.all_finite(a), f"{bad} at {at} missed"
+            assert not model.all_finite(np.asfortranarray(a)), f"{bad} at {at} missed (F order)"
+    assert model.all_finite(np.full((40, 100), 3e38, dtype=np.float32))
+
+
 # ------------------------------------------------------------------------------------------
 # Token ids and text
 # ------------------------------------------------------------------------------------------
