@@ -14,6 +14,12 @@ and prints each process's load, first, second and third forward (model(ids), ran
 seconds spent widening layers (LazyLayers.widen_seconds), and a fourth forward's CPU time over
 its wall time and the workers (1.00: no core idles, so nothing could be overlapped with it).
 
+    python tests/benchmarks/first_forward.py --rounds 8 --against HEAD~3
+
+runs this tree's as-is and an earlier commit's in turn instead (the commit's minilens/ extracted
+by versus_commit.import_commit into a temporary folder), the order swapped every round, and ends
+with each version's median (load + first) / second.
+
     python tests/benchmarks/first_forward.py --widening-parts
 
 instead splits the widening's cost: in one process, every layer tensor of SmolLM2 is dequantized
@@ -26,19 +32,29 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = ("as-is", "between-products", "one-worker")
+PRIMED = True
 
 
-def child(variant: str, n_seq: int) -> None:
+def child(variant: str, n_seq: int, package: str = "minilens") -> None:
+    import importlib
+
     import numpy as np
-
-    import minilens as ml
-    from minilens.fast import workers
-    from minilens.loading import checkpoint, gguf_checkpoint, gguf_file
+    ml = importlib.import_module(package)
+    workers = importlib.import_module(f"{package}.fast.workers")
+    checkpoint, gguf_checkpoint, gguf_file = (importlib.import_module(f"{package}.loading.{m}")
+                                              for m in ("checkpoint", "gguf_checkpoint",
+                                                        "gguf_file"))
     if variant == "between-products":
         checkpoint.LazyLayers.widen_all = lambda self: None
     if variant == "one-worker":
@@ -56,7 +72,8 @@ def child(variant: str, n_seq: int) -> None:
     model(ids)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     load, first, second, third = times
-    print(f"{variant:16s} load {load:.3f} s  first {first:.3f} s  second {second:.3f} s  "
+    label = variant if package == "minilens" else package.removeprefix("minilens_at_")
+    print(f"{label:16s} load {load:.3f} s  first {first:.3f} s  second {second:.3f} s  "
           f"third {third:.3f} s  widening {model.layers.widen_seconds:.3f} s  "
           f"(load + first) / second {(load + first) / second:.2f}  "
           f"CPU / (wall x workers) {cpu / (wall * workers.n_workers()):.2f}", flush=True)
@@ -102,16 +119,55 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--widening-parts", action="store_true")
+    ap.add_argument("--against", metavar="COMMIT")
+    ap.add_argument("--no-primer", action="store_true")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    ap.add_argument("--package", default="minilens", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.widening_parts:
         return widening_parts()
     if args.child:
-        return child(args.child, args.seq)
+        if args.package != "minilens":
+            sys.path.insert(0, os.environ["FIRST_FORWARD_PACKAGES"])
+        return child(args.child, args.seq, args.package)
+    global PRIMED
+    PRIMED = not args.no_primer
+    if args.against:
+        return against(args.against, args.rounds, args.seq)
     for _ in range(args.rounds):
         for variant in VARIANTS:
-            subprocess.run([sys.executable, __file__, "--child", variant, "--seq", str(args.seq)],
-                           check=True)
+            run_child(variant, args.seq)
+
+
+PRIMER = "import numpy as np; np.ones(200 << 20, dtype=np.float32)"
+
+
+def run_child(variant: str, n_seq: int, package: str = "minilens", env=None) -> str:
+    if PRIMED:
+        subprocess.run([sys.executable, "-c", PRIMER], check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", variant, "--seq", str(n_seq),
+                          "--package", package], check=True, capture_output=True, text=True,
+                         env=env).stdout
+    print(out, end="", flush=True)
+    return out
+
+
+def against(commit: str, rounds: int, n_seq: int) -> None:
+    """This tree's as-is and ``commit``'s, one fresh process each per round, order swapped."""
+    from versus_commit import import_commit
+    ratios: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        sha, _ = import_commit(commit, Path(tmp))
+        env = {**os.environ, "FIRST_FORWARD_PACKAGES": tmp}
+        versions = [("this tree", "minilens"), (sha, f"minilens_at_{sha}")]
+        for r in range(rounds):
+            for label, package in versions[::1 if r % 2 == 0 else -1]:
+                out = run_child("as-is", n_seq, package, env)
+                ratio = float(out.split("(load + first) / second")[1].split()[0])
+                ratios.setdefault(label, []).append(ratio)
+    for label, values in ratios.items():
+        print(f"{label:10s} (load + first) / second: median {statistics.median(values):.2f}, "
+              f"{sorted(values)}")
 
 
 if __name__ == "__main__":
