@@ -184,6 +184,18 @@ def test_string_array_element_length_past_the_end(tmp_path, length):
            "claims" if length == 2**60 else "past the end of the file")
 
 
+def test_string_array_element_longer_than_the_limit(tmp_path, monkeypatch):
+    """An element inside the file but longer than MAX_STRING_BYTES is refused as ``string``
+    refuses one (the limit lowered to 64 bytes here, above every key, not written out at
+    16 MiB)."""
+    from minilens.loading import gguf_file
+    monkeypatch.setattr(gguf_file, "MAX_STRING_BYTES", 64)
+    meta, tensors = tiny_llama()
+    blob = spliced_array(meta, tensors, string("ab"), string("x" * 100), string("c"))
+    expect(tmp_path, blob, CheckpointError, "element 1 of 'tokenizer.ggml.tokens'",
+           "claims 100 bytes")
+
+
 def test_string_array_element_past_the_end_of_a_text_tail(tmp_path):
     """The array last in the file, and what follows the hostile length valid UTF-8: only the
     bounds check, not a failed decode, can catch it."""
