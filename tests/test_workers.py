@@ -88,6 +88,20 @@ def test_shares_and_balance():
         == [5, 5], f"costs 1..4 in two workers of 5 each, got {dealt}"
 
 
+def test_in_runs_cuts_in_order_and_nearly_evenly():
+    assert workers.in_runs([1, 1, 1, 1], 2) == [[0, 1], [2, 3]]
+    assert workers.in_runs([3, 1, 1, 1], 2) == [[0], [1, 2, 3]]
+    assert workers.in_runs([5, 1, 1, 1, 1, 1], 3) == [[0], [1, 2], [3, 4, 5]]
+    assert workers.in_runs([2, 2], 1) == [[0, 1]]
+    assert workers.in_runs([], 2) == [[], []]
+    assert workers.in_runs([0, 0, 0], 2) == [[0, 1, 2], []]
+    costs = list(range(1, 40))
+    runs = workers.in_runs(costs, 4)
+    assert sum(runs, []) == list(range(39)), "every item once, in order"
+    totals = [sum(costs[i] for i in run) for run in runs]
+    assert max(totals) - min(totals) <= 2 * max(costs), totals
+
+
 @pytest.mark.parametrize("value, wanted", [(None, 0), ("", 0), ("0", 0), ("1", 1), ("3", 3)])
 def test_minilens_workers_is_read_as_a_count(value, wanted):
     assert workers.workers_wanted(value) == wanted

@@ -19,6 +19,7 @@ done. Where there is no OpenBLAS to pin (numpy built on MKL or Apple's Accelerat
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
 import warnings
@@ -161,4 +162,15 @@ def balanced(costs: Sequence[float], n: int) -> list[list[int]]:
         w = totals.index(min(totals))
         out[w].append(i)
         totals[w] += costs[i]
+    return out
+
+
+def in_runs(costs: Sequence[float], n: int) -> list[list[int]]:
+    """Indices of ``costs`` cut into n runs, in order, of nearly equal total cost: each item goes
+    to the worker whose equal share of the running total holds the item's middle. Workers that
+    write into one buffer then each write their own part of it."""
+    ends = list(itertools.accumulate(costs))
+    total, out = (ends[-1] if ends else 0) or 1, [[] for _ in range(n)]
+    for i, end in enumerate(ends):
+        out[min(n - 1, int((end - costs[i] / 2) * n / total))].append(i)
     return out

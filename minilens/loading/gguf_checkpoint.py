@@ -27,11 +27,15 @@ from ..config import ModelConfig
 from ..errors import CheckpointError, UnsupportedModelError
 from ..fast import workers
 from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages, lookup
-from .gguf_file import PARALLEL_WEIGHTS, GGUFFile
+from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
 from .safetensors import TensorInfo
 from .schema import GGUF, REQUIRED, Derived, by_family, check, short
 from .tokenizer import Tokenizer
+
+# Weights per job when a block is widened (GGUFCheckpoint.widen): small enough that the workers'
+# runs of jobs come out nearly even, large enough that a job's fixed costs stay small.
+WIDEN_PIECE = 1 << 20
 
 # ----------------------------------------------------------------------------------------------
 # Names: GGUF tensor name -> Hugging Face name (without the "model." / "transformer." prefix)
@@ -331,9 +335,11 @@ class GGUFCheckpoint(Checkpoint):
         """The tensors ``names`` (HF names) dequantized, with the converter's changes undone, in
         dtype.
 
-        A block's tensors are shared among the workers (fast/workers.py), whole tensors each,
-        dealt out by size; a tensor as large as gguf_file.PARALLEL_WEIGHTS is shared among them
-        by GGUFFile.dequantize instead.
+        A block's tensors are cut into pieces of at most WIDEN_PIECE weights, and the workers
+        (fast/workers.py) share them out in runs (workers.in_runs): each worker does nearly the
+        same work, and writes its own part of the block's buffer. (Pieces dealt out by size,
+        neighbours to different workers, took longer: two threads touching fresh memory in one
+        huge page wait for each other.)
 
         The block's tensors are dequantized into one buffer, each on a 64-byte boundary, and
         W_gate and W_in (ffn_gate and ffn_up) one right after the other, so that
@@ -352,19 +358,17 @@ class GGUFCheckpoint(Checkpoint):
                 end = -(-end // 16) * 16
         buffer = np.empty(end, dtype=np.float32)
         into = {n: buffer[starts[n]:starts[n] + sizes[n]] for n in names}
-        sizes = [sizes[n] for n in names]
+        jobs = [job for n in order for job in self.gguf.pieces(
+            self.gguf_names[n], into[n], row_order(self.arch, n, self.hf, self.infos[n].shape[0]),
+            WIDEN_PIECE)]
+        n_workers = workers.n_workers() if len(jobs) > 1 else 1
+        mine = workers.in_runs([weights for weights, _ in jobs], n_workers)
+        workers.split(lambda w: [jobs[i][1]() for i in mine[w]], n_workers)
         out: dict[str, np.ndarray] = {}
-
-        def one(name: str) -> None:
-            rows = row_order(self.arch, name, self.hf, self.infos[name].shape[0])
-            w = self.gguf.dequantize(self.gguf_names[name], out=into[name], rows=rows)
-            transform = value_transform(self.arch, name, self.hf)
-            if transform is not None:
-                w = transform(w)
-            out[name] = w.astype(dtype, copy=False)
-        n = workers.n_workers() if max(sizes) < PARALLEL_WEIGHTS else 1
-        mine = workers.balanced(sizes, n)
-        workers.split(lambda w: [one(names[i]) for i in mine[w]], n)
+        for n in names:
+            w = into[n].reshape(self.gguf.tensors[self.gguf_names[n]].shape)
+            transform = value_transform(self.arch, n, self.hf)
+            out[n] = (w if transform is None else transform(w)).astype(dtype, copy=False)
         return out
 
     def release_pages(self) -> None:

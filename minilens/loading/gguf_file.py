@@ -31,7 +31,7 @@ import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -116,32 +116,46 @@ class GGUFFile:
         per worker, and the workers (fast/workers.py) dequantize the pieces side by side.
         """
         t = self.tensors[name]
-        n, raw = math.prod(t.shape), self.raw(name)
-        if rows is not None:
-            if (n // t.shape[0]) % t.qtype.block_size:
-                raise self.error(f"tensor {name!r} ({t.qtype.name}, shape {list(t.shape)}) must "
-                                 f"have its rows reordered, but they are not whole blocks of "
-                                 f"{t.qtype.block_size}")
-            raw = raw.reshape(t.shape[0], -1)[rows].reshape(-1)
+        n = math.prod(t.shape)
         n_workers = workers.n_workers() if n >= PARALLEL_WEIGHTS else 1
         if out is None and n <= DEQUANTIZE_PIECE and n_workers == 1:
-            return dequantize(raw, t.type_id, n).reshape(t.shape)
+            return dequantize(self._in_order(name, rows), t.type_id, n).reshape(t.shape)
         if out is None:
             out = np.empty(n, dtype=np.float32)
-        elif not out_fits(out, n):
+        jobs = self.pieces(name, out, rows, min(DEQUANTIZE_PIECE, -(-n // n_workers)))
+        workers.split(lambda w: [job() for _, job in jobs[w::n_workers]], n_workers)
+        return out.reshape(t.shape)
+
+    def pieces(self, name: str, out: np.ndarray, rows: np.ndarray | None = None,
+               piece: int = DEQUANTIZE_PIECE) -> list[tuple[int, Callable[[], None]]]:
+        """The work of dequantizing tensor ``name`` into ``out`` (as ``dequantize``'s), cut at
+        block boundaries into pieces of at most ``piece`` weights: (weights, job) pairs, whose
+        jobs may run in any order, on any threads."""
+        t = self.tensors[name]
+        n, raw = math.prod(t.shape), self._in_order(name, rows)
+        if not out_fits(out, n):
             raise ValueError(f"dequantize: out must be C-ordered float32 with {n} elements "
                              f"(tensor {name!r}), not {out.dtype} {out.shape}")
-        flat, size = out.reshape(n), t.qtype.block_size
+        flat, size, type_size = out.reshape(n), t.qtype.block_size, t.qtype.type_size
         n_blocks = n // size
-        n_pieces = max(n_workers, -(-n // DEQUANTIZE_PIECE))
+        n_pieces = max(1, -(-n // piece))
         bounds = [n_blocks * i // n_pieces for i in range(n_pieces + 1)]    # in blocks
 
-        def work(w: int) -> None:
-            for a, b in zip(bounds[w:-1:n_workers], bounds[w + 1::n_workers]):
-                piece = raw[a * t.qtype.type_size:b * t.qtype.type_size]
-                dequantize(piece, t.type_id, (b - a) * size, out=flat[a * size:b * size])
-        workers.split(work, n_workers)
-        return out.reshape(t.shape)
+        def job(a: int, b: int) -> Callable[[], None]:
+            return lambda: dequantize(raw[a * type_size:b * type_size], t.type_id,
+                                      (b - a) * size, out=flat[a * size:b * size])
+        return [((b - a) * size, job(a, b)) for a, b in zip(bounds, bounds[1:])]
+
+    def _in_order(self, name: str, rows: np.ndarray | None) -> np.ndarray:
+        """The tensor's stored bytes (``raw``), with its rows in the order ``rows`` if given."""
+        t, raw = self.tensors[name], self.raw(name)
+        if rows is None:
+            return raw
+        if (math.prod(t.shape) // t.shape[0]) % t.qtype.block_size:
+            raise self.error(f"tensor {name!r} ({t.qtype.name}, shape {list(t.shape)}) must "
+                             f"have its rows reordered, but they are not whole blocks of "
+                             f"{t.qtype.block_size}")
+        return raw.reshape(t.shape[0], -1)[rows].reshape(-1)
 
     def __repr__(self) -> str:
         return f"GGUFFile({str(self.path)!r}, version {self.version}, {len(self.tensors)} tensors)"
