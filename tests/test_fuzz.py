@@ -24,7 +24,7 @@ The cases are derandomized, so a count is reproducible. The bases are written wi
 
 from __future__ import annotations
 
-import collections
+import collections.abc
 import dataclasses
 import json
 import math
@@ -434,7 +434,7 @@ def gguf_value(v) -> bytes:
                 else struct.pack("<Id", 12, v))
     if isinstance(v, str):
         return struct.pack("<I", 8) + gguf_string(v)
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+    if isinstance(v, collections.abc.Sequence) and all(isinstance(x, str) for x in v):
         return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(gguf_string(x) for x in v)
     a = np.asarray(v)
     if a.dtype.kind == "i":

@@ -186,14 +186,46 @@ def test_string_array_element_length_past_the_end(tmp_path, length):
 
 def test_string_array_element_longer_than_the_limit(tmp_path, monkeypatch):
     """An element inside the file but longer than MAX_STRING_BYTES is refused as ``string``
-    refuses one (the limit lowered to 64 bytes here, above every key, not written out at
+    refuses one (the limit lowered to 150 bytes here, above every key, not written out at
     16 MiB)."""
     from minilens.loading import gguf_file
-    monkeypatch.setattr(gguf_file, "MAX_STRING_BYTES", 64)
+    monkeypatch.setattr(gguf_file, "MAX_STRING_BYTES", 150)
     meta, tensors = tiny_llama()
-    blob = spliced_array(meta, tensors, string("ab"), string("x" * 100), string("c"))
+    blob = spliced_array(meta, tensors, string("ab"), string("x" * 200), string("c"))
     expect(tmp_path, blob, CheckpointError, "element 1 of 'tokenizer.ggml.tokens'",
-           "claims 100 bytes")
+           "claims 200 bytes")
+
+
+@pytest.mark.parametrize("second", [b"x" * 169, b"x" * 300])
+def test_string_array_element_not_utf8_before_a_long_one(tmp_path, second):
+    """A string cut off inside a UTF-8 sequence (b"ab\\xc3"), before a string of 169 bytes, whose
+    length field begins with 0xA9: on its own a UTF-8 continuation byte, so the array's bytes
+    read as is would decode ("\\xc3\\xa9" is "é"). _Parser.strings zeroes the length fields of
+    strings of 128 bytes or more before it decodes the array in one go."""
+    meta, tensors = tiny_llama()
+    blob = spliced_array(meta, tensors, string(b"ab\xc3"), string(second))
+    expect(tmp_path, blob, CheckpointError, "element 0 of 'tokenizer.ggml.tokens'", "UTF-8")
+
+
+def test_string_arrays_are_decoded_on_first_read(tmp_path):
+    """The header's arrays of strings are checked at load, decoded when first read, and then
+    equal to gguf-py's reading of them (gguf.GGUFReader), with strings of 128 bytes and more,
+    empty ones and non-ASCII ones among them."""
+    import gguf
+
+    from minilens.loading.gguf_file import GGUFFile, StringArray
+    words = ["a", "", "é" * 70, "ü", "x" * 128, "Ġthe", "z" * 300, "日本"]
+    meta, tensors = tiny_llama()
+    path = tmp_path / "model.gguf"
+    path.write_bytes(spliced_array(meta, tensors, *(string(w) for w in words)))
+    tokens = GGUFFile(path).metadata["tokenizer.ggml.tokens"]
+    assert isinstance(tokens, StringArray) and len(tokens) == len(words)
+    assert tokens._strings is None, "nothing should be decoded before the first read"
+    field = gguf.GGUFReader(path).fields["tokenizer.ggml.tokens"]
+    reference = [bytes(field.parts[i]).decode() for i in field.data]
+    assert reference == words
+    assert tokens == reference and list(tokens) == reference and tokens[2] == reference[2]
+    assert tokens[-2:] == reference[-2:] and tokens != reference[:-1] and tokens != "a"
 
 
 def test_string_array_element_past_the_end_of_a_text_tail(tmp_path):

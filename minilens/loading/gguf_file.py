@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import math
 import mmap
+import reprlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -71,11 +73,59 @@ class GGUFTensor:
     n_bytes: int
 
 
+class StringArray(Sequence):
+    """A metadata array of strings, such as a tokenizer's vocabulary and merges: a read-only
+    sequence of str, decoded from the file when it is first read.
+
+    Reading the header checks every string (_Parser.strings) but makes no Python strings: a
+    vocabulary and its merges are about 100,000 of them, which took more than a third of
+    ``minilens.load``'s time on SmolLM2, and only the tokenizer reads them, which is itself
+    built on first use (Model.tokenizer). The first read decodes them all and keeps them."""
+
+    def __init__(self, mm: mmap.mmap, start: int, n: int, strings: list[str] | None = None):
+        self._mm, self._start, self._n, self._strings = mm, start, n, strings
+
+    def _decoded(self) -> list[str]:
+        if self._strings is None:
+            self._strings = _decode(self._mm, self._start, self._n)
+        return self._strings
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        return self._decoded()[i]
+
+    def __iter__(self):
+        return iter(self._decoded())
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, Sequence) and not isinstance(other, str)
+                and len(other) == self._n and list(self) == list(other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StringArray({reprlib.repr(self._decoded())}, {self._n} strings)"
+
+
+def _decode(mm: mmap.mmap, start: int, n: int) -> list[str]:
+    """The n strings at ``start``, each after its 8-byte length, already checked (_Parser)."""
+    length = struct.Struct("<Q").unpack_from
+    out, end = [], start
+    for _ in range(n):
+        begin = end + 8
+        end = begin + length(mm, end)[0]
+        out.append(mm[begin:end].decode("utf-8"))
+    return out
+
+
 class GGUFFile:
     """One GGUF file: its metadata (a dict of Python values) and its tensors, memory-mapped.
 
     Metadata values: ints, floats, bools and strings as Python values; arrays of strings as
-    ``list[str]``; numeric arrays as 1-D numpy arrays.
+    StringArray (a read-only sequence of str, decoded on first read); numeric arrays as 1-D
+    numpy arrays.
     """
 
     def __init__(self, path: str | Path):
@@ -196,31 +246,39 @@ class _Parser:
         except UnicodeDecodeError:
             raise self.f.error(f"{what} is not valid UTF-8") from None
 
-    def strings(self, n: int, key: str) -> list[str]:
-        """The n strings of the array ``key``. A tokenizer's vocabulary and merges are about
-        100,000 strings, and calling ``string`` for each took most of the time spent reading
-        SmolLM2's header. So one tight loop reads them first, and checks only afterwards what
-        it skipped: a slice of the map stops at the end of the file and an unpack past it
-        raises, so a length that overruns the file leaves ``end`` past it or raises. Anything
-        wrong, and ``string`` reads the array again from its start, one string at a time, and
-        raises its message for the first bad one."""
+    def strings(self, n: int, key: str) -> StringArray:
+        """The n strings of the array ``key``, every one checked: inside the file, at most
+        MAX_STRING_BYTES, UTF-8. A tight loop walks their length fields, and what it skips is
+        checked after it: an unpack past the end of the map raises, and a length that overruns
+        the file leaves ``end`` past it. The length field of a string shorter than 128 bytes is
+        ASCII bytes only, and so are those of the longer ones once zeroed in a copy: then the
+        array's bytes decode as UTF-8 exactly when each string does (an ASCII byte ends any
+        UTF-8 sequence), and one decode of them all checks them all. Anything wrong, and
+        ``string`` reads the array again from its start, one string at a time, and raises its
+        message for the first bad one."""
         mm, start = self.f._mm, self.pos
         length = struct.Struct("<Q").unpack_from
-        out, end = [], start
+        end, long = start, []
         try:
             for _ in range(n):
                 begin = end + 8
                 end = begin + length(mm, end)[0]
-                if end - begin > MAX_STRING_BYTES:
-                    break
-                out.append(mm[begin:end].decode("utf-8"))
-        except (struct.error, OverflowError, UnicodeDecodeError):
-            pass
-        if len(out) == n and end <= self.f.size:
-            self.pos = end
-            return out
-        self.pos = start
-        return [self.string(f"element {i} of {key!r}") for i in range(n)]
+                if end - begin > 127:
+                    long.append(begin - start)
+                    if end - begin > MAX_STRING_BYTES:
+                        raise ValueError
+            if end > self.f.size:
+                raise ValueError
+            text = bytearray(mm[start:end])
+            for begin in long:
+                text[begin - 8:begin] = bytes(8)
+            text.decode("utf-8")
+        except (struct.error, OverflowError, ValueError):   # (UnicodeDecodeError is a ValueError)
+            self.pos = start
+            return StringArray(mm, start, n,
+                               [self.string(f"element {i} of {key!r}") for i in range(n)])
+        self.pos = end
+        return StringArray(mm, start, n)
 
     def count(self, what: str, min_bytes_each: int) -> int:
         """A count of things still to read, each at least ``min_bytes_each`` bytes: checked against

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import CheckpointError, UnsupportedModelError
+from .gguf_file import StringArray
 
 MAX_INT = 2**31 - 1          # sizes, positions, window widths, token ids: anything larger is damage
 MAX_LAYERS = 2**16           # a tuple of per-layer windows is built from n_layers
@@ -146,8 +147,9 @@ class Field:
                   or isinstance(value, list) and all(_is_number(v) for v in value))
             return value if ok else _INVALID
         if self.kind == "names":
-            # (map: a GGUF vocabulary and its merges are 100,000 strings, checked at every load)
-            strings = isinstance(value, list) and all(map(isinstance, value, itertools.repeat(str)))
+            # (a GGUF file's arrays of strings are read as StringArrays, all str by construction)
+            strings = (isinstance(value, StringArray) or isinstance(value, list)
+                       and all(map(isinstance, value, itertools.repeat(str))))
             return value if strings else _INVALID
         if self.kind == "token_ids":
             ids = value if isinstance(value, list) else [value]

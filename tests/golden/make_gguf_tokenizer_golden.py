@@ -131,10 +131,11 @@ def bpe_metadata(smollm: dict, pre: str) -> dict:
     two = [a + b for a in digits for b in digits]
     extra = two + [ab + c for ab in two for c in digits]
     assert not set(extra) & set(md["tokenizer.ggml.tokens"])
-    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + extra
+    md["tokenizer.ggml.tokens"] = list(md["tokenizer.ggml.tokens"]) + extra
     md["tokenizer.ggml.token_type"] = np.concatenate(
         [md["tokenizer.ggml.token_type"], np.ones(len(extra), dtype=np.int32)])
-    md["tokenizer.ggml.merges"] = md["tokenizer.ggml.merges"] + [f"{t[:-1]} {t[-1]}" for t in extra]
+    md["tokenizer.ggml.merges"] = (list(md["tokenizer.ggml.merges"])
+                                   + [f"{t[:-1]} {t[-1]}" for t in extra])
     md["tokenizer.ggml.pre"] = pre
     del md["tokenizer.ggml.add_bos_token"]   # so that llama.cpp's default for `pre` shows
     return md
