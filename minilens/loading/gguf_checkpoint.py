@@ -26,6 +26,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import CheckpointError, UnsupportedModelError
 from ..fast import workers
+from ..fast.memory import anonymous_map
 from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages, lookup
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
@@ -337,16 +338,15 @@ class GGUFCheckpoint(Checkpoint):
 
         A block's tensors are cut into pieces of at most WIDEN_PIECE weights, and the workers
         (fast/workers.py) share them out in runs (workers.in_runs): each worker does nearly the
-        same work, and writes its own part of the block's buffer. (Pieces dealt out by size,
-        neighbours to different workers, took longer: two threads touching fresh memory in one
-        huge page wait for each other.)
+        same work, and writes its own part of the block's buffer.
 
         The block's tensors are dequantized into one buffer, each on a 64-byte boundary, and
         W_gate and W_in (ffn_gate and ffn_up) one right after the other, so that
-        checkpoint.gate_beside_in finds them side by side and need not copy them. One buffer
-        per layer, not one per tensor: numpy asks the kernel to back an array of 4 MiB or more
-        with huge pages where it can, and the first touch of fresh memory then costs less
-        (tests/benchmarks/README.md, "first use").
+        checkpoint.gate_beside_in finds them side by side and need not copy them. The buffer is
+        an anonymous memory map, which the kernel backs with ordinary 4 KiB pages: an array from
+        np.empty of 4 MiB or more asks for huge pages, and in a virtual machine whose host takes
+        back its free memory, each huge page touched after the machine has idled costs hundreds
+        of host faults (tests/benchmarks/README.md, "first use"; fast/memory.py).
         """
         sizes = {n: math.prod(self.infos[n].shape) for n in names}
         first = [n for n in names if n.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight"))]
@@ -356,7 +356,7 @@ class GGUFCheckpoint(Checkpoint):
             starts[n], end = end, end + sizes[n]
             if not (len(first) == 2 and n == order[0]):
                 end = -(-end // 16) * 16
-        buffer = np.empty(end, dtype=np.float32)
+        buffer = np.frombuffer(anonymous_map(max(1, end) * 4), dtype=np.float32)[:end]
         into = {n: buffer[starts[n]:starts[n] + sizes[n]] for n in names}
         jobs = [job for n in order for job in self.gguf.pieces(
             self.gguf_names[n], into[n], row_order(self.arch, n, self.hf, self.infos[n].shape[0]),

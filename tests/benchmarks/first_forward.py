@@ -8,8 +8,8 @@ Each round runs one fresh process per variant, in turn:
   as-is            the model as minilens loads it
   between-products each layer widened when the forward pass comes to it, between two products
                    (LazyLayers.widen_all skipped), as before 2026-12-07
-  one-worker       every tensor dequantized in this thread (a block's tensors not shared among
-                   the workers, nor a large tensor's pieces)
+  one-worker       every tensor dequantized in this thread (a block's pieces not shared among
+                   the workers)
 and prints each process's load, first, second and third forward (model(ids), random ids), the
 seconds spent widening layers (LazyLayers.widen_seconds), and a fourth forward's CPU time over
 its wall time and the workers (1.00: no core idles, so nothing could be overlapped with it).
@@ -19,6 +19,13 @@ its wall time and the workers (1.00: no core idles, so nothing could be overlapp
 runs this tree's as-is and an earlier commit's in turn instead (the commit's minilens/ extracted
 by versus_commit.import_commit into a temporary folder), the order swapped every round, and ends
 with each version's median (load + first) / second.
+
+What runs before each fresh process (--before) matters on this machine, a virtual machine whose
+host takes back its free memory (virtio-balloon free page reporting): memory touched for the
+first time after the machine has idled for a few seconds costs host faults, and more so in huge
+pages. "primer" (the default) first runs a process that touches and frees 800 MB; "idle" sleeps
+IDLE_SECONDS; "nothing" starts each process right after the last (a slow and a fast one then
+alternate).
 
     python tests/benchmarks/first_forward.py --widening-parts
 
@@ -43,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = ("as-is", "between-products", "one-worker")
-PRIMED = True
+BEFORE = "primer"   # what runs before each fresh process: see --before
 
 
 def child(variant: str, n_seq: int, package: str = "minilens") -> None:
@@ -52,14 +59,11 @@ def child(variant: str, n_seq: int, package: str = "minilens") -> None:
     import numpy as np
     ml = importlib.import_module(package)
     workers = importlib.import_module(f"{package}.fast.workers")
-    checkpoint, gguf_checkpoint, gguf_file = (importlib.import_module(f"{package}.loading.{m}")
-                                              for m in ("checkpoint", "gguf_checkpoint",
-                                                        "gguf_file"))
+    checkpoint = importlib.import_module(f"{package}.loading.checkpoint")
     if variant == "between-products":
         checkpoint.LazyLayers.widen_all = lambda self: None
-    if variant == "one-worker":
-        gguf_checkpoint.PARALLEL_WEIGHTS = 0           # a block's tensors one after another
-        gguf_file.PARALLEL_WEIGHTS = 1 << 62           # a large tensor in one piece
+    if variant == "one-worker":                        # every piece in the first worker's run
+        workers.in_runs = lambda costs, n: [list(range(len(costs)))] + [[] for _ in range(n - 1)]
     ids = np.random.default_rng(0).integers(0, 49152, n_seq)
     t0 = time.perf_counter()
     model = ml.load("smollm2")
@@ -120,7 +124,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--widening-parts", action="store_true")
     ap.add_argument("--against", metavar="COMMIT")
-    ap.add_argument("--no-primer", action="store_true")
+    ap.add_argument("--before", choices=("primer", "idle", "nothing"), default="primer")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--package", default="minilens", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -130,8 +134,8 @@ def main() -> None:
         if args.package != "minilens":
             sys.path.insert(0, os.environ["FIRST_FORWARD_PACKAGES"])
         return child(args.child, args.seq, args.package)
-    global PRIMED
-    PRIMED = not args.no_primer
+    global BEFORE
+    BEFORE = args.before
     if args.against:
         return against(args.against, args.rounds, args.seq)
     for _ in range(args.rounds):
@@ -140,11 +144,14 @@ def main() -> None:
 
 
 PRIMER = "import numpy as np; np.ones(200 << 20, dtype=np.float32)"
+IDLE_SECONDS = 6
 
 
 def run_child(variant: str, n_seq: int, package: str = "minilens", env=None) -> str:
-    if PRIMED:
+    if BEFORE == "primer":
         subprocess.run([sys.executable, "-c", PRIMER], check=True)
+    elif BEFORE == "idle":
+        time.sleep(IDLE_SECONDS)
     out = subprocess.run([sys.executable, __file__, "--child", variant, "--seq", str(n_seq),
                           "--package", package], check=True, capture_output=True, text=True,
                          env=env).stdout
