@@ -38,18 +38,18 @@ import numpy as np
 
 # Unused memory a model's pool keeps: a full trace of GPT-2-small at 1024 tokens is about 650 MB.
 MAX_FREE_BYTES = 1 << 30
+# numpy asks the kernel for transparent huge pages from this size up; so does the pool, whose
+# maps are written on every run (a GPT-2-small forward at 512 tokens took 3% to 6% longer in
+# 4 KiB pages: tests/benchmarks/README.md, "first use"), and not only once as weights are.
+HUGE_PAGES_FROM = 4 << 20
 
 
 def anonymous_map(nbytes: int) -> mmap.mmap:
     """nbytes of new memory, zero until written. Private: a forked child gets a copy, never a share
     (Python's default for mmap(-1, ...) on Unix is MAP_SHARED).
 
-    In ordinary 4 KiB pages: unlike numpy, which asks the kernel to back arrays of 4 MiB or more
-    with transparent huge pages, minilens does not ask for them. Where huge pages are to hand they
-    make a first touch cheaper. But in a virtual machine whose host takes back the guest's free
-    memory (virtio-balloon free page reporting, as on the machine the benchmarks run on), a huge
-    page touched after the machine has idled costs hundreds of host faults, and the first use of
-    a model took twice as long as with small pages (tests/benchmarks/README.md, "first use")."""
+    In ordinary 4 KiB pages unless madvise asks for huge ones: ArrayPool.empty does, from
+    HUGE_PAGES_FROM; a GGUF model's widened weights do not (GGUFCheckpoint.widen)."""
     if hasattr(mmap, "MAP_PRIVATE"):
         return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
     return mmap.mmap(-1, nbytes)        # Windows: anonymous maps are private to the process
@@ -109,6 +109,8 @@ class ArrayPool:
                     del self._free[nbytes]
         if buf is None:
             buf = anonymous_map(nbytes)
+            if nbytes >= HUGE_PAGES_FROM and hasattr(mmap, "MADV_HUGEPAGE"):
+                buf.madvise(mmap.MADV_HUGEPAGE)
         memory = PooledMemory(buf, shape, dtype)
         array = np.asarray(memory)                  # array.base is `memory`, never the map
         # Every view of `array` has `array` as its base, because array's own base is not an
