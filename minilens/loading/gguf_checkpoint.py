@@ -343,10 +343,11 @@ class GGUFCheckpoint(Checkpoint):
         The block's tensors are dequantized into one buffer, each on a 64-byte boundary, and
         W_gate and W_in (ffn_gate and ffn_up) one right after the other, so that
         checkpoint.gate_beside_in finds them side by side and need not copy them. The buffer is
-        an anonymous memory map, which the kernel backs with ordinary 4 KiB pages: an array from
-        np.empty of 4 MiB or more asks for huge pages, and in a virtual machine whose host takes
-        back its free memory, each huge page touched after the machine has idled costs hundreds
-        of host faults (tests/benchmarks/README.md, "first use"; fast/memory.py).
+        an anonymous memory map in ordinary 4 KiB pages, not an array from np.empty, for which
+        numpy asks the kernel for huge pages from 4 MiB. On the machine the benchmarks run on,
+        a virtual machine whose host takes back its free memory, huge pages made the first use
+        of a model far slower once the machine had idled a few seconds (tests/benchmarks/
+        README.md, "first use"). Weights are written once, so huge pages would save little later.
         """
         sizes = {n: math.prod(self.infos[n].shape) for n in names}
         first = [n for n in names if n.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight"))]
