@@ -36,23 +36,14 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .pages import anonymous_map
+
 # Unused memory a model's pool keeps: a full trace of GPT-2-small at 1024 tokens is about 650 MB.
 MAX_FREE_BYTES = 1 << 30
 # numpy asks the kernel for transparent huge pages from this size up; so does the pool, whose
 # maps are written on every run (a GPT-2-small forward at 512 tokens took 3% to 6% longer in
 # 4 KiB pages: tests/benchmarks/README.md, "first use"), and not only once as weights are.
 HUGE_PAGES_FROM = 4 << 20
-
-
-def anonymous_map(nbytes: int) -> mmap.mmap:
-    """nbytes of new memory, zero until written. Private: a forked child gets a copy, never a share
-    (Python's default for mmap(-1, ...) on Unix is MAP_SHARED).
-
-    In ordinary 4 KiB pages unless madvise asks for huge ones: ArrayPool.empty does, from
-    HUGE_PAGES_FROM; a GGUF model's widened weights do not (GGUFCheckpoint.widen)."""
-    if hasattr(mmap, "MAP_PRIVATE"):
-        return mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
-    return mmap.mmap(-1, nbytes)        # Windows: anonymous maps are private to the process
 
 
 class PooledMemory:

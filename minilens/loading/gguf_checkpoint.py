@@ -26,7 +26,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import CheckpointError, UnsupportedModelError
 from ..fast import workers
-from ..fast.memory import anonymous_map
+from ..fast.pages import anonymous_map
 from .checkpoint import LAYOUTS, Checkpoint, Getter, drop_resident_pages, lookup
 from .gguf_file import GGUFFile
 from .gguf_tokenizer import gguf_add_bos, gguf_bos_token_id, tokenizer_from_gguf
