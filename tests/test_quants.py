@@ -120,6 +120,26 @@ def test_random_blocks_match_gguf_bit_for_bit(name):
     assert_same_bits(ours, reference(gguf, blocks, TYPE_IDS[name]), name, t.block_size)
 
 
+@pytest.mark.parametrize("name", list(HINTS))
+def test_a_tensor_is_dequantized_in_chunks_exactly(name, monkeypatch):
+    """dequantize works through a large tensor CHUNK_WEIGHTS at a time: with chunks of 512
+    weights and a tensor that ends in a partial chunk, every weight is still gguf's, written into
+    a new array or into out."""
+    gguf = import_gguf()
+    monkeypatch.setattr(quants, "CHUNK_WEIGHTS", 512)
+    t = quants.GGML_TYPES[TYPE_IDS[name]]
+    n_blocks = 3001 if t.block_size == 1 else 403
+    blocks = random_blocks(name, n_blocks, seed=TYPE_IDS[name] + 7)
+    ref = reference(gguf, blocks, TYPE_IDS[name])
+    n = n_blocks * t.block_size
+    assert_same_bits(quants.dequantize(blocks.reshape(-1), TYPE_IDS[name], n), ref, name,
+                     t.block_size, "(in chunks) ")
+    out = np.full(n, np.nan, dtype=np.float32)
+    got = quants.dequantize(blocks.reshape(-1), TYPE_IDS[name], n, out=out)
+    assert np.shares_memory(got, out), f"{name}: the result must be out"
+    assert_same_bits(out, ref, name, t.block_size, "(in chunks, into out) ")
+
+
 def test_bf16_keeps_every_bit_pattern():
     """All 65536 bfloat16s, NaNs and infinities included, become the float32 with those top
     bits and zero low bits."""

@@ -26,6 +26,9 @@ import numpy as np
 from ..errors import CheckpointError
 
 F16 = np.dtype("<f2")   # the scales d, m, dmin of every quantized block
+# Weights dequantized per call of a type's function (dequantize): 256 KiB of float32, so that
+# the function's few passes over them (unpack, scale, shift) stay in a core's cache.
+CHUNK_WEIGHTS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,14 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int,
             f"bytes = {n_blocks * qtype.type_size} bytes, but the tensor's data has {raw.size}")
     # np.asarray: a plain-ndarray view of an np.memmap, so that no result is typed memmap.
     blocks = np.asarray(raw).reshape(n_blocks, qtype.type_size)  # -> [n_blocks, type_size]
-    return _DEQUANTIZERS[qtype.name](blocks, out).reshape(n_elements)
+    dequantize_blocks = _DEQUANTIZERS[qtype.name]
+    if n_elements <= CHUNK_WEIGHTS:
+        return dequantize_blocks(blocks, out).reshape(n_elements)
+    w = np.empty(n_elements, dtype=np.float32) if out is None else out.reshape(n_elements)
+    step = CHUNK_WEIGHTS // qtype.block_size                     # blocks per chunk
+    for a in range(0, n_blocks, step):
+        dequantize_blocks(blocks[a:a + step], w[a * qtype.block_size:(a + step) * qtype.block_size])
+    return w
 
 
 def out_fits(out, n_elements: int) -> bool:
