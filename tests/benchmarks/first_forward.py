@@ -29,16 +29,15 @@ alternate).
 
     python tests/benchmarks/first_forward.py --widening-parts
 
-instead splits the widening's cost: in one process, every layer tensor of SmolLM2 is dequantized
-(GGUFFile.dequantize, the workers sharing a layer's tensors) three times into memory already
-faulted in, and three times into fresh arrays (the pages the kernel must fault in and zero).
+instead splits the widening's cost: in one process, three times, SmolLM2's 30 layers are widened
+as the fast pass widens them (LazyLayers.widen_all) into fresh memory, and then, after a second
+load, into memory already faulted in (the pages the kernel must fault in and zero, left out).
 Run by hand on a quiet machine; numpy's BLAS at its default threads.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import subprocess
@@ -84,38 +83,43 @@ def child(variant: str, n_seq: int, package: str = "minilens") -> None:
 
 
 def widening_parts() -> None:
-    """Every layer tensor dequantized into faulted-in memory, then into fresh memory."""
+    """The 30 layers widened (LazyLayers.widen_all, GGUFCheckpoint.widen's own path) into fresh
+    memory, then, in a second load, into memory already faulted in: every anonymous map the first
+    load asked for is made again and touched page by page beforehand, and handed out in turn."""
+    import gc
+    import mmap
+
     import numpy as np
 
     import minilens as ml
     from minilens.fast import workers
-    model = ml.load("smollm2")
-    gguf = model.layers._ckpt.gguf
-    layers: dict[int, list[str]] = {}
-    for name in gguf.tensors:
-        if name.startswith("blk.") and len(gguf.tensors[name].shape) == 2:
-            layers.setdefault(int(name.split(".")[1]), []).append(name)
-    size = {n: math.prod(gguf.tensors[n].shape) for names in layers.values() for n in names}
-    faulted = {n: np.ones(size[n], dtype=np.float32) for n in size}
-
-    def dequantize_all(into) -> float:
-        t0 = time.perf_counter()
-        for names in layers.values():
-            mine = workers.balanced([size[n] for n in names], workers.n_workers())
-            workers.split(lambda w: [gguf.dequantize(names[i], out=into(names[i]))
-                                     for i in mine[w]], workers.n_workers())
-        return time.perf_counter() - t0
-    kept: list[np.ndarray] = []         # every fresh array lives until the pass ends
-
-    def fresh_array(name: str) -> np.ndarray:
-        kept.append(np.empty(size[name], dtype=np.float32))
-        return kept[-1]
+    from minilens.loading import gguf_checkpoint
+    real_map = gguf_checkpoint.anonymous_map
     for _ in range(3):
-        fresh = dequantize_all(fresh_array)
-        kept.clear()
-        print(f"{sum(size.values()) / 1e6:.0f}M weights, {workers.n_workers()} workers: "
-              f"into faulted-in memory {dequantize_all(faulted.get):.3f} s, "
-              f"into fresh memory {fresh:.3f} s", flush=True)
+        sizes: list[int] = []
+        gguf_checkpoint.anonymous_map = lambda n: sizes.append(n) or real_map(n)
+        model = ml.load("smollm2")
+        n_global = len(sizes)
+        t0 = time.perf_counter()
+        model.layers.widen_all()
+        fresh = time.perf_counter() - t0
+        n_weights = sum(sizes[n_global:]) // 4
+        del model
+        gc.collect()
+        ready = [real_map(n) for n in sizes]
+        for m in ready:
+            np.frombuffer(m, dtype=np.uint8)[::mmap.PAGESIZE] = 1      # fault every page in
+        gguf_checkpoint.anonymous_map = lambda n: ready.pop(0)
+        model = ml.load("smollm2")
+        t0 = time.perf_counter()
+        model.layers.widen_all()
+        faulted = time.perf_counter() - t0
+        del model
+        gc.collect()
+        gguf_checkpoint.anonymous_map = real_map
+        print(f"{n_weights / 1e6:.0f}M weights, "
+              f"{workers.n_workers()} workers: widen_all into fresh memory {fresh:.3f} s, "
+              f"into memory already faulted in {faulted:.3f} s", flush=True)
 
 
 def main() -> None:
