@@ -83,6 +83,32 @@ def test_the_first_forward_widens_every_layer_first(monkeypatch):
 
 
 
+def test_widen_all_shares_out_a_group_of_layers_at_once(monkeypatch):
+    """widen_all hands the workers a whole group of layers' tensors at once (AHEAD_WEIGHTS
+    weights a group): they wait for each other once per group, not once per layer. The layers are
+    bit for bit those widened one at a time."""
+    path = smollm2_path()
+    one_at_a_time = ml.load(path)
+    alone = [layer_arrays(one_at_a_time.layers[l]) for l in range(30)]
+    del one_at_a_time
+    model = ml.load(path)
+    per_layer = model.checkpoint.layer_elements(model.cfg) / 30
+    monkeypatch.setattr(checkpoint, "AHEAD_WEIGHTS", int(7 * per_layer) + 1)   # 7 layers a group
+    share_outs = []
+    split = workers.split
+    monkeypatch.setattr(workers, "split", lambda *a, **k: share_outs.append(1) or split(*a, **k))
+    model.layers.widen_all()
+    assert len(share_outs) == 5, (
+        f"30 layers in groups of 7 should take 5 share-outs among the workers, not "
+        f"{len(share_outs)}")
+    for l in range(30):
+        grouped = layer_arrays(model.layers[l])
+        assert grouped.keys() == alone[l].keys()
+        for name in grouped:
+            assert np.array_equal(grouped[name], alone[l][name]), (
+                f"layer {l}'s {name} differs when widened in a group")
+
+
 def test_rows_are_reordered_while_still_quantized():
     """GGUFFile.dequantize(rows=) reorders a tensor's quantized rows (how the converter's rotary
     permutation of attn_q and attn_k is undone), and gives the bits w[rows] gives: on SmolLM2's

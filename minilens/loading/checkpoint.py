@@ -13,6 +13,7 @@ Layers are then widened to the compute dtype lazily, on first use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import mmap
@@ -35,6 +36,9 @@ from .schema import read_json, short
 
 # (checkpoint name without prefix, expected shape) -> array
 Getter = Callable[[str, tuple], np.ndarray]
+# Weights widened at once by LazyLayers.widen_all, where the checkpoint can widen ahead (GGUF):
+# all of SmolLM2-135M's layers (106M) in one group, a larger model's in groups of 512 MiB.
+AHEAD_WEIGHTS = 1 << 27
 
 
 @dataclass
@@ -619,18 +623,14 @@ class LazyLayers(Sequence[LayerParams]):
             return self._cache[l]
         if self.progress is not None:
             self.progress(l, len(self), self.widen_seconds)
-        t0 = time.perf_counter()
-        try:
+        with self._widening(l):
             params = blas_ready(self._layout.layer(self._get, self._cfg, l), columns=self.cache)
             if self.cache:
                 params = gate_beside_in(params)
-        except MemoryError:
-            raise self._out_of_memory(l) from None
         if self.cache:
             self._cache[l] = params
         else:
             self._ckpt.release_pages()
-        self.widen_seconds += time.perf_counter() - t0
         return params
 
     def __iter__(self) -> Iterator[LayerParams]:
@@ -641,10 +641,36 @@ class LazyLayers(Sequence[LayerParams]):
         (``cache=False``). The fast pass calls this before its first product: a GGUF layer
         dequantized between two products took longer than one dequantized before any
         (tests/benchmarks/first_forward.py and its README; likely OpenBLAS's idle threads, which
-        spin for a while after each product, on the core the second worker dequantizes on)."""
-        if self.cache:
-            for l in range(len(self)):
+        spin for a while after each product, on the core the second worker dequantizes on).
+
+        Where the checkpoint's getter can widen ahead (a GGUF file's, GGUFCheckpoint.getter),
+        the layers are widened in groups of about AHEAD_WEIGHTS weights, the workers sharing a
+        whole group's tensors at once rather than one layer's at a time."""
+        if not self.cache:
+            return
+        todo = [l for l in range(len(self)) if l not in self._cache]
+        ahead = getattr(self._get, "ahead", None)
+        per_layer = self._ckpt.layer_elements(self._cfg) / len(self)
+        group = max(1, len(todo) if ahead is None else int(AHEAD_WEIGHTS // max(1, per_layer)))
+        for i in range(0, len(todo), group):
+            layers = todo[i:i + group]
+            if ahead is not None:
+                with self._widening(layers[0]):
+                    ahead(layers)
+            for l in layers:
                 self[l]
+
+    @contextlib.contextmanager
+    def _widening(self, l: int):
+        """Time spent inside counts as widening (``widen_seconds``); running out of memory
+        there, while widening layer l, raises OutOfMemoryError with advice."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        except MemoryError:
+            raise self._out_of_memory(l) from None
+        finally:
+            self.widen_seconds += time.perf_counter() - t0
 
     def _out_of_memory(self, l: int) -> OutOfMemoryError:
         layer_mib = self._ckpt.layer_elements(self._cfg) / len(self) * self._dtype.itemsize / 2**20

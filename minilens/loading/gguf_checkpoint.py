@@ -34,7 +34,7 @@ from .safetensors import TensorInfo
 from .schema import GGUF, REQUIRED, Derived, by_family, check, short
 from .tokenizer import Tokenizer
 
-# Weights per job when a block is widened (GGUFCheckpoint.widen): small enough that the workers'
+# Weights per job when blocks are widened (GGUFCheckpoint.widen): small enough that the workers'
 # runs of jobs come out nearly even, large enough that a job's fixed costs stay small.
 WIDEN_PIECE = 1 << 20
 
@@ -299,6 +299,7 @@ class GGUFCheckpoint(Checkpoint):
             if name.startswith("blk."):
                 by_layer.setdefault(name.split(".", 2)[1], []).append(hf_n)
         self.blocks = {hf_n: members for members in by_layer.values() for hf_n in members}
+        self.layer_blocks = {int(l): members for l, members in by_layer.items()}
 
     def _info(self, name: str, shape: tuple) -> TensorInfo:
         if name not in self.infos:
@@ -318,29 +319,38 @@ class GGUFCheckpoint(Checkpoint):
 
     def getter(self, dtype: np.dtype) -> Getter:
         """get(name, shape): one tensor, widened to dtype. The first tensor asked for from a block
-        widens the whole block (``widen``), and the others wait here until they are asked for."""
+        widens the whole block (``widen``), and the others wait here until they are asked for.
+
+        ``get.ahead(layers)`` widens those layers' blocks now, all at once, and keeps them here
+        until asked for (LazyLayers.widen_all): the workers then share every block's pieces in
+        one go, and wait for each other once instead of once per block."""
         ready: dict[str, np.ndarray] = {}
 
         def get(name: str, shape: tuple) -> np.ndarray:
             self._info(name, shape)
             w = ready.pop(name, None)      # (pop, not test-then-pop: two threads may share it)
             if w is None:
-                block = self.widen(self.blocks.get(name, [name]), dtype)
+                block = self.widen([self.blocks.get(name, [name])], dtype)
                 w = block.pop(name)
                 ready.clear()
                 ready.update(block)
             return w
+
+        def ahead(layers: list[int]) -> None:
+            ready.update(self.widen([self.layer_blocks[l] for l in layers
+                                     if l in self.layer_blocks], dtype))
+        get.ahead = ahead                                       # type: ignore[attr-defined]
         return get
 
-    def widen(self, names: list[str], dtype: np.dtype) -> dict[str, np.ndarray]:
-        """The tensors ``names`` (HF names) dequantized, with the converter's changes undone, in
-        dtype.
+    def widen(self, blocks: list[list[str]], dtype: np.dtype) -> dict[str, np.ndarray]:
+        """The tensors of ``blocks`` (lists of HF names) dequantized, with the converter's changes
+        undone, in dtype.
 
-        A block's tensors are cut into pieces of at most WIDEN_PIECE weights, and the workers
-        (fast/workers.py) share them out in runs (workers.in_runs): each worker does nearly the
-        same work, and writes its own part of the block's buffer.
+        Each tensor is cut into pieces of at most WIDEN_PIECE weights, and the workers
+        (fast/workers.py) share all the pieces out in runs (workers.in_runs): each worker does
+        nearly the same work, and writes its own part of the blocks' buffers.
 
-        The block's tensors are dequantized into one buffer, each on a 64-byte boundary, and
+        A block's tensors are dequantized into one buffer, each on a 64-byte boundary, and
         W_gate and W_in (ffn_gate and ffn_up) one right after the other, so that
         checkpoint.gate_beside_in finds them side by side and need not copy them. The buffer is
         an anonymous memory map in ordinary 4 KiB pages, not an array from np.empty, for which
@@ -349,6 +359,25 @@ class GGUFCheckpoint(Checkpoint):
         of a model far slower once the machine had idled a few seconds (tests/benchmarks/
         README.md, "first use"). Weights are written once, so huge pages would save little later.
         """
+        into: dict[str, np.ndarray] = {}
+        for names in blocks:
+            into.update(self._block_buffer(names))
+        jobs = [job for n, out in into.items() for job in self.gguf.pieces(
+            self.gguf_names[n], out, row_order(self.arch, n, self.hf, self.infos[n].shape[0]),
+            WIDEN_PIECE)]
+        n_workers = workers.n_workers() if len(jobs) > 1 else 1
+        mine = workers.in_runs([weights for weights, _ in jobs], n_workers)
+        workers.split(lambda w: [jobs[i][1]() for i in mine[w]], n_workers)
+        out: dict[str, np.ndarray] = {}
+        for n, flat in into.items():
+            w = flat.reshape(self.gguf.tensors[self.gguf_names[n]].shape)
+            transform = value_transform(self.arch, n, self.hf)
+            out[n] = (w if transform is None else transform(w)).astype(dtype, copy=False)
+        return out
+
+    def _block_buffer(self, names: list[str]) -> dict[str, np.ndarray]:
+        """One float32 buffer for a block's tensors, cut into a flat array for each (``widen``),
+        W_gate's and W_in's first, side by side."""
         sizes = {n: math.prod(self.infos[n].shape) for n in names}
         first = [n for n in names if n.endswith(("mlp.gate_proj.weight", "mlp.up_proj.weight"))]
         starts, end = {}, 0
@@ -358,19 +387,7 @@ class GGUFCheckpoint(Checkpoint):
             if not (len(first) == 2 and n == order[0]):
                 end = -(-end // 16) * 16
         buffer = np.frombuffer(anonymous_map(max(1, end) * 4), dtype=np.float32)[:end]
-        into = {n: buffer[starts[n]:starts[n] + sizes[n]] for n in names}
-        jobs = [job for n in order for job in self.gguf.pieces(
-            self.gguf_names[n], into[n], row_order(self.arch, n, self.hf, self.infos[n].shape[0]),
-            WIDEN_PIECE)]
-        n_workers = workers.n_workers() if len(jobs) > 1 else 1
-        mine = workers.in_runs([weights for weights, _ in jobs], n_workers)
-        workers.split(lambda w: [jobs[i][1]() for i in mine[w]], n_workers)
-        out: dict[str, np.ndarray] = {}
-        for n in names:
-            w = into[n].reshape(self.gguf.tensors[self.gguf_names[n]].shape)
-            transform = value_transform(self.arch, n, self.hf)
-            out[n] = (w if transform is None else transform(w)).astype(dtype, copy=False)
-        return out
+        return {n: buffer[starts[n]:starts[n] + sizes[n]] for n in order}
 
     def release_pages(self) -> None:
         """Give back this process's resident pages of the file (Checkpoint.release_pages)."""
