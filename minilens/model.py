@@ -494,10 +494,15 @@ def load(path_or_name, dtype=np.float32, check_finite: bool = False,
     if check_finite:
         check_weights_finite(ckpt)
     params = blas_ready(ckpt.layout.globals(ckpt.getter(dtype), cfg))
-    # A cheap default check: the global weights are already widened, so scanning them costs one
-    # pass. If they hold NaN or inf, scan the whole checkpoint to name the first bad tensor.
-    if not check_finite and not all_finite(*(a for a in vars(params).values() if a is not None)):
-        check_weights_finite(ckpt)
+    # A cheap default check of the global weights: from the stored bytes where the format allows
+    # (a GGUF file's block scales), or one pass over the weights just widened. If they hold NaN
+    # or inf, scan the whole checkpoint to name the first bad tensor.
+    if not check_finite:
+        finite = ckpt.globals_finite()
+        if finite is None:
+            finite = all_finite(*(a for a in vars(params).values() if a is not None))
+        if not finite:
+            check_weights_finite(ckpt)
     if cache_layers is None:
         cache_layers = ckpt.layer_elements(cfg) * dtype.itemsize <= CACHE_LAYERS_MAX_BYTES
     layers = LazyLayers(ckpt, cfg, dtype, cache=cache_layers)

@@ -532,6 +532,24 @@ def test_inf_in_the_embedding_is_found_by_default(tmp_path):
         ml.load(folder)
 
 
+def test_inf_in_a_gguf_embeddings_scales_is_found_by_default(tmp_path):
+    """A GGUF file's global weights are checked from their blocks' scales (GGUFCheckpoint.
+    globals_finite): one infinite float16 d in token_embd's Q8_0 blocks is found at load."""
+    from gguf_factories import hf_to_gguf
+
+    from minilens.loading.gguf_file import GGUFFile
+    folder = write_checkpoint(tmp_path / "m", llama_config())
+    path = hf_to_gguf(folder, tmp_path / "gguf" / "m.gguf", types="Q8_0")
+    ml.load(path)
+    t = GGUFFile(path).tensors["token_embd.weight"]
+    assert t.qtype.name == "Q8_0"
+    data = bytearray(path.read_bytes())
+    data[t.offset + 34 * 5:t.offset + 34 * 5 + 2] = np.array([np.inf], "<f2").tobytes()
+    path.write_bytes(bytes(data))
+    with expect(CheckpointError, "'embed_tokens.weight'", "NaN or inf"):
+        ml.load(path)
+
+
 def test_all_finite_reads_sums_but_is_not_fooled_by_them():
     """model.all_finite checks each array's sum, then confirms an infinite sum with min and max:
     finite weights whose sum overflows float32 pass, one NaN or inf anywhere fails, and a tied

@@ -176,6 +176,78 @@ def test_any_block_matches_gguf(named_blocks):
     assert_same_bits(ours, ref, name, t.block_size, context=f"blocks {blocks.tobytes().hex()}: ")
 
 
+@st.composite
+def blocks_with_any_scales(draw):
+    """(type name, [n_blocks, type_size] uint8): any bytes, and often one float16 scale (or, for
+    F32, F16 and BF16, one value) made infinite or NaN."""
+    name = draw(st.sampled_from(list(HINTS)))
+    t = quants.GGML_TYPES[TYPE_IDS[name]]
+    n_blocks = draw(st.integers(1, 4))
+    data = draw(st.binary(min_size=n_blocks * t.type_size, max_size=n_blocks * t.type_size))
+    blocks = np.frombuffer(data, dtype=np.uint8).reshape(n_blocks, t.type_size).copy()
+    if draw(st.booleans()):
+        b = draw(st.integers(0, n_blocks - 1))
+        bad = draw(st.sampled_from([np.inf, -np.inf, np.nan]))
+        if name in ("F32", "F16", "BF16"):
+            words = {"F32": "<f4", "F16": "<f2", "BF16": "<f4"}[name]
+            value = np.array([bad], words).view(np.uint8)
+            blocks[b] = value[2:] if name == "BF16" else value      # BF16: float32's top half
+        else:
+            offset = draw(st.sampled_from(F16_FIELDS[name]))
+            blocks[b, offset:offset + 2] = np.array([bad], "<f2").view(np.uint8)
+    return name, blocks
+
+
+@settings(max_examples=400, deadline=None)
+@given(blocks_with_any_scales())
+def test_all_finite_from_the_stored_bytes_is_gguf_dequantized(named_blocks):
+    """quants.all_finite reads only the scales of quantized blocks (the values of F32, F16 and
+    BF16), and says exactly whether gguf's dequantized weights are all finite."""
+    gguf = import_gguf()
+    name, blocks = named_blocks
+    with np.errstate(all="ignore"):
+        finite = bool(np.isfinite(reference(gguf, blocks, TYPE_IDS[name])).all())
+    assert quants.all_finite(blocks.reshape(-1), TYPE_IDS[name]) == finite, (
+        f"{name}: all_finite should be {finite} for blocks {blocks.tobytes().hex()}")
+
+
+@pytest.mark.parametrize("name, finite, not_finite", [
+    ("F32", np.array([3.4e38, -1e-45], "<f4"), np.array([np.inf], "<f4")),
+    ("F16", np.array([65504, -6e-8], "<f2"), np.array([-np.inf], "<f2")),
+    ("BF16", np.array([0x7F7F, 0xFF00], "<u2"), np.array([0x7F80], "<u2")),   # 3.39e38, -1.7e38
+    ("Q8_0", np.array([65504], "<f2"), np.array([np.nan], "<f2")),
+])
+def test_all_finite_at_the_edges_of_the_exponent(name, finite, not_finite):
+    """The largest finite numbers of each storage pass, infinity and NaN do not: the exponent
+    mask is the type's own (BF16's is float32's, not float16's)."""
+    def stored(values):
+        if name != "Q8_0":
+            return values.view(np.uint8)
+        blocks = np.zeros((len(values), 34), np.uint8)
+        blocks[:, 0:2] = values.view(np.uint8).reshape(-1, 2)
+        return blocks.reshape(-1)
+    assert quants.all_finite(stored(finite), TYPE_IDS[name])
+    assert not quants.all_finite(stored(np.concatenate([finite, not_finite])), TYPE_IDS[name])
+
+
+@pytest.mark.parametrize("name", ["F32", "BF16", "Q8_0", "Q4_K"])
+def test_all_finite_looks_at_every_chunk(name, monkeypatch):
+    """A NaN scale (or value) in the last, partial chunk is found: all_finite reads the scales
+    CHUNK_WEIGHTS at a time."""
+    monkeypatch.setattr(quants, "CHUNK_WEIGHTS", 64)
+    blocks = random_blocks(name, 1001, seed=3)
+    if name == "BF16":   # finite ones: the top halves of float32s
+        top = np.random.default_rng(3).standard_normal(1001).astype("<f4").view("<u4") >> 16
+        blocks = top.astype("<u2").view(np.uint8).reshape(1001, 2)
+    assert quants.all_finite(blocks.reshape(-1), TYPE_IDS[name])
+    offset = F16_FIELDS.get(name, [0])[-1]
+    blocks[-1, offset:offset + 2] = np.array([np.nan], "<f2").view(np.uint8)
+    if name in ("F32", "BF16"):
+        blocks[-1, -2:] = np.array([0x7FC0], "<u2").view(np.uint8)   # the top 16 bits of a NaN
+    assert not quants.all_finite(blocks.reshape(-1), TYPE_IDS[name]), (
+        f"{name}: a NaN in the last block was missed")
+
+
 def test_tables_match_ggml():
     """The id -> name table and every supported block layout are ggml's (gguf-py's constants)."""
     gguf = import_gguf()

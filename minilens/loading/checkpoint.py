@@ -548,6 +548,12 @@ class Checkpoint:
         for mm in self._memmaps.values():
             drop_resident_pages(getattr(mm, "_mmap", None))
 
+    def globals_finite(self) -> bool | None:
+        """Whether the global weights (those outside the layers) hold no NaN or inf, told from the
+        stored bytes without widening them; None where that would take as long as checking the
+        widened weights, which ``load`` then does."""
+        return None
+
     def validate(self, cfg: ModelConfig) -> None:
         """Check every tensor's presence and shape from the headers alone, and that none is
         unexpected."""

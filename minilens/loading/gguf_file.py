@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..fast import workers
-from .quants import QuantType, dequantize, out_fits, quant_type
+from .quants import QuantType, all_finite, dequantize, out_fits, quant_type
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -151,6 +151,11 @@ class GGUFFile:
         """The stored bytes of one tensor: a read-only uint8 view of the file, nothing copied."""
         t = self.tensors[name]
         return np.frombuffer(self._mm, dtype=np.uint8, count=t.n_bytes, offset=t.offset)
+
+    def all_finite(self, name: str) -> bool:
+        """No NaN or inf among the weights of tensor ``name``, told from its stored bytes (for a
+        quantized tensor, its blocks' scales: quants.all_finite)."""
+        return all_finite(self.raw(name), self.tensors[name].type_id)
 
     def dequantize(self, name: str, out: np.ndarray | None = None,
                    rows: np.ndarray | None = None) -> np.ndarray:

@@ -36,22 +36,23 @@ class QuantType:
     name: str         # ggml's name, e.g. "Q4_K"
     block_size: int   # weights per block: 1 (F32, F16, BF16), 32, or 256 (the K-quants)
     type_size: int    # bytes per block
+    scales: tuple[int, ...] = ()   # byte offsets of a block's float16 scales (d, m, dmin)
 
 
 # ggml's type ids are fixed by the file format (ggml.h, enum ggml_type).
 GGML_TYPES: dict[int, QuantType] = {
     0: QuantType("F32", 1, 4),
     1: QuantType("F16", 1, 2),
-    2: QuantType("Q4_0", 32, 18),
-    3: QuantType("Q4_1", 32, 20),
-    6: QuantType("Q5_0", 32, 22),
-    7: QuantType("Q5_1", 32, 24),
-    8: QuantType("Q8_0", 32, 34),
-    10: QuantType("Q2_K", 256, 84),
-    11: QuantType("Q3_K", 256, 110),
-    12: QuantType("Q4_K", 256, 144),
-    13: QuantType("Q5_K", 256, 176),
-    14: QuantType("Q6_K", 256, 210),
+    2: QuantType("Q4_0", 32, 18, (0,)),
+    3: QuantType("Q4_1", 32, 20, (0, 2)),
+    6: QuantType("Q5_0", 32, 22, (0,)),
+    7: QuantType("Q5_1", 32, 24, (0, 2)),
+    8: QuantType("Q8_0", 32, 34, (0,)),
+    10: QuantType("Q2_K", 256, 84, (80, 82)),
+    11: QuantType("Q3_K", 256, 110, (108,)),
+    12: QuantType("Q4_K", 256, 144, (0, 2)),
+    13: QuantType("Q5_K", 256, 176, (0, 2)),
+    14: QuantType("Q6_K", 256, 210, (208,)),
     30: QuantType("BF16", 1, 2),
 }
 
@@ -108,6 +109,31 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int,
     for a in range(0, n_blocks, step):
         dequantize_blocks(blocks[a:a + step], w[a * qtype.block_size:(a + step) * qtype.block_size])
     return w
+
+
+def all_finite(raw: np.ndarray, type_id: int) -> bool:
+    """No NaN or inf among the weights of ``raw`` (a tensor's stored bytes), read without
+    dequantizing them.
+
+    A quantized weight is d * q, d * q + m, or (d * scale) * q - dmin * min, with q, scale and min
+    small integers: it is finite when its block's float16 scales are, since such products and
+    sums of finite float16s stay far inside float32's range. And an infinite or NaN scale makes
+    some weight of its block infinite or NaN (0 * inf is NaN). So only the scales are read, a
+    16th of a Q8_0 tensor's bytes. F32, F16 and BF16 values are read themselves. A float is
+    finite unless its exponent bits are all ones; they are checked CHUNK_WEIGHTS at a time, so
+    that no temporary grows with the tensor."""
+    qtype = quant_type(type_id, "all_finite")
+    blocks = np.asarray(raw).reshape(-1, qtype.type_size)
+    if qtype.name == "F32":
+        fields, exponent = [blocks.view("<u4").reshape(-1)], 0x7F800000
+    elif qtype.name == "BF16":
+        fields, exponent = [blocks.view("<u2").reshape(-1)], 0x7F80
+    elif qtype.name == "F16":
+        fields, exponent = [blocks.view("<u2").reshape(-1)], 0x7C00
+    else:                                          # one column of 16-bit words for each scale
+        fields, exponent = [blocks.view("<u2")[:, offset // 2] for offset in qtype.scales], 0x7C00
+    return not any(((words[a:a + CHUNK_WEIGHTS] & exponent) == exponent).any()
+                   for words in fields for a in range(0, len(words), CHUNK_WEIGHTS))
 
 
 def out_fits(out, n_elements: int) -> bool:
