@@ -536,7 +536,6 @@ def test_inf_in_a_gguf_embeddings_scales_is_found_by_default(tmp_path):
     """A GGUF file's global weights are checked from their blocks' scales (GGUFCheckpoint.
     globals_finite): one infinite float16 d in token_embd's Q8_0 blocks is found at load."""
     from gguf_factories import hf_to_gguf
-
     from minilens.loading.gguf_file import GGUFFile
     folder = write_checkpoint(tmp_path / "m", llama_config())
     path = hf_to_gguf(folder, tmp_path / "gguf" / "m.gguf", types="Q8_0")
