@@ -656,8 +656,10 @@ class LazyLayers(Sequence[LayerParams]):
             return
         todo = [l for l in range(len(self)) if l not in self._cache]
         ahead = getattr(self._get, "ahead", None)
-        per_layer = self._ckpt.layer_elements(self._cfg) / len(self)
-        group = max(1, len(todo) if ahead is None else int(AHEAD_WEIGHTS // max(1, per_layer)))
+        group = len(todo)
+        if ahead is not None:
+            group = int(AHEAD_WEIGHTS * len(self) // max(1, self._ckpt.layer_elements(self._cfg)))
+        group = max(1, group)
         for i in range(0, len(todo), group):
             layers = todo[i:i + group]
             if ahead is not None:
