@@ -111,6 +111,10 @@ def dequantize(raw: np.ndarray, type_id: int, n_elements: int,
     return w
 
 
+# The unquantized types: each value's bits as one word, and the mask of its exponent's bits.
+FLOAT_EXPONENTS = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80)}
+
+
 def all_finite(raw: np.ndarray, type_id: int) -> bool:
     """No NaN or inf among the weights of ``raw`` (a tensor's stored bytes), read without
     dequantizing them.
@@ -124,12 +128,9 @@ def all_finite(raw: np.ndarray, type_id: int) -> bool:
     that no temporary grows with the tensor."""
     qtype = quant_type(type_id, "all_finite")
     blocks = np.asarray(raw).reshape(-1, qtype.type_size)
-    if qtype.name == "F32":
-        fields, exponent = [blocks.view("<u4").reshape(-1)], 0x7F800000
-    elif qtype.name == "BF16":
-        fields, exponent = [blocks.view("<u2").reshape(-1)], 0x7F80
-    elif qtype.name == "F16":
-        fields, exponent = [blocks.view("<u2").reshape(-1)], 0x7C00
+    if qtype.name in FLOAT_EXPONENTS:
+        word, exponent = FLOAT_EXPONENTS[qtype.name]
+        fields = [blocks.view(word).reshape(-1)]
     else:                                          # one column of 16-bit words for each scale
         fields, exponent = [blocks.view("<u2")[:, offset // 2] for offset in qtype.scales], 0x7C00
     return not any(((words[a:a + CHUNK_WEIGHTS] & exponent) == exponent).any()
